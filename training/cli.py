@@ -1,0 +1,42 @@
+"""The `mot` command: a table of subcommands, each a module with its own argparse `main(argv)`.
+
+Subcommand modules are imported only when they run, so `mot say` does not import torch and
+`mot --help` answers instantly. Each package owns its subcommands; this table only names them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line help). The function takes argv (list[str]) and returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("training.demo:main", "the main job on the default embedded setup (what `make demo` runs)"),
+    "bench": ("training.bench:main", "benchmarks: `mot bench inference|sim|train|ros` (prints JSON)"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: mot <command> [args...]", "", "Mixture-of-Transformers robot policy.", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_line}" for name, (_, help_line) in sorted(COMMANDS.items())]
+    lines += ["", "Run `mot <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"mot: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = COMMANDS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
