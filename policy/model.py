@@ -1,0 +1,417 @@
+"""MoTPolicy: a Mixture-of-Transformers flow-matching policy.
+
+Tokens are laid out by modality block, and each block routes to its own expert:
+
+    [ text ........ | image (cams x grid^2) ... | state | action (horizon) ]
+      language        vision                      body    body
+      (frozen MiniLM) (init from MiniLM, "align") (trained in "policy")
+
+All tokens share one attention per layer. The attention is block-causal over the modality blocks
+(see `make_attn_mask`): a block sees itself and every block before it. That one rule gives the
+whole caching scheme, because a block's K/V never depend on anything after it:
+
+    encode_text(ids)               text K/V, once per instruction   (language expert only)
+    encode_images(frames, text)    + image K/V, once per observation (vision expert)
+    encode_state(state, prefix)    + state K/V, once per observation (body expert)
+    denoise(x_t, t, prefix)        action tokens only, every Euler step (body expert)
+
+Each of those passes attends over [cached K/V | its own K/V]; its only mask is key padding of the
+text. `velocity_uncached` runs the whole sequence at once with the explicit block mask; tests prove
+both agree. The three passes are also the three exported graphs (policy/export.py).
+
+Flow matching follows pi0: x_t = t * noise + (1 - t) * actions, target u = noise - actions, and
+sampling integrates from t = 1 (noise) to t = 0 (actions) with Euler steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Callable, NamedTuple, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from policy.config import STAGES, PolicyConfig
+from policy.experts import BertExpert, BodyExpert, merge_heads
+from policy.inputs import Observation, validate_batch
+from policy.language import BertDims, BertEmbeddings, TextTokenizer, load_bert_weights, resolve_language_model
+from policy.normalize import NormStats
+from policy.vision import EfficientNetTrunk, ImageTokenizer, preprocess_images
+
+# Modality blocks, in token order. Block ids feed `make_attn_mask`.
+TEXT, IMAGE, STATE, ACTION = 0, 1, 2, 3
+
+
+class Prefix(NamedTuple):
+    """Cached keys/values of every token before the ones being computed.
+
+    kv:    (layers, 2, B, heads, L, head_dim)   2 = (key, value)
+    valid: (B, L) bool                           False for text padding; such keys are never attended
+    token_ids, text_valid: (B, L_text) kept only for the bidirectional-prefix ablation, whose image
+                  pass must recompute the text (its text K/V depend on the images)
+    """
+
+    kv: torch.Tensor
+    valid: torch.Tensor
+    token_ids: torch.Tensor | None = None
+    text_valid: torch.Tensor | None = None
+
+    def extend(self, kv: torch.Tensor, valid: torch.Tensor) -> "Prefix":
+        return self._replace(kv=torch.cat([self.kv, kv], dim=4), valid=torch.cat([self.valid, valid], dim=1))
+
+
+def make_attn_mask(blocks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Block-causal attention mask over modality blocks, with key padding.
+
+    blocks: (L,) int   block id of each token, non-decreasing (TEXT=0, IMAGE=1, STATE=2, ACTION=3)
+    valid:  (B, L) bool  False marks padding
+    returns (B, 1, L, L) bool, True = query may attend to key:
+        mask[b, 0, q, k] = blocks[k] <= blocks[q] and valid[b, k]
+
+    Worked example, blocks = [0 0 | 1 | 2 | 3 3] (two text, one image, state, two actions):
+
+        query\\key  t t i s a a
+        t           1 1 0 0 0 0     text sees only text: the frozen language expert computes exactly
+        t           1 1 0 0 0 0     what the pretrained model does, and its K/V cache per instruction
+        i           1 1 1 0 0 0     images see text + images (not state: body weights never reach them)
+        s           1 1 1 1 0 0     state sees the whole observation
+        a           1 1 1 1 1 1     actions see everything, including each other (bidirectional chunk)
+        a           1 1 1 1 1 1
+
+    With the bidirectional-prefix ablation, text and image share block 0 and see each other.
+    """
+    causal = blocks[None, :] <= blocks[:, None]  # (L_query, L_key)
+    return causal[None, None] & valid[:, None, None, :]
+
+
+def posemb_sincos(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
+    """Sine-cosine embedding of scalar flow times t (B,) in [0, 1] -> (B, dim), as pi0 embeds time."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = t.float()[:, None] * (2 * math.pi / period)[None]
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
+
+
+X = TypeVar("X")
+
+
+def euler_sample(denoise: Callable[[X, float], X], noise: X, num_steps: int) -> X:
+    """Integrates dx/dt = v(x, t) from t = 1 (noise) to t = 0 (actions) in `num_steps` Euler steps.
+
+    Backend-agnostic (torch tensors or numpy arrays): the runtime shares it with onnxruntime/TensorRT.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps: expected >= 1, received {num_steps}")
+    dt = -1.0 / num_steps
+    x = noise
+    for i in range(num_steps):
+        x = x + dt * denoise(x, 1.0 + i * dt)
+    return x
+
+
+class MoTPolicy(nn.Module):
+    def __init__(self, cfg: PolicyConfig, norm_stats: NormStats | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.language_folder = resolve_language_model(cfg.language_model)
+        dims = BertDims.from_folder(self.language_folder, cfg.language_layers)
+        self.dims = dims
+        dense = cfg.routing == "dense"
+        # Dense: one expert (the language model's shape) for every token, so the body is as wide.
+        body_width = dims.width if dense else cfg.body_width
+        cond_dim = body_width
+
+        # Modality encoders.
+        self.tokenizer = TextTokenizer(self.language_folder, cfg.max_text_tokens)
+        self.text_embed = BertEmbeddings(dims)
+        self.trunk = EfficientNetTrunk(cfg.image_size)
+        self.image_embed = ImageTokenizer(len(cfg.cameras), cfg.feature_grid, cfg.vision_feature_dim,
+                                          dims.width, dims.eps)
+        self.state_in = nn.Linear(cfg.state_dim, body_width)
+        self.action_in = nn.Linear(cfg.action_dim, body_width)
+        self.action_pos = nn.Parameter(torch.randn(cfg.horizon, body_width) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+        # The state token's adaLN condition: a learned "no time" vector, so state K/V are t-independent.
+        self.state_cond = nn.Parameter(torch.zeros(cond_dim))
+
+        # MoT layers: one ModuleDict of experts per layer; `route` maps a modality to its expert.
+        def bert() -> BertExpert:
+            return BertExpert(dims.width, dims.heads, dims.intermediate, dims.eps)
+
+        if dense:
+            self.layers = nn.ModuleList([nn.ModuleDict({"shared": bert()}) for _ in range(dims.layers)])
+            self.route = {"text": "shared", "image": "shared", "body": "shared"}
+        else:
+            self.layers = nn.ModuleList([
+                nn.ModuleDict({"language": bert(), "vision": bert(),
+                               "body": BodyExpert(body_width, dims.heads, dims.head_dim, cfg.body_mlp_ratio, cond_dim)})
+                for _ in range(dims.layers)])
+            self.route = {"text": "language", "image": "vision", "body": "body"}
+        self.action_norm = nn.LayerNorm(body_width, eps=1e-6)
+        self.action_out = nn.Linear(body_width, cfg.action_dim)
+
+        # Pretrained weights: language expert (and the dense shared expert) from the BERT folder;
+        # the vision expert starts as a copy of the language expert (LMFusion).
+        load_bert_weights(self.language_folder, self.text_embed, [layer[self.route["text"]] for layer in self.layers])
+        if not dense:
+            for layer in self.layers:
+                layer["vision"].load_state_dict(copy.deepcopy(layer["language"].state_dict()))
+
+        # Normalisation statistics live in norm_stats.json, not in the weights (persistent=False).
+        stats = norm_stats or NormStats.identity(cfg.state_dim, cfg.action_dim)
+        for name in ("state_mean", "state_std", "action_mean", "action_std"):
+            self.register_buffer(name, torch.zeros(0), persistent=False)
+        self.set_norm_stats(stats)
+        self.set_stage("policy")
+
+    # -- training stages and normalisation ---------------------------------------------------------
+    def set_stage(self, stage: str, *, train_vision: bool = False) -> None:
+        """Chooses what trains. Language and the image trunk never do (in MoT routing).
+
+        align:  image projection + vision expert (grounding); everything else frozen.
+        policy: body expert + state/action/time modules; vision frozen unless `train_vision` (ablation).
+        Dense routing has one shared expert, which then trains with the body in "policy".
+        """
+        if stage not in STAGES:
+            raise ValueError(f"stage: expected one of {STAGES}, received {stage!r}")
+        self.stage = stage
+        self.requires_grad_(False)
+        vision = [self.image_embed] + [layer[self.route["image"]] for layer in self.layers]
+        body = [self.state_in, self.action_in, self.time_mlp, self.action_norm, self.action_out]
+        body += [layer[self.route["body"]] for layer in self.layers]
+        if stage == "align" or train_vision:
+            for module in vision:
+                module.requires_grad_(True)
+        if stage == "policy":
+            for module in body:
+                module.requires_grad_(True)
+            self.action_pos.requires_grad_(True)
+            self.state_cond.requires_grad_(True)
+        if self.cfg.routing == "mot":  # the language expert is frozen by construction
+            for layer in self.layers:
+                layer["language"].requires_grad_(False)
+
+    def set_norm_stats(self, stats: NormStats) -> None:
+        if stats.state_mean.shape != (self.cfg.state_dim,) or stats.action_mean.shape != (self.cfg.action_dim,):
+            raise ValueError(f"norm_stats: expected state ({self.cfg.state_dim},) and action ({self.cfg.action_dim},) "
+                             f"vectors, received {stats.state_mean.shape} and {stats.action_mean.shape}")
+        self.norm_stats = stats
+        for name in ("state_mean", "state_std", "action_mean", "action_std"):
+            setattr(self, name, torch.as_tensor(getattr(stats, name), dtype=torch.float32))
+
+    def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
+        return (state - self.state_mean) / self.state_std
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return (actions - self.action_mean) / self.action_std
+
+    def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions * self.action_std + self.action_mean
+
+    def prefix_trainable(self) -> bool:
+        """True when any parameter reached by the text/image passes is trainable (align, ablations)."""
+        modules = [self.image_embed, self.text_embed] + [layer[self.route[m]] for layer in self.layers
+                                                          for m in ("text", "image")]
+        return any(p.requires_grad for m in modules for p in m.parameters())
+
+    # -- the joint-attention core ------------------------------------------------------------------
+    def _forward(self, segments: list[tuple[str, torch.Tensor, torch.Tensor | None]],
+                 past: Prefix | None, new_valid: torch.Tensor, attn_mask: torch.Tensor | None = None):
+        """Runs contiguous modality segments through every MoT layer with one joint attention.
+
+        segments: [(modality, h (B, L_i, D_expert), cond (B, L_i, C) or None)], in token order
+        past:     cached K/V of earlier tokens (attended to, not recomputed), or None
+        new_valid: (B, sum L_i) bool validity of the new tokens
+        attn_mask: (B, 1, L_new, L_past + L_new) bool; default = key padding only, which is the exact
+                   block-causal mask whenever the new tokens form one block (the cached passes)
+        returns (hidden per segment, new kv (layers, 2, B, heads, L_new, head_dim))
+        """
+        if attn_mask is None:
+            keys_valid = new_valid if past is None else torch.cat([past.valid, new_valid], dim=1)
+            attn_mask = keys_valid[:, None, None, :]  # (B, 1, 1, L_keys): broadcast over queries
+        hs = [h for _, h, _ in segments]
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            experts = [layer[self.route[modality]] for modality, _, _ in segments]
+            qkvc = [expert.qkv(h, cond) for expert, h, (_, _, cond) in zip(experts, hs, segments)]
+            q = torch.cat([x[0] for x in qkvc], dim=2)
+            k = torch.cat([x[1] for x in qkvc], dim=2)
+            v = torch.cat([x[2] for x in qkvc], dim=2)
+            new_kv.append(torch.stack([k, v]))
+            if past is not None:  # cached keys/values of earlier blocks come first in token order
+                k = torch.cat([past.kv[i, 0], k], dim=2)
+                v = torch.cat([past.kv[i, 1], v], dim=2)
+            attn = merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
+            outs = attn.split([h.shape[1] for h in hs], dim=1)
+            hs = [expert.finish(h, out, c[3]) for expert, h, out, c in zip(experts, hs, outs, qkvc)]
+        return hs, torch.stack(new_kv)
+
+    # -- token embeddings ---------------------------------------------------------------------------
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, cams, H, W, 3) -> image tokens (B, cams * grid^2, width). The trunk never trains."""
+        with torch.no_grad():
+            features = self.trunk(preprocess_images(images, self.cfg.image_size))
+        return self.image_embed(features)
+
+    def embed_state(self, state_norm: torch.Tensor):
+        """state (B, S) normalised -> token (B, 1, D_body), adaLN condition (B, 1, C)."""
+        h = self.state_in(state_norm)[:, None]
+        return h, self.state_cond.expand(h.shape[0], 1, -1)
+
+    def embed_actions(self, x_t: torch.Tensor, t: torch.Tensor):
+        """noisy chunk (B, horizon, A), time (B,) -> tokens (B, horizon, D_body), condition (B, horizon, C)."""
+        h = self.action_in(x_t) + self.action_pos[None]
+        cond = self.time_mlp(posemb_sincos(t, self.cfg.time_embed_dim))[:, None].expand(-1, x_t.shape[1], -1)
+        if self.cfg.routing == "dense":  # BERT experts take no condition: time joins the token instead
+            return h + cond, None
+        return h, cond
+
+    # -- the cached passes (also the exported graphs) ---------------------------------------------
+    def encode_text(self, token_ids: torch.Tensor, text_valid: torch.Tensor) -> Prefix:
+        """token_ids (B, L) int64, text_valid (B, L) bool -> text K/V. Cache it per instruction."""
+        if self.cfg.prefix_mask == "bidirectional":
+            # Text attends to images in this ablation: nothing can be computed before the images arrive.
+            empty = self.layers[0][self.route["text"]].key.weight.new_zeros(
+                (len(self.layers), 2, token_ids.shape[0], self.dims.heads, 0, self.dims.head_dim))
+            return Prefix(empty, text_valid[:, :0], token_ids, text_valid)
+        _, kv = self._forward([("text", self.text_embed(token_ids), None)], None, text_valid)
+        return Prefix(kv, text_valid)
+
+    def encode_images(self, images: torch.Tensor, text: Prefix, return_hidden: bool = False):
+        """images uint8 (B, cams, H, W, 3) + text prefix -> prefix with image K/V appended.
+
+        Blockwise: image tokens attend to cached text K/V and to each other.
+        Bidirectional ablation: text and image tokens run together and attend to each other.
+        return_hidden: also return the final image token states (B, N_img, width) for grounding heads.
+        """
+        tokens = self.embed_images(images)
+        ones = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        if self.cfg.prefix_mask == "bidirectional":
+            valid = torch.cat([text.text_valid, ones], dim=1)
+            segments = [("text", self.text_embed(text.token_ids), None), ("image", tokens, None)]
+            hs, kv = self._forward(segments, None, valid)
+            prefix = Prefix(kv, valid)
+        else:
+            hs, kv = self._forward([("image", tokens, None)], text, ones)
+            prefix = text.extend(kv, ones)
+        return (prefix, hs[-1]) if return_hidden else prefix
+
+    def encode_state(self, state_norm: torch.Tensor, prefix: Prefix) -> Prefix:
+        """Normalised state (B, S) -> prefix with the state token's K/V appended (body expert)."""
+        h, cond = self.embed_state(state_norm)
+        ones = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        _, kv = self._forward([("body", h, cond)], prefix, ones)
+        return prefix.extend(kv, ones)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, prefix: Prefix) -> torch.Tensor:
+        """One flow step: noisy normalised chunk (B, horizon, A), t (B,) -> velocity (B, horizon, A).
+
+        Only the action tokens are computed; they attend to the cached prefix and to each other.
+        """
+        h, cond = self.embed_actions(x_t, t)
+        ones = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        (h,), _ = self._forward([("body", h, cond)], prefix, ones)
+        return self.action_out(self.action_norm(h))
+
+    def velocity_uncached(self, token_ids: torch.Tensor, text_valid: torch.Tensor, images: torch.Tensor,
+                          state_norm: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The same velocity as the cached passes, from one pass over the whole sequence.
+
+        The reference for cache tests and the "naive" benchmark (recomputes the prefix every step).
+        """
+        text_h = self.text_embed(token_ids)
+        image_h = self.embed_images(images)
+        state_h, state_cond = self.embed_state(state_norm)
+        action_h, action_cond = self.embed_actions(x_t, t)
+        image_block = TEXT if self.cfg.prefix_mask == "bidirectional" else IMAGE
+        lengths = [text_h.shape[1], image_h.shape[1], 1, action_h.shape[1]]
+        blocks = torch.repeat_interleave(torch.tensor([TEXT, image_block, STATE, ACTION]), torch.tensor(lengths))
+        b = token_ids.shape[0]
+        valid = torch.cat([text_valid, torch.ones(b, sum(lengths[1:]), dtype=torch.bool)], dim=1)
+        segments = [("text", text_h, None), ("image", image_h, None), ("body", state_h, state_cond),
+                    ("body", action_h, action_cond)]
+        hs, _ = self._forward(segments, None, valid, make_attn_mask(blocks, valid))
+        return self.action_out(self.action_norm(hs[-1]))
+
+    # -- public API -----------------------------------------------------------------------------------
+    def encode_observation(self, obs: Observation, text: Prefix | None = None) -> Prefix:
+        """Validated observation -> full prefix (text + images + state) ready for denoising."""
+        if text is None:
+            text = self.encode_text(*self.tokenizer(obs.instruction))
+        prefix = self.encode_images(obs.images, text)
+        return self.encode_state(self.normalize_state(obs.state), prefix)
+
+    def compute_loss(self, batch: dict, noise: torch.Tensor | None = None, time: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow-matching loss (scalar) on a batch with `actions`.
+
+        When nothing in the text/image path trains (the "policy" stage), the prefix runs without
+        autograd: a step costs little more than the body expert itself.
+        """
+        obs = validate_batch(batch, self.cfg, require_actions=True)
+        actions = self.normalize_actions(obs.actions)
+        b = actions.shape[0]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.prefix_trainable()):
+            token_ids, text_valid = self.tokenizer(obs.instruction)
+            text = self.encode_text(token_ids, text_valid)
+            prefix = self.encode_images(obs.images, text)
+        prefix = self.encode_state(self.normalize_state(obs.state), prefix)
+        if time is None:
+            beta = torch.distributions.Beta(self.cfg.time_beta_alpha, self.cfg.time_beta_beta)
+            time = beta.sample((b,)) * 0.999 + 0.001  # keep t away from 0, where x_t = actions exactly
+        if noise is None:
+            noise = torch.randn_like(actions)
+        t = time[:, None, None]
+        x_t = t * noise + (1 - t) * actions
+        velocity = self.denoise(x_t, time, prefix)
+        return F.mse_loss(velocity, noise - actions)
+
+    @torch.no_grad()
+    def sample_actions(self, obs: dict, num_steps: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Observation dict (batch of B) -> action chunk (B, horizon, action_dim) in robot units."""
+        o = validate_batch(obs, self.cfg)
+        prefix = self.encode_observation(o)
+        shape = (o.batch_size, self.cfg.horizon, self.cfg.action_dim)
+        if noise is None:
+            noise = torch.randn(shape)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise: expected shape {shape}, received {tuple(noise.shape)}")
+        steps = self.cfg.num_inference_steps if num_steps is None else num_steps
+        b = o.batch_size
+        x = euler_sample(lambda x, t: self.denoise(x, torch.full((b,), t), prefix), noise.float(), steps)
+        return self.unnormalize_actions(x)
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        from policy.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "MoTPolicy":
+        from policy.checkpoint import load_checkpoint
+
+        return load_checkpoint(directory)
+
+    def num_parameters(self) -> dict[str, dict[str, int]]:
+        """Parameters per expert/module group: {"language": {"total": n, "trainable": m}, ...}."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if name.startswith("layers."):
+                key = name.split(".")[2]
+            elif name.startswith(("text_embed",)):
+                key = "language"
+            elif name.startswith("trunk"):
+                key = "vision_trunk"
+            elif name.startswith("image_embed"):
+                key = "vision"
+            else:
+                key = "body"
+            groups.setdefault(key, []).append(p)
+        return {k: {"total": sum(p.numel() for p in ps), "trainable": sum(p.numel() for p in ps if p.requires_grad)}
+                for k, ps in groups.items()}
+
+
+__all__ = ["MoTPolicy", "Prefix", "make_attn_mask", "euler_sample", "posemb_sincos"]
