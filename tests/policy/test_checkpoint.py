@@ -1,0 +1,106 @@
+"""Checkpoints round-trip exactly; corrupted or mismatched ones are refused."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from policy import MoTPolicy, NormStats, PolicyConfig
+from policy.checkpoint import CheckpointError
+
+from .conftest import make_batch, randomize_body
+
+
+@pytest.fixture()
+def saved(tmp_path, tiny_cfg):
+    policy = randomize_body(MoTPolicy(tiny_cfg))
+    rng = np.random.default_rng(0)
+    policy.set_norm_stats(NormStats(rng.normal(size=7), rng.uniform(0.5, 2, 7), rng.normal(size=7), rng.uniform(0.5, 2, 7)))
+    return policy, policy.save(tmp_path / "ckpt")
+
+
+def test_round_trip_is_exact(saved, tiny_cfg):
+    policy, path = saved
+    loaded = MoTPolicy.load(path)
+    assert loaded.cfg == policy.cfg
+    for (name, a), (_, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    batch = make_batch(tiny_cfg, actions=False)
+    noise = torch.randn(2, tiny_cfg.horizon, tiny_cfg.action_dim)
+    assert torch.equal(policy.sample_actions(batch, noise=noise), loaded.sample_actions(batch, noise=noise))
+    assert np.array_equal(loaded.norm_stats.action_std, policy.norm_stats.action_std)
+
+
+def test_checkpoint_stores_only_trained_weights(saved):
+    _, path = saved
+    from safetensors import safe_open
+
+    keys = list(safe_open(str(path / "model.safetensors"), "pt").keys())
+    assert not [k for k in keys if k.startswith(("trunk.", "text_embed.")) or ".language." in k]
+    assert any(".vision." in k for k in keys) and any(".body." in k for k in keys)
+
+
+def test_corrupted_weights_are_refused(saved):
+    _, path = saved
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupted or modified"):
+        MoTPolicy.load(path)
+
+
+def test_missing_file_and_non_checkpoint_are_refused(saved, tmp_path):
+    _, path = saved
+    with pytest.raises(CheckpointError, match="not a checkpoint directory"):
+        MoTPolicy.load(tmp_path / "nowhere")
+    os.remove(path / "norm_stats.json")
+    with pytest.raises(CheckpointError, match="norm_stats.json, it does not exist"):
+        MoTPolicy.load(path)
+
+
+def test_config_that_does_not_fit_the_weights_is_refused(saved):
+    """Edit config.json and re-hash it: the manifest agrees, but the weights no longer fit."""
+    _, path = saved
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["body_width"] = 32
+    (path / "config.json").write_text(json.dumps(cfg))
+    from policy.language import sha256_file
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["config.json"] = sha256_file(path / "config.json")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"expected shape .* from config.json"):
+        MoTPolicy.load(path)
+
+
+def test_mismatched_pretrained_sources_are_refused(saved):
+    _, path = saved
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["pretrained"]["language_model.sha256"] = "0" * 64
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="language_model.sha256"):
+        MoTPolicy.load(path)
+
+
+def test_save_replaces_atomically_and_leaves_no_temporaries(saved, tiny_cfg):
+    policy, path = saved
+    first = (path / "manifest.json").read_text()
+    with torch.no_grad():
+        policy.action_out.bias.add_(1.0)
+    policy.save(path)
+    assert (path / "manifest.json").read_text() != first
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt"]
+    assert torch.equal(MoTPolicy.load(path).action_out.bias, policy.action_out.bias)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="routing: expected one of"):
+        PolicyConfig(routing="sparse")
+    with pytest.raises(ValueError, match="horizon: expected a positive int, received 0"):
+        PolicyConfig(horizon=0)
+    with pytest.raises(ValueError, match="cameras: expected unique"):
+        PolicyConfig(cameras=("front", "front"))
+    with pytest.raises(ValueError, match="preset: expected one of"):
+        PolicyConfig.preset("huge")

@@ -1,0 +1,55 @@
+"""The language expert computes exactly what the pretrained BERT computes (block-wise mask)."""
+
+import json
+
+import pytest
+import torch
+
+from policy import MoTPolicy, PolicyConfig
+from policy.language import default_language_model
+
+transformers = pytest.importorskip("transformers")
+
+
+def _text_hidden(policy: MoTPolicy, instructions: list[str]):
+    ids, valid = policy.tokenizer(instructions)
+    with torch.no_grad():
+        hs, _ = policy._forward([("text", policy.text_embed(ids), None)], None, valid)
+    return ids, valid, hs[0]
+
+
+def test_minilm_language_expert_matches_bert_model():
+    policy = MoTPolicy(PolicyConfig.preset("small")).eval()
+    reference = transformers.BertModel.from_pretrained(str(default_language_model()), add_pooling_layer=False).eval()
+    instructions = ["put the red cube on the blue pad", "hoist the crimson block", "touch it"]
+    ids, valid, ours = _text_hidden(policy, instructions)
+    with torch.no_grad():
+        theirs = reference(input_ids=ids, attention_mask=valid.long()).last_hidden_state
+    # Padding positions are never attended to; compare the real tokens.
+    err = (ours - theirs).abs()[valid].max().item()
+    assert err <= 1e-4, f"language expert deviates from BertModel by {err}"
+    # And the cached text K/V are what a second encode of the same text gives (deterministic).
+    kv = policy.encode_text(ids, valid).kv
+    assert torch.equal(kv, policy.encode_text(ids, valid).kv)
+
+
+def test_user_bert_folder_loads_through_the_same_interface(tmp_path):
+    """A user's own BERT checkpoint on disk (here a tiny random one) becomes the language expert."""
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=64)
+    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    (tmp_path / "tokenizer.json").write_bytes((default_language_model() / "tokenizer.json").read_bytes())
+    assert json.loads((tmp_path / "config.json").read_text())["hidden_size"] == 64
+
+    policy = MoTPolicy(PolicyConfig.preset("tiny", language_model=str(tmp_path), language_layers=None)).eval()
+    assert policy.dims.heads == 4 and policy.dims.width == 64 and len(policy.layers) == 2
+    ids, valid, ours = _text_hidden(policy, ["pick up the red cube", "go"])
+    with torch.no_grad():
+        theirs = model(input_ids=ids, attention_mask=valid.long()).last_hidden_state
+    assert (ours - theirs).abs()[valid].max().item() <= 1e-5
+
+
+def test_bad_language_folder_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="language_model"):
+        MoTPolicy(PolicyConfig.preset("tiny", language_model=str(tmp_path)))
