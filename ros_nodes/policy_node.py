@@ -1,0 +1,215 @@
+"""policy_node: camera frames + joint state + instruction -> safe JointTrajectory chunks.
+
+Topics (names relative, so a namespace or remap moves them):
+
+    sub  camera/<camera>/image_raw   sensor_msgs/Image          one per camera the checkpoint uses
+    sub  joint_states                 sensor_msgs/JointState
+    sub  instruction                  std_msgs/String            typed (`mot say`) or spoken (audio_node)
+    sub  estop                        std_msgs/Bool              True latches the e-stop
+    pub  joint_trajectory             trajectory_msgs/JointTrajectory   chunks and holds, always guarded
+    pub  policy/status                std_msgs/String (JSON)     mode, e-stop, stale inputs, latency
+    srv  policy/reset_estop           std_srvs/Trigger           the only way out of an e-stop
+
+The node owns parameters, topics and threads only; ``ros_nodes.controller.PolicyController`` decides
+what to do and ``GuardedCommandPublisher`` (the only holder of the trajectory publisher) guards it.
+Inference runs on a dedicated worker thread, never on an executor thread, so callbacks and the
+control tick stay on time while the model thinks.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from ros_nodes.common import IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, now_s, run_node
+from ros_nodes.controller import (Command, ControllerConfig, GuardedCommandPublisher, Inference,
+                                  PolicyController, Request)
+from ros_nodes.convert import chunk_to_trajectory, image_to_numpy, joint_state_to_vector, seconds_to_time
+from ros_nodes.safety import SafetyGuard, SafetyLimits
+
+# Every parameter the node declares. A ``Parameter.Type`` means "required, no default": the node
+# refuses to start without it, because a joint limit or a checkpoint has no safe default.
+PARAMETERS: dict[str, Any] = {
+    "checkpoint": "",  # checkpoint directory (policy.MoTPolicy.save); required unless a runner is passed in
+    "backend": "torch",  # torch | onnxruntime | tensorrt
+    "cameras": Parameter.Type.STRING_ARRAY,  # unset: the checkpoint's cameras
+    "camera_topic": "camera/{camera}/image_raw",
+    "joint_names": Parameter.Type.STRING_ARRAY,
+    "position_lower": Parameter.Type.DOUBLE_ARRAY,
+    "position_upper": Parameter.Type.DOUBLE_ARRAY,
+    "max_step": [0.05],  # per control step; one value for all joints or one per joint
+    "max_velocity": [1.0],  # per second; one value for all joints or one per joint
+    "control_hz": 10.0,
+    "replan_steps": -1,  # re-plan when this many planned points remain; -1: half the horizon
+    "blend_steps": 2,
+    "stale_image_s": 0.5,
+    "stale_joint_state_s": 0.5,
+    "max_instruction_chars": 256,
+    "dry_run": False,
+    "status_hz": 2.0,
+}
+
+
+def _read_parameters(node: Node) -> dict[str, Any]:
+    values = {}
+    for name, default in PARAMETERS.items():
+        node.declare_parameter(name, default)
+        try:
+            values[name] = node.get_parameter(name).value
+        except ParameterUninitializedException:
+            values[name] = None
+    return values
+
+
+class PolicyNode(Node):
+    def __init__(self, runner: Inference | None = None, **node_kwargs) -> None:
+        super().__init__("policy_node", **node_kwargs)
+        p = _read_parameters(self)
+        if runner is None:
+            if not p["checkpoint"]:
+                raise ValueError("checkpoint: expected a checkpoint directory parameter, received ''")
+            from policy.runtime import PolicyRunner  # torch is imported only by the node that runs it
+
+            self.get_logger().info(f"loading {p['checkpoint']} (backend {p['backend']})")
+            runner = PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"])
+        self.runner = runner
+        model = getattr(runner, "config", None)
+        cameras = tuple(p["cameras"] or (model.cameras if model else ()))
+        joint_names = tuple(p["joint_names"] or ())
+        for name in ("joint_names", "position_lower", "position_upper"):
+            if not p[name]:
+                raise ValueError(f"{name}: expected a non-empty list parameter (the safety layer needs it), received none")
+        if model is not None and not (model.state_dim == model.action_dim == len(joint_names)):
+            raise ValueError(f"joint_names: expected {model.state_dim} names (the checkpoint's state/action dim), "
+                             f"received {len(joint_names)}")
+        if model is not None and set(cameras) != set(model.cameras):
+            raise ValueError(f"cameras: expected the checkpoint's cameras {list(model.cameras)}, received {list(cameras)}")
+        horizon = model.horizon if model else 10
+        replan = p["replan_steps"] if p["replan_steps"] > 0 else max(1, horizon // 2)
+        self.joint_names = joint_names
+        self.config = ControllerConfig(joint_names=joint_names, cameras=cameras, control_hz=p["control_hz"],
+                                       replan_steps=replan, blend_steps=p["blend_steps"],
+                                       stale_image_s=p["stale_image_s"], stale_joint_state_s=p["stale_joint_state_s"],
+                                       max_instruction_chars=p["max_instruction_chars"])
+        limits = SafetyLimits(lower=p["position_lower"], upper=p["position_upper"], max_step=p["max_step"],
+                              max_velocity=p["max_velocity"], dt=self.config.dt)
+        if limits.dim != len(joint_names):
+            raise ValueError(f"position_lower: expected {len(joint_names)} values (one per joint), received {limits.dim}")
+
+        # The trajectory publisher is captured by this closure and handed only to the guarded
+        # publisher: no other code in the node can reach it.
+        trajectory_pub = self.create_publisher(JointTrajectory, "joint_trajectory", RELIABLE_QOS)
+
+        def publish(command: Command) -> None:
+            trajectory_pub.publish(chunk_to_trajectory(command.points, joint_names, seconds_to_time(command.start_time),
+                                                       self.config.dt))
+
+        log = self.get_logger()
+        self.commands = GuardedCommandPublisher(SafetyGuard(limits), publish, log.info, dry_run=p["dry_run"])
+        self.controller = PolicyController(self.config, self.commands, t0=now_s(self), log=log.warning)
+        self._status_pub = self.create_publisher(String, "policy/status", RELIABLE_QOS)
+
+        # One reentrant group: callbacks may overlap on the executor's threads; the controller's lock
+        # serialises what must be serialised, and the slow work (inference) is not on these threads.
+        group = ReentrantCallbackGroup()
+        for camera in cameras:
+            topic = p["camera_topic"].format(camera=camera)
+            self.create_subscription(Image, topic, lambda msg, c=camera: self._on_image(c, msg), IMAGE_QOS,
+                                     callback_group=group)
+        self.create_subscription(JointState, "joint_states", self._on_joint_state, IMAGE_QOS, callback_group=group)
+        # raw=True: we deserialize ourselves so non-UTF-8 bytes are a logged drop, not an executor crash.
+        self.create_subscription(String, "instruction", self._on_instruction, RELIABLE_QOS, callback_group=group,
+                                 raw=True)
+        self.create_subscription(Bool, "estop", self._on_estop, RELIABLE_QOS, callback_group=group)
+        self.create_service(Trigger, "policy/reset_estop", self._on_reset, callback_group=group)
+        self.create_timer(self.config.dt, self._on_tick, callback_group=group)
+        self.create_timer(1.0 / p["status_hz"], self._publish_status, callback_group=group)
+
+        self._jobs: queue.Queue[Request | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._work, name="policy-inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"policy_node ready: cameras {list(cameras)}, joints {list(joint_names)}, "
+                               f"{self.config.control_hz} Hz, replan at {replan} points left, dry_run={p['dry_run']}")
+
+    # -- callbacks: convert, validate, hand to the controller; a bad message is logged and dropped ----
+    def _reject(self, what: str, exc: Exception) -> None:
+        self.controller.metrics.rejected_messages += 1
+        self.get_logger().warning(f"dropped {what}: {exc}", throttle_duration_sec=1.0)
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        try:
+            image = image_to_numpy(msg)
+        except ValueError as exc:
+            return self._reject(f"image from {camera}", exc)
+        self._submit(self.controller.on_image(camera, image, now_s(self)))
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            state = joint_state_to_vector(msg, self.joint_names)
+        except ValueError as exc:
+            return self._reject("joint state", exc)
+        self.controller.on_joint_state(state, now_s(self))
+
+    def _on_instruction(self, raw: bytes) -> None:
+        try:
+            text = self.controller.on_instruction(decode_string(raw), now_s(self))
+        except (ValueError, TypeError) as exc:
+            return self._reject("instruction", exc)
+        self.get_logger().info(f"instruction: {text!r}")
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data:
+            self.controller.trip_estop("estop topic", now_s(self))
+        else:
+            self.get_logger().info("estop False ignored: the e-stop clears only through policy/reset_estop",
+                                   throttle_duration_sec=5.0)
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success = self.controller.reset_estop(now_s(self))
+        response.message = "e-stop reset" if response.success else "e-stop was not latched"
+        return response
+
+    def _on_tick(self) -> None:
+        self._submit(self.controller.tick(now_s(self)))
+
+    def _publish_status(self) -> None:
+        self._status_pub.publish(json_string(self.controller.status(now_s(self))))
+
+    # -- inference worker --------------------------------------------------------------------------
+    def _submit(self, request: Request | None) -> None:
+        if request is not None:
+            self._jobs.put(request)
+
+    def _work(self) -> None:
+        while (request := self._jobs.get()) is not None:
+            started = time.perf_counter()
+            try:
+                chunk = self.runner.infer(request.images, request.state.astype(np.float32), request.instruction)
+            except Exception as exc:  # a refused input or a broken backend: the controller holds
+                self.controller.on_failure(request, exc, now_s(self))
+                continue
+            self.controller.on_result(request, chunk, now_s(self), time.perf_counter() - started)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._worker.join(timeout=5.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(PolicyNode, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
