@@ -13,6 +13,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("training.demo:main", "the main job on the default embedded setup (what `make demo` runs)"),
     "bench": ("training.bench:main", "benchmarks: `mot bench inference|sim|train|ros` (prints JSON)"),
+    "say": ("ros_nodes.say:main", "publish a typed instruction (ROS 2); --wait for the episode result"),
+    "stack": ("ros_nodes.stack:main", "run the ROS 2 nodes of a launch file in one process: `mot stack sim`"),
 }
 
 
