@@ -60,7 +60,7 @@ def numpy_to_image(pixels: np.ndarray, stamp: Time | None = None, frame_id: str 
     msg.encoding = "rgb8"
     msg.is_bigendian = 0
     msg.step = int(pixels.shape[1]) * 3
-    # array.array('B') from bytes is the fast path for rclpy's uint8[] field (a list would be ~100x slower).
+    # Assigning bytes is the fast path for rclpy's uint8[] field (a list of ints would be ~100x slower).
     msg.data = np.ascontiguousarray(pixels).tobytes()
     return msg
 
