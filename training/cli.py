@@ -13,6 +13,11 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("training.demo:main", "the main job on the default embedded setup (what `make demo` runs)"),
     "bench": ("training.bench:main", "benchmarks: `mot bench inference|sim|train|ros` (prints JSON)"),
+    "collect": ("training.collect:main", "scripted-expert demonstrations to disk (resumable, parallel)"),
+    "data": ("training.data_cli:main", "inspect a dataset: `mot data info DIR`, `mot data video DIR --episode K`"),
+    "train": ("training.train:main", "train a stage: --stage align (grounding) or --stage policy (flow matching)"),
+    "eval": ("training.evaluate:main", "success per task family on the train and held-out splits, videos, JSON"),
+    "run": ("training.run:main", "the main job: `mot run \"put the red cube on the blue pad\"` in sim"),
     "say": ("ros_nodes.say:main", "publish a typed instruction (ROS 2); --wait for the episode result"),
     "stack": ("ros_nodes.stack:main", "run the ROS 2 nodes of a launch file in one process: `mot stack sim`"),
 }

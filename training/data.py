@@ -1,0 +1,203 @@
+"""Demonstrations on disk: episode files, the dataset manifest, and the training dataset.
+
+Layout of a dataset directory:
+
+    manifest.json           format, env, cameras, per-episode {file, sha256, steps, task, ...}, dropped seeds
+    episode_000042.npz      one episode per file (seed 42): states, actions, JPEG frames per camera
+
+Episode files are written to a temporary name and renamed; the manifest likewise, after every
+episode. A killed collection therefore loses at most the episode in flight, and re-running the same
+command resumes from the manifest. On load every file is checked against its sha256; a corrupted
+episode is skipped with a warning, never trained on.
+
+Frames are stored as JPEG (quality 95) per step: `<cam>_jpeg` holds the concatenated bytes and
+`<cam>_offsets` (T + 1,) the boundaries. Grounding facts from the env's `info` (where the referred
+object and pad are) are stored per episode for the "align" stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FORMAT = "mot-dataset/1"
+JPEG_QUALITY = 95
+# Numeric facts copied from info at reset (NaN when the env does not provide them or they are None).
+GROUNDING_KEYS = ("target_object_pos", "target_pad_pos")
+
+
+# -- atomic files ----------------------------------------------------------------------------------
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file in the same directory and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- episodes --------------------------------------------------------------------------------------
+@dataclass
+class Episode:
+    states: np.ndarray  # float32 (T, S)
+    actions: np.ndarray  # float32 (T, A)
+    frames: dict[str, list[bytes]]  # camera -> T JPEG blobs
+    instruction: str
+    task: str
+    seed: int
+    grounding: dict[str, np.ndarray]  # GROUNDING_KEYS -> float32 (3,), NaN if absent
+
+    @property
+    def steps(self) -> int:
+        return len(self.states)
+
+    def decode_frame(self, camera: str, t: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB."""
+        bgr = cv2.imdecode(np.frombuffer(self.frames[camera][t], np.uint8), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def encode_frame(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError("frame: JPEG encoding failed")
+    return buf.tobytes()
+
+
+def episode_to_bytes(ep: Episode) -> bytes:
+    arrays = {"states": ep.states.astype(np.float32), "actions": ep.actions.astype(np.float32),
+              "instruction": np.frombuffer(ep.instruction.encode(), np.uint8),
+              "task": np.frombuffer(ep.task.encode(), np.uint8), "seed": np.array(ep.seed, np.int64)}
+    for cam, blobs in ep.frames.items():
+        arrays[f"{cam}_jpeg"] = np.frombuffer(b"".join(blobs), np.uint8)
+        arrays[f"{cam}_offsets"] = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    for key, value in ep.grounding.items():
+        arrays[f"grounding_{key}"] = np.asarray(value, np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # JPEG payloads are already compressed
+    return buf.getvalue()
+
+
+def episode_from_bytes(data: bytes, cameras: list[str]) -> Episode:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        frames = {}
+        for cam in cameras:
+            blob, offsets = z[f"{cam}_jpeg"].tobytes(), z[f"{cam}_offsets"]
+            frames[cam] = [blob[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+        grounding = {k.removeprefix("grounding_"): z[k] for k in z.files if k.startswith("grounding_")}
+        return Episode(z["states"], z["actions"], frames, z["instruction"].tobytes().decode(),
+                       z["task"].tobytes().decode(), int(z["seed"]), grounding)
+
+
+def episode_filename(seed: int) -> str:
+    return f"episode_{seed:06d}.npz"
+
+
+# -- manifest --------------------------------------------------------------------------------------
+def new_manifest(env: str, expert: str, cameras: list[str], image_size: int, split: str) -> dict:
+    return {"format": FORMAT, "env": env, "expert": expert, "cameras": cameras, "image_size": image_size,
+            "split": split, "episodes": {}, "dropped": {}}
+
+
+def load_manifest(directory: Path) -> dict:
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset: expected {path}; is {directory} a dataset made by `mot collect`?")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"dataset: expected format {FORMAT!r}, received {manifest.get('format')!r}")
+    return manifest
+
+
+def save_manifest(directory: Path, manifest: dict) -> None:
+    atomic_write_bytes(directory / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+
+def read_episodes(directory: str | Path, warn: bool = True) -> tuple[dict, list[Episode]]:
+    """All episodes listed in the manifest whose sha256 verifies; corrupted ones are skipped with a warning."""
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    episodes = []
+    for key, meta in sorted(manifest["episodes"].items()):
+        path = directory / meta["file"]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            if warn:
+                warnings.warn(f"dataset: skipping episode {key}: cannot read {path} ({e})", stacklevel=2)
+            continue
+        if sha256_bytes(data) != meta["sha256"]:
+            if warn:
+                warnings.warn(f"dataset: skipping episode {key}: {path.name} is corrupted (sha256 mismatch)",
+                              stacklevel=2)
+            continue
+        episodes.append(episode_from_bytes(data, manifest["cameras"]))
+    return manifest, episodes
+
+
+# -- the training dataset --------------------------------------------------------------------------
+class ChunkDataset:
+    """(observation at t, action chunk t .. t + horizon - 1) samples from in-memory episodes.
+
+    Chunks that run past the episode end repeat the last action (the robot holds still), as LeRobot
+    pads action chunks. Frames stay JPEG in memory and are decoded per batch.
+    """
+
+    def __init__(self, episodes: list[Episode], cameras: list[str], horizon: int):
+        if not episodes:
+            raise ValueError("dataset: expected at least one readable episode, received none")
+        self.episodes, self.cameras, self.horizon = episodes, list(cameras), horizon
+        self.index = np.array([(e, t) for e, ep in enumerate(episodes) for t in range(ep.steps)], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def chunk(self, ep: Episode, t: int) -> np.ndarray:
+        idx = np.minimum(np.arange(t, t + self.horizon), ep.steps - 1)
+        return ep.actions[idx]
+
+    def batch(self, indices: np.ndarray) -> dict:
+        """Sample indices (B,) -> a policy batch (images, state, instruction, actions) + grounding targets."""
+        rows = self.index[indices]
+        eps = [self.episodes[e] for e, _ in rows]
+        images = {cam: np.stack([ep.decode_frame(cam, t) for ep, (_, t) in zip(eps, rows)]) for cam in self.cameras}
+        return {
+            "images": images,
+            "state": np.stack([ep.states[t] for ep, (_, t) in zip(eps, rows)]).astype(np.float32),
+            "instruction": [ep.instruction for ep in eps],
+            "actions": np.stack([self.chunk(ep, t) for ep, (_, t) in zip(eps, rows)]).astype(np.float32),
+            "grounding": {k: np.stack([ep.grounding.get(k, np.full(3, np.nan, np.float32)) for ep in eps])
+                          for k in GROUNDING_KEYS},
+        }
+
+    def all_states_actions(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.concatenate([ep.states for ep in self.episodes]),
+                np.concatenate([ep.actions for ep in self.episodes]))
+
+
+def split_episodes(episodes: list[Episode], holdout_fraction: float, seed: int = 0) -> tuple[list, list]:
+    """Deterministic split by episode (never by frame: frames of one scene are near-duplicates)."""
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    n_hold = int(round(len(episodes) * holdout_fraction)) if len(episodes) > 1 else 0
+    hold = set(order[:n_hold].tolist())
+    return [e for i, e in enumerate(episodes) if i not in hold], [e for i, e in enumerate(episodes) if i in hold]

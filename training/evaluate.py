@@ -1,0 +1,152 @@
+"""`mot eval`: closed-loop success of a checkpoint in the MuJoCo suite.
+
+    mot eval --checkpoint runs/policy/checkpoint --episodes 50 --split both --video eval.mp4 --json
+
+Per task family and overall, on the train and/or held-out instruction splits. Episodes use seeds
+EVAL_SEED_BASE + i, far from collection seeds, so evaluation scenes are never training scenes.
+The policy runs chunked, as on a robot: a chunk is sampled, its first `--execute-steps` actions are
+executed, then it re-plans (LeRobot's action queue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from policy.runtime import PolicyRunner
+from training.data import atomic_write_bytes
+from training.video import compose, write_video
+
+EVAL_SEED_BASE = 1_000_000
+
+
+class ChunkedPolicy:
+    """fn(obs, info) -> action, re-planning every `execute_steps`; optionally records annotated frames."""
+
+    def __init__(self, runner: PolicyRunner, execute_steps: int, record: bool = False, rng_seed: int = 0):
+        if not 1 <= execute_steps <= runner.config.horizon:
+            raise ValueError(f"execute_steps: expected 1..{runner.config.horizon}, received {execute_steps}")
+        self.runner, self.execute_steps = runner, execute_steps
+        self.queue: list[np.ndarray] = []
+        self.frames: list[np.ndarray] = [] if record else None
+        self.rng = np.random.default_rng(rng_seed)  # sampling noise: reproducible episodes
+
+    def __call__(self, obs: dict, info: dict) -> np.ndarray:
+        if self.frames is not None:
+            self.frames.append(compose(obs["images"], obs["instruction"]))
+        if not self.queue:
+            noise = self.rng.standard_normal((self.runner.config.horizon, self.runner.config.action_dim))
+            chunk = self.runner.infer(obs["images"], np.asarray(obs["state"], np.float32), obs["instruction"],
+                                      noise=noise.astype(np.float32))
+            self.queue = list(chunk[: self.execute_steps])
+        return self.queue.pop(0)
+
+
+def make_env(task: str, split: str, runner: PolicyRunner):
+    import gymnasium as gym
+
+    import sim  # noqa: F401  (registers the envs)
+
+    return gym.make("mot/Tabletop-v0", task=task, split=split, image_size=runner.config.image_size,
+                    cameras=tuple(runner.config.cameras), render_mode="rgb_array")
+
+
+def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: list[str], execute_steps: int,
+             video: Path | None = None, progress: bool = True) -> dict:
+    from sim import rollout
+
+    results: dict = {"episodes_per_family": episodes, "execute_steps": execute_steps, "splits": {}}
+    frames: list[np.ndarray] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=episodes * len(families) * len(splits), desc="eval", unit="ep", disable=not progress)
+    for split in splits:
+        per_family = {}
+        for family in families:
+            env = make_env(family, split, runner)
+            wins = 0
+            for i in range(episodes):
+                record = video is not None and i == 0  # one video episode per family and split
+                fn = ChunkedPolicy(runner, execute_steps, record=record, rng_seed=i)
+                result = rollout(env, fn, seed=EVAL_SEED_BASE + i)
+                wins += int(result.success)
+                if record:
+                    frames += fn.frames + [fn.frames[-1]] * 5  # hold the last frame half a second
+                bar.update(1)
+                bar.set_postfix(split=split, task=family, success=f"{wins}/{i + 1}")
+            env.close()
+            per_family[family] = {"success_rate": wins / episodes, "successes": wins, "episodes": episodes}
+        overall = float(np.mean([v["success_rate"] for v in per_family.values()]))
+        results["splits"][split] = {"per_family": per_family, "overall": overall}
+    bar.close()
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    if video is not None and frames:
+        results["video"] = str(write_video(video, frames))
+    return results
+
+
+def summary_png(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(results["splits"])
+    families = list(results["splits"][splits[0]]["per_family"])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(splits)
+    for k, split in enumerate(splits):
+        rates = [results["splits"][split]["per_family"][f]["success_rate"] * 100 for f in families]
+        overall = results["splits"][split]["overall"] * 100
+        ax.bar(np.arange(len(families)) + k * width, rates, width, label=f"{split} (overall {overall:.0f}%)")
+    ax.set_xticks(np.arange(len(families)) + width * (len(splits) - 1) / 2, families)
+    ax.set_ylabel("success %")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{results.get('checkpoint', '')} — {results['episodes_per_family']} episodes per family")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sim
+
+    p = argparse.ArgumentParser(prog="mot eval", description="Closed-loop success of a checkpoint in sim.")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--episodes", type=int, default=50, help="episodes per task family and split")
+    p.add_argument("--split", default="both", choices=["train", "heldout", "both"])
+    p.add_argument("--tasks", default="all", help="comma-separated families or 'all'")
+    p.add_argument("--execute-steps", type=int, default=None, help="actions executed per chunk (default horizon/2)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--video", type=Path, default=None, help="mp4 of the first episode of each family and split")
+    p.add_argument("--summary", type=Path, default=None, help="summary PNG (default: next to --video or --out)")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = p.parse_args(argv)
+    runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend)
+    families = list(sim.TASK_FAMILIES) if args.tasks == "all" else args.tasks.split(",")
+    splits = ["train", "heldout"] if args.split == "both" else [args.split]
+    execute = args.execute_steps or max(1, runner.config.horizon // 2)
+    results = {"checkpoint": str(args.checkpoint), "backend": args.backend,
+               **evaluate(runner, args.episodes, splits, families, execute, args.video)}
+    summary = args.summary or ((args.video or args.out or Path("eval.json")).with_suffix(".png"))
+    results["summary_png"] = str(summary_png(results, summary))
+    text = json.dumps(results, indent=2)
+    if args.out:
+        atomic_write_bytes(args.out, text.encode())
+    if args.json:
+        print(text)
+    else:
+        for split, r in results["splits"].items():
+            rates = ", ".join(f"{f} {v['success_rate']:.0%}" for f, v in r["per_family"].items())
+            print(f"{split}: overall {r['overall']:.0%} ({rates})")
+    return 0

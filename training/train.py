@@ -1,0 +1,370 @@
+"""`mot train`: the two training stages of the MoT policy.
+
+    mot train --stage align  --data data/demos --out runs/align  --steps 1500
+    mot train --stage policy --data data/demos --out runs/policy --init runs/align/checkpoint --steps 4000
+
+align:  the image projection + vision expert learn grounding: from the instruction and the images,
+        predict where the referred object (and pad) is on the table. The language expert is frozen.
+        Grounding accuracy (object within 3 cm) on held-out episodes is printed and logged.
+policy: flow matching of the body expert; language and vision frozen, so the prefix runs without
+        autograd (MoTPolicy.compute_loss) and a step costs little more than the body expert.
+
+AdamW, linear warmup + cosine decay, gradient clipping, optional EMA of the weights, a CSV of scalars
+and a loss-curve PNG, periodic atomic checkpoints (`OUT/checkpoint` = a policy checkpoint, with EMA
+weights when enabled; `OUT/train_state.pt` = raw weights, optimizer, scheduler, step). `--resume`
+continues after a kill -9, losing at most one checkpoint interval. Batches are drawn from a seed that
+depends only on (seed, step, rank), so a resumed run sees exactly the batches it would have seen.
+
+Multi-process: `torchrun --nproc_per_node 2 -m training.train ...` (DDP, gloo on CPU); each rank draws
+its own batches, gradients are averaged, rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from policy import MoTPolicy, NormStats, PolicyConfig
+from policy.inputs import validate_batch
+from training.data import ChunkDataset, atomic_write_bytes, read_episodes, split_episodes
+
+GROUNDING_TOLERANCE_M = 0.03
+
+
+@dataclass
+class TrainConfig:
+    stage: str
+    data: str
+    out: str
+    preset: str = "small"
+    init: str | None = None  # a policy checkpoint to start from (the align stage's, for "policy")
+    routing: str = "mot"
+    prefix_mask: str = "blockwise"
+    train_vision: bool = False  # ablation: unfreeze the vision expert in the policy stage
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema: float = 0.0  # EMA decay (0 = off), e.g. 0.999
+    log_every: int = 25
+    eval_every: int = 250
+    ckpt_every: int = 250
+    holdout_fraction: float = 0.1
+    seed: int = 0
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("align", "policy"):
+            raise ValueError(f"stage: expected 'align' or 'policy', received {self.stage!r}")
+        for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: expected > 0, received {getattr(self, name)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema: expected a decay in [0, 1), received {self.ema}")
+
+
+class GroundingHead(nn.Module):
+    """Attention pooling over the final image-token states -> (object xy, pad xy) in decimetres.
+
+    Image tokens attend to the instruction (block-wise mask), so the pooled state can tell *which*
+    object the instruction refers to; the head is discarded after the align stage.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(width) * 0.02)
+        self.mlp = nn.Sequential(nn.Linear(width, 256), nn.GELU(), nn.Linear(256, 4))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, N, W) -> (B, 4)."""
+        weights = torch.softmax(h @ self.query / math.sqrt(h.shape[-1]), dim=1)
+        return self.mlp((weights[..., None] * h).sum(1))
+
+
+def grounding_targets(batch: dict) -> torch.Tensor:
+    """(B, 4) object xy + pad xy in decimetres (NaN where the episode has no pad)."""
+    g = batch["grounding"]
+    return torch.from_numpy(np.concatenate([g["target_object_pos"][:, :2], g["target_pad_pos"][:, :2]], 1) * 10)
+
+
+class StageLoss(nn.Module):
+    """One module per stage so DDP can wrap it: forward(batch) -> scalar loss."""
+
+    def __init__(self, policy: MoTPolicy, stage: str):
+        super().__init__()
+        self.policy, self.stage = policy, stage
+        self.head = GroundingHead(policy.dims.width) if stage == "align" else None
+
+    def grounding(self, batch: dict) -> torch.Tensor:
+        obs = validate_batch(batch, self.policy.cfg)
+        with torch.no_grad():  # the language expert is frozen: its K/V need no graph
+            text = self.policy.encode_text(*self.policy.tokenizer(obs.instruction))
+        _, image_h = self.policy.encode_images(obs.images, text, return_hidden=True)
+        return self.head(image_h)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        if self.stage == "policy":
+            return self.policy.compute_loss(batch)
+        pred, target = self.grounding(batch), grounding_targets(batch)
+        known = torch.isfinite(target)
+        return F.smooth_l1_loss(pred[known], target[known])
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio (a multiplier of cfg.lr)."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_indices(step: int, rank: int, cfg: TrainConfig, n: int) -> np.ndarray:
+    return np.random.default_rng([cfg.seed, step, rank]).integers(0, n, cfg.batch_size)
+
+
+# -- evaluation during training --------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig, max_samples: int = 256) -> dict:
+    """align: grounding accuracy (object xy within 3 cm); policy: flow loss at fixed noise/time."""
+    n = min(max_samples, len(data))
+    indices = np.random.default_rng(12345).choice(len(data), n, replace=False)
+    was_training = loss_module.training
+    loss_module.eval()
+    results: dict[str, list] = {"loss": [], "hit": []}
+    gen = torch.Generator().manual_seed(0)
+    for start in range(0, n, cfg.batch_size):
+        batch = data.batch(indices[start:start + cfg.batch_size])
+        if cfg.stage == "align":
+            pred, target = loss_module.grounding(batch), grounding_targets(batch)
+            err_m = (pred[:, :2] - target[:, :2]).norm(dim=1) / 10
+            results["hit"] += (err_m < GROUNDING_TOLERANCE_M).tolist()
+            known = torch.isfinite(target)
+            results["loss"].append(F.smooth_l1_loss(pred[known], target[known]).item())
+        else:
+            b = len(batch["instruction"])
+            shape = (b, loss_module.policy.cfg.horizon, loss_module.policy.cfg.action_dim)
+            noise, t = torch.randn(shape, generator=gen), torch.rand(b, generator=gen) * 0.98 + 0.01
+            results["loss"].append(loss_module.policy.compute_loss(batch, noise, t).item())
+    loss_module.train(was_training)
+    out = {"val_loss": float(np.mean(results["loss"]))}
+    if results["hit"]:
+        out["grounding_acc"] = float(np.mean(results["hit"]))
+    return out
+
+
+# -- files -------------------------------------------------------------------------------------------
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def save_training(out: Path, loss_module: StageLoss, opt, step: int, ema: dict | None, cfg: TrainConfig) -> None:
+    """Policy checkpoint (EMA weights if enabled) + resumable training state, both atomic."""
+    policy = loss_module.policy
+    raw = trainable_state(loss_module)
+    if ema is not None:  # the checkpoint users run is the EMA; the raw weights stay in train_state
+        with torch.no_grad():
+            for name, p in loss_module.named_parameters():
+                if name in ema:
+                    p.copy_(ema[name])
+    policy.save(out / "checkpoint")
+    if ema is not None:
+        with torch.no_grad():
+            for name, p in loss_module.named_parameters():
+                if name in raw:
+                    p.copy_(raw[name])
+    buf = io.BytesIO()
+    torch.save({"step": step, "params": raw, "ema": ema, "optimizer": opt.state_dict(),
+                "config": dataclasses.asdict(cfg)}, buf)
+    atomic_write_bytes(out / "train_state.pt", buf.getvalue())
+
+
+class MetricsLog:
+    """CSV of scalars (one row per log step) + a loss-curve PNG; rows past a resumed step are dropped."""
+
+    FIELDS = ["step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "val_loss", "grounding_acc"]
+
+    def __init__(self, out: Path, resume_step: int):
+        self.path, self.rows = out / "metrics.csv", []
+        if resume_step > 0 and self.path.exists():
+            with open(self.path) as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+
+    def add(self, row: dict) -> None:
+        self.rows.append({k: row.get(k, "") for k in self.FIELDS})
+
+    def flush(self, title: str) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.FIELDS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_bytes(self.path, buf.getvalue().encode())
+        self.plot(title)
+
+    def plot(self, title: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [int(r["step"]) for r in self.rows if r["loss"] != ""]
+        losses = [float(r["loss"]) for r in self.rows if r["loss"] != ""]
+        if not steps:
+            return
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(steps, losses, label="train loss")
+        val = [(int(r["step"]), float(r["val_loss"])) for r in self.rows if r["val_loss"] not in ("", None)]
+        if val:
+            ax.plot(*zip(*val), "o-", label="held-out loss")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        atomic_write_bytes(self.path.with_name("loss.png"), buf.getvalue())
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+def build_policy(cfg: TrainConfig) -> MoTPolicy:
+    if cfg.init:
+        policy = MoTPolicy.load(cfg.init)
+        if cfg.routing != policy.cfg.routing or cfg.prefix_mask != policy.cfg.prefix_mask:
+            raise ValueError(f"init: checkpoint has routing={policy.cfg.routing!r} prefix_mask={policy.cfg.prefix_mask!r}, "
+                             f"this run asks for routing={cfg.routing!r} prefix_mask={cfg.prefix_mask!r}")
+        return policy
+    return MoTPolicy(PolicyConfig.preset(cfg.preset, routing=cfg.routing, prefix_mask=cfg.prefix_mask))
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    manifest, episodes = read_episodes(cfg.data, warn=rank == 0)
+    policy = build_policy(cfg)
+    train_eps, hold_eps = split_episodes(episodes, cfg.holdout_fraction, cfg.seed)
+    cameras = list(policy.cfg.cameras)
+    if sorted(cameras) != sorted(manifest["cameras"]):
+        raise ValueError(f"data: expected cameras {cameras} (the policy's), received {manifest['cameras']}")
+    data = ChunkDataset(train_eps, cameras, policy.cfg.horizon)
+    holdout = ChunkDataset(hold_eps or train_eps, cameras, policy.cfg.horizon)
+    if cfg.stage == "policy" or not cfg.init:
+        policy.set_norm_stats(NormStats.from_arrays(*data.all_states_actions()))
+    policy.set_stage(cfg.stage, train_vision=cfg.train_vision)
+
+    loss_module = StageLoss(policy, cfg.stage)  # same RNG stream on every rank: same head init
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start, ema = 0, None
+    state_path = out / "train_state.pt"
+    if cfg.resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        named = dict(loss_module.named_parameters())
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                named[name].copy_(value)
+        opt.load_state_dict(state["optimizer"])
+        start, ema = state["step"], state["ema"]
+        if rank == 0:
+            print(f"resuming {out} at step {start}")
+    if cfg.ema > 0 and ema is None:
+        ema = trainable_state(loss_module)
+
+    model = nn.parallel.DistributedDataParallel(loss_module) if distributed else loss_module
+    log = MetricsLog(out, start)
+    title = f"{cfg.stage} stage ({policy.cfg.routing}, {cfg.preset})"
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.stage}",
+               disable=not progress or rank != 0)
+    model.train()
+    t_start, t_window, samples_window = time.perf_counter(), time.perf_counter(), 0
+    last: dict = {}
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_at(step, cfg)
+        batch = data.batch(batch_indices(step, rank, cfg, len(data)))
+        loss = model(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for name, p in loss_module.named_parameters():
+                    if name in ema:
+                        ema[name].lerp_(p, 1 - cfg.ema)
+        samples_window += cfg.batch_size * world
+        done = step + 1
+        if rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
+            now = time.perf_counter()
+            row = {"step": done, "loss": f"{loss.item():.6f}", "lr": f"{cfg.lr * lr_at(step, cfg):.3e}",
+                   "grad_norm": f"{grad_norm:.4f}", "samples_per_s": f"{samples_window / (now - t_window):.2f}",
+                   "elapsed_s": f"{now - t_start:.1f}"}
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                last = evaluate_stage(loss_module, holdout, cfg)
+                row.update({k: f"{v:.4f}" for k, v in last.items()})
+                tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
+            log.add(row)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            t_window, samples_window = now, 0
+        if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps):
+            save_training(out, loss_module, opt, done, ema, cfg)
+            log.flush(title)
+    if distributed:
+        dist.barrier()
+    result = {"stage": cfg.stage, "steps": cfg.steps, "checkpoint": str(out / "checkpoint"),
+              "train_samples": len(data), "holdout_samples": len(holdout), **last}
+    if rank == 0:
+        print(result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mot train", description=__doc__.split("\n\n")[0])
+    defaults = TrainConfig(stage="policy", data="", out="")
+    p.add_argument("--stage", required=True, choices=["align", "policy"])
+    p.add_argument("--data", required=True, help="dataset directory from `mot collect`")
+    p.add_argument("--out", required=True, help="run directory (checkpoint, train_state.pt, metrics.csv, loss.png)")
+    p.add_argument("--init", default=None, help="policy checkpoint to start from (align's, for --stage policy)")
+    p.add_argument("--preset", default=defaults.preset, choices=["tiny", "small"])
+    p.add_argument("--routing", default=defaults.routing, choices=["mot", "dense"])
+    p.add_argument("--prefix-mask", default=defaults.prefix_mask, choices=["blockwise", "bidirectional"])
+    p.add_argument("--train-vision", action="store_true", help="ablation: unfreeze the vision expert in 'policy'")
+    for name in ("steps", "batch_size", "warmup", "log_every", "eval_every", "ckpt_every", "seed"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt if present")
+    args = vars(p.parse_args(argv))
+    cfg = TrainConfig(**args)
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
