@@ -44,7 +44,7 @@ def image_to_numpy(msg: Image) -> np.ndarray:
         pixels = pixels[:, :, ::-1]
     elif encoding == "mono8":
         pixels = np.repeat(pixels, 3, axis=2)
-    return np.ascontiguousarray(pixels)
+    return np.array(pixels, order="C")  # always a writable copy, never a view of the message buffer
 
 
 def numpy_to_image(pixels: np.ndarray, stamp: Time | None = None, frame_id: str = "") -> Image:

@@ -16,11 +16,11 @@ last point its position holds; an empty trajectory means "hold where you are".
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -75,41 +75,45 @@ class TrajectoryFollower:
 
 
 class SimNode(Node):
+    """The env lives on one dedicated thread, which creates, steps and renders it.
+
+    MuJoCo's EGL/OSMesa rendering context is bound to the thread that created it; an executor's
+    worker threads change from callback to callback, so stepping from a timer callback fails with
+    EGL_BAD_ACCESS. Callbacks therefore only queue an episode start or swap the trajectory (under a
+    lock); the sim thread does everything that touches MuJoCo, at the control rate.
+    """
+
     def __init__(self, **node_kwargs) -> None:
         super().__init__("sim_node", **node_kwargs)
         for name, default in PARAMETERS.items():
             self.declare_parameter(name, default)
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        import gymnasium
-
+        self.p = p = {name: self.get_parameter(name).value for name in PARAMETERS}
         import sim  # registers mot/Tabletop-v0
 
         self.joint_names = tuple(sim.JOINT_NAMES)
-        self.max_instruction_chars = p["max_instruction_chars"]
-        make_kwargs = dict(task=p["task"], render_mode="rgb_array", image_size=p["image_size"])
-        if p["max_episode_steps"] > 0:
-            make_kwargs["max_episode_steps"] = p["max_episode_steps"]
-        self.env = gymnasium.make("mot/Tabletop-v0", **make_kwargs)
-        self.seed = p["seed"]
         self.dt = 1.0 / (p["control_hz"] or sim.CONTROL_HZ)
         self.follower = TrajectoryFollower(np.asarray(sim.ACTION_LOW, np.float64), np.asarray(sim.ACTION_HIGH, np.float64))
-        self._lock = threading.Lock()  # env and episode state: the tick and the callbacks both touch them
+        self._lock = threading.Lock()  # follower, episode state and the pending instruction
+        self._pending: str | None = None
         self.episode, self.step_count, self.mode = 0, 0, "idle"  # idle | running | done
         self.instruction, self.success, self.reason = "", False, ""
-        self.obs, _ = self.env.reset(seed=self.seed)  # something to publish before the first instruction
+        self.obs: dict | None = None
 
-        self._image_pubs = {camera: self.create_publisher(Image, p["camera_topic"].format(camera=camera), IMAGE_QOS)
-                            for camera in self.obs["images"]}
         self._joint_pub = self.create_publisher(JointState, "joint_states", RELIABLE_QOS)
         self._status_pub = self.create_publisher(String, "status", RELIABLE_QOS)
-        # Callbacks and the tick are mutually exclusive: MuJoCo's data is not thread-safe.
-        group = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(String, "instruction", self._on_instruction, RELIABLE_QOS, callback_group=group,
-                                 raw=True)
-        self.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory, RELIABLE_QOS,
-                                 callback_group=group)
-        self.create_service(Trigger, "sim/reset", self._on_reset, callback_group=group)
-        self.create_timer(self.dt, self._on_tick, callback_group=group)
+        self._image_pubs: dict = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sim", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise RuntimeError(f"sim_node: cannot create the env: {self._error}") from self._error
+
+        self.create_subscription(String, "instruction", self._on_instruction, RELIABLE_QOS, raw=True)
+        self.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory, RELIABLE_QOS)
+        self.create_service(Trigger, "sim/reset", self._on_reset)
         self.get_logger().info(f"sim_node ready: task {p['task']}, cameras {list(self._image_pubs)}, "
                                f"{1 / self.dt:.1f} Hz; waiting for an instruction")
 
@@ -117,24 +121,15 @@ class SimNode(Node):
     def state(self) -> np.ndarray:
         return np.asarray(self.obs["state"], dtype=np.float64)
 
+    # -- callbacks (executor threads): never touch the env ---------------------------------------
     def _on_instruction(self, raw: bytes) -> None:
         try:
-            text = clean_instruction(decode_string(raw), self.max_instruction_chars)
+            text = clean_instruction(decode_string(raw), self.p["max_instruction_chars"])
         except (ValueError, TypeError) as exc:
             self.get_logger().warning(f"dropped instruction: {exc}")
             return
         with self._lock:
-            self.episode += 1
-            try:
-                self.obs, _ = self.env.reset(seed=self.seed + self.episode, options={"instruction": text})
-            except (ValueError, KeyError) as exc:  # an instruction the sim cannot build a scene for
-                self.get_logger().warning(f"sim cannot set up {text!r}: {exc}; staying idle")
-                self.mode, self.instruction = "idle", ""
-                return
-            self.instruction, self.step_count, self.success, self.reason = text, 0, False, ""
-            self.follower.stop(self.state)
-            self.mode = "running"
-        self.get_logger().info(f"episode {self.episode}: {text!r}")
+            self._pending = text  # the sim thread starts the episode at its next step
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         try:
@@ -151,17 +146,53 @@ class SimNode(Node):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
-            self.mode, self.reason = "idle", "reset"
+            self.mode, self.reason, self._pending = "idle", "reset", None
             self.follower.stop(self.state)
         response.success, response.message = True, "sim idle; send an instruction to start an episode"
         return response
 
-    def _on_tick(self) -> None:
+    # -- the sim thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            import gymnasium
+
+            kwargs = dict(task=self.p["task"], render_mode="rgb_array", image_size=self.p["image_size"])
+            if self.p["max_episode_steps"] > 0:
+                kwargs["max_episode_steps"] = self.p["max_episode_steps"]
+            env = gymnasium.make("mot/Tabletop-v0", **kwargs)
+            self.obs, _ = env.reset(seed=self.p["seed"])  # something to publish before the first instruction
+            self._image_pubs = {camera: self.create_publisher(Image, self.p["camera_topic"].format(camera=camera),
+                                                              IMAGE_QOS) for camera in self.obs["images"]}
+        except Exception as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        deadline = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step(env)
+                except Exception as exc:  # a sim error is logged; the node keeps publishing its last state
+                    self.get_logger().error(f"sim step failed: {exc}", throttle_duration_sec=5.0)
+                deadline += self.dt
+                delay = deadline - time.monotonic()
+                if delay < -self.dt:  # fell more than a period behind (a slow machine): do not try to catch up
+                    deadline = time.monotonic()
+                self._stop.wait(max(0.0, delay))
+        finally:
+            env.close()
+
+    def _step(self, env) -> None:
         now = now_s(self)
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._start_episode(env, pending)
         with self._lock:
             if self.mode == "running":
                 action = self.follower.target(now, self.state).astype(np.float32)
-                self.obs, _, terminated, truncated, info = self.env.step(action)
+                self.obs, _, terminated, truncated, info = env.step(action)
                 self.step_count += 1
                 if info.get("success") or terminated or truncated:
                     self.success = bool(info.get("success", False))
@@ -176,12 +207,26 @@ class SimNode(Node):
         self._joint_pub.publish(vector_to_joint_state(obs["state"], self.joint_names, stamp))
         self._status_pub.publish(json_string(status))
 
+    def _start_episode(self, env, text: str) -> None:
+        try:
+            obs, _ = env.reset(seed=self.p["seed"] + self.episode + 1, options={"instruction": text})
+        except ValueError as exc:  # an instruction the sim cannot build a scene for ("cannot ground ...")
+            self.get_logger().warning(f"sim cannot set up {text!r}: {exc}; staying {self.mode}")
+            return
+        with self._lock:
+            self.obs, self.episode = obs, self.episode + 1
+            self.instruction, self.step_count, self.success, self.reason = text, 0, False, ""
+            self.follower.stop(self.state)
+            self.mode = "running"
+        self.get_logger().info(f"episode {self.episode}: {text!r}")
+
     def _status(self) -> dict:
         return {"episode": self.episode, "instruction": self.instruction, "step": self.step_count, "mode": self.mode,
                 "done": self.mode == "done", "success": self.success, "reason": self.reason}
 
     def close(self) -> None:
-        self.env.close()
+        self._stop.set()
+        self._thread.join(timeout=5.0)
 
 
 def main(argv: list[str] | None = None) -> int:

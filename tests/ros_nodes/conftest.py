@@ -41,14 +41,17 @@ class Ros:
         self.node = rclpy.create_node("test_harness", context=self.context)
         self.executor.add_node(self.node)
         self.nodes = [self.node]
+        self.errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
+        # An exception escaping a callback ends spin(): that is a node crash, and close() fails the test.
         try:
             self.executor.spin()
-        except Exception:  # shutdown races end the spin; node crashes are checked by the tests themselves
-            pass
+        except Exception as exc:
+            if self.context.ok():
+                self.errors.append(exc)
 
     def add(self, node):
         self.nodes.append(node)
@@ -80,6 +83,7 @@ class Ros:
             node.destroy_node()
         self.context.try_shutdown()
         self._thread.join(timeout=5.0)
+        assert not self.errors, f"a node crashed: {self.errors!r}"
 
 
 @pytest.fixture
