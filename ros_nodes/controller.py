@@ -315,15 +315,23 @@ class PolicyController:
             self.metrics.latencies.append(max(0.0, now - request.image_time))
 
     def on_failure(self, request: Request, error: Exception, now: float) -> None:
-        """Inference refused the input (e.g. an instruction longer than the model's text window)."""
+        """Inference refused its input or failed. Always hold; then it depends on what was refused.
+
+        An instruction the model cannot take (too many tokens) will fail again on every observation:
+        stop planning until a new instruction arrives (mode "error"). Anything else (one odd frame,
+        a backend hiccup) is specific to this observation: hold, and keep planning from the next one.
+        """
         with self._lock:
             self._in_flight = None
             if request.generation != self._generation:
                 return
             self.error = f"{type(error).__name__}: {error}"
-            self.log(f"inference failed, stopping until a new instruction: {self.error}")
             self._hold(now, "inference error")
-            self.mode = "error"
+            if str(error).startswith("instruction"):
+                self.log(f"inference refused the instruction, waiting for a new one: {self.error}")
+                self.mode = "error"
+            else:
+                self.log(f"inference failed for this observation, holding: {self.error}")
 
     # -- holds -------------------------------------------------------------------------------------
     def _hold(self, now: float, reason: str) -> None:

@@ -47,6 +47,21 @@ def image_to_numpy(msg: Image) -> np.ndarray:
     return np.array(pixels, order="C")  # always a writable copy, never a view of the message buffer
 
 
+def fit_image(pixels: np.ndarray, size: int) -> np.ndarray:
+    """RGB (H, W, 3) -> (size, size, 3), the model's input size; unchanged if it already is.
+
+    Resizing once here (not in the model) gives every backend the fixed frame size it was exported
+    for and makes cameras of different resolutions one observation. The aspect ratio is not kept:
+    the model was trained on square frames of the whole field of view, so we squash, not crop.
+    """
+    if pixels.shape[:2] == (size, size):
+        return pixels
+    import cv2
+
+    shrinking = pixels.shape[0] > size or pixels.shape[1] > size
+    return cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
 def numpy_to_image(pixels: np.ndarray, stamp: Time | None = None, frame_id: str = "") -> Image:
     """uint8 RGB array (H, W, 3) -> sensor_msgs/Image (rgb8, no row padding)."""
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:

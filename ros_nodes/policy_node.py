@@ -36,7 +36,7 @@ from trajectory_msgs.msg import JointTrajectory
 from ros_nodes.common import IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, now_s, run_node
 from ros_nodes.controller import (Command, ControllerConfig, GuardedCommandPublisher, Inference,
                                   PolicyController, Request)
-from ros_nodes.convert import chunk_to_trajectory, image_to_numpy, joint_state_to_vector, seconds_to_time
+from ros_nodes.convert import chunk_to_trajectory, fit_image, image_to_numpy, joint_state_to_vector, seconds_to_time
 from ros_nodes.safety import SafetyGuard, SafetyLimits
 
 # Every parameter the node declares. A ``Parameter.Type`` means "required, no default": the node
@@ -46,6 +46,7 @@ PARAMETERS: dict[str, Any] = {
     "backend": "torch",  # torch | onnxruntime | tensorrt
     "cameras": Parameter.Type.STRING_ARRAY,  # unset: the checkpoint's cameras
     "camera_topic": "camera/{camera}/image_raw",
+    "image_size": 0,  # frames are resized to (image_size, image_size); 0: the checkpoint's size
     "joint_names": Parameter.Type.STRING_ARRAY,
     "position_lower": Parameter.Type.DOUBLE_ARRAY,
     "position_upper": Parameter.Type.DOUBLE_ARRAY,
@@ -99,6 +100,7 @@ class PolicyNode(Node):
         horizon = model.horizon if model else 10
         replan = p["replan_steps"] if p["replan_steps"] > 0 else max(1, horizon // 2)
         self.joint_names = joint_names
+        self.image_size = p["image_size"] or (model.image_size if model else 0)
         self.config = ControllerConfig(joint_names=joint_names, cameras=cameras, control_hz=p["control_hz"],
                                        replan_steps=replan, blend_steps=p["blend_steps"],
                                        stale_image_s=p["stale_image_s"], stale_joint_state_s=p["stale_joint_state_s"],
@@ -151,6 +153,8 @@ class PolicyNode(Node):
     def _on_image(self, camera: str, msg: Image) -> None:
         try:
             image = image_to_numpy(msg)
+            if self.image_size:
+                image = fit_image(image, self.image_size)
         except ValueError as exc:
             return self._reject(f"image from {camera}", exc)
         self._submit(self.controller.on_image(camera, image, now_s(self)))

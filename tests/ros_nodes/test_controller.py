@@ -146,3 +146,12 @@ def test_bad_instructions(text, match):
 
 def test_instruction_control_characters_are_spaces():
     assert clean_instruction("  pick\x00up\x1b the cube \n", 256) == "pick up the cube"
+
+
+def test_observation_error_holds_but_keeps_planning():
+    controller, sent = make()
+    controller.on_instruction("go", 0.0)
+    request = feed(controller, 0.0)
+    controller.on_failure(request, ValueError("images['cam']: expected (H, W, 3)"), 0.01)
+    assert controller.mode == "running"
+    assert feed(controller, 0.1) is not None

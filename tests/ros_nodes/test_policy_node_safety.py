@@ -1,0 +1,177 @@
+"""policy_node under abuse: fuzzed messages, a camera that stops, the e-stop, dry-run.
+
+A small "robot" in the test publishes camera frames and joint states at 10 Hz like sim_node would;
+everything the node publishes on joint_trajectory is checked against the limits in launch/config/sim.yaml.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from ros_nodes.ament import share_directory
+from ros_nodes.convert import numpy_to_image, time_to_seconds
+from ros_nodes.policy_node import PolicyNode
+
+SIM_YAML = share_directory() / "config" / "sim.yaml"
+PARAMS = yaml.safe_load(SIM_YAML.read_text())["policy_node"]["ros__parameters"]
+JOINTS = PARAMS["joint_names"]
+LOWER, UPPER = np.array(PARAMS["position_lower"]), np.array(PARAMS["position_upper"])
+BOUND = np.minimum(np.array(PARAMS["max_step"]), np.array(PARAMS["max_velocity"]) / PARAMS["control_hz"])
+DT = 1.0 / PARAMS["control_hz"]
+HOME = np.array([0.0, 0.4, 1.5, 1.24, 0.0, 0.0, 0.08])
+
+
+class FakeRobot:
+    """Publishes frames on both cameras and a joint state every 0.1 s until told to stop a stream."""
+
+    def __init__(self, ros):
+        node = ros.node
+        self.images = {c: node.create_publisher(Image, f"camera/{c}/image_raw", 10) for c in ("front", "wrist")}
+        self.joints = node.create_publisher(JointState, "joint_states", 10)
+        self.cameras_on = True
+        self.last_image_time = 0.0
+        self.frame = numpy_to_image(np.full((64, 64, 3), 128, np.uint8))
+        self.clock = node.get_clock()
+        node.create_timer(DT, self.tick)
+
+    def tick(self):
+        stamp = self.clock.now().to_msg()
+        if self.cameras_on:
+            for publisher in self.images.values():
+                publisher.publish(self.frame)
+            self.last_image_time = time_to_seconds(stamp)
+        self.joints.publish(JointState(name=JOINTS, position=HOME.tolist()))
+
+
+def start(ros, checkpoint, **overrides):
+    args = ["--ros-args", "--params-file", str(SIM_YAML), "-p", f"checkpoint:={checkpoint}"]
+    for key, value in overrides.items():
+        args += ["-p", f"{key}:={value}"]
+    node = ros.add(PolicyNode(cli_args=args, context=ros.context))
+    robot = FakeRobot(ros)
+    instruction = ros.node.create_publisher(String, "instruction", 10)
+    ros.wait_subscribers(instruction)
+    ros.wait_subscribers(robot.images["front"])
+    return node, robot, instruction
+
+
+def assert_safe(trajectories):
+    for trajectory in trajectories:
+        assert list(trajectory.joint_names) == JOINTS
+        positions = np.array([p.positions for p in trajectory.points])
+        assert np.all(np.isfinite(positions))
+        assert np.all(positions >= LOWER - 1e-9) and np.all(positions <= UPPER + 1e-9), positions
+        assert np.all(np.abs(np.diff(positions, axis=0)) <= BOUND + 1e-9)
+
+
+def chunks(trajectories):
+    return [t for t in trajectories if len(t.points) > 1]
+
+
+# -- fuzzing ----------------------------------------------------------------------------------------
+images = st.builds(
+    lambda encoding, h, w, step, data: Image(encoding=encoding, height=h, width=w, step=step, data=data),
+    st.sampled_from(["rgb8", "bgr8", "mono8", "16UC1", "", "RGB8", "yuv422"]), st.integers(0, 80),
+    st.integers(0, 80), st.integers(0, 300), st.binary(max_size=4000))
+joint_states = st.builds(
+    lambda names, positions: JointState(name=names, position=positions),
+    st.lists(st.sampled_from(JOINTS + ["unknown", "elbow2", ""]), max_size=9),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=9))
+texts = st.one_of(st.just(""), st.just(" \t\n"), st.just("x" * 10_240), st.text(max_size=64),
+                  st.binary(min_size=1, max_size=64))
+
+
+def raw_string(payload: bytes) -> bytes:
+    """A serialized std_msgs/String carrying arbitrary (possibly non-UTF-8) bytes."""
+    placeholder = b"\x01" * len(payload)
+    return serialize_message(String(data=placeholder.decode())).replace(placeholder, payload)
+
+
+def test_fuzzed_inputs_never_crash_or_produce_unsafe_commands(ros, tiny_checkpoint):
+    node, robot, instruction = start(ros, tiny_checkpoint)
+    trajectories = ros.collect(JointTrajectory, "joint_trajectory")
+    statuses = ros.collect(String, "policy/status")
+    camera = robot.images["front"]
+    instruction.publish(String(data="pick up the red cube"))
+    ros.wait_for(lambda: len(chunks(trajectories)) >= 1, 20, "a first chunk")
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(image=images, joint_state=joint_states, text=texts)
+    def fuzz(image, joint_state, text):
+        camera.publish(image)
+        robot.joints.publish(joint_state)
+        instruction.publish(raw_string(text) if isinstance(text, bytes) else String(data=text))
+        time.sleep(0.01)
+
+    fuzz()
+    instruction.publish(String(data="pick up the red cube"))
+    before = len(chunks(trajectories))
+    ros.wait_for(lambda: len(chunks(trajectories)) > before + 2, 20, "planning to go on after the fuzzing")
+    assert node.controller.metrics.rejected_messages > 30
+    n_status = len(statuses)
+    ros.wait_for(lambda: len(statuses) > n_status, 5, "the node to keep reporting status")
+    assert_safe(trajectories)
+
+
+def test_stale_camera_holds_within_one_control_period(ros, tiny_checkpoint):
+    node, robot, instruction = start(ros, tiny_checkpoint)
+    trajectories = ros.collect(JointTrajectory, "joint_trajectory")
+    instruction.publish(String(data="pick up the red cube"))
+    ros.wait_for(lambda: len(chunks(trajectories)) >= 2, 20, "chunks")
+    robot.cameras_on = False
+    ros.wait_for(lambda: any(len(t.points) == 1 for t in trajectories), 5, "a hold")
+    hold = next(t for t in trajectories if len(t.points) == 1)
+    stale_at = robot.last_image_time + PARAMS["stale_image_s"]
+    # The hold is stamped when the node decides it; the watchdog runs every control period.
+    assert time_to_seconds(hold.header.stamp) - stale_at <= DT + 0.03
+    assert np.allclose(hold.points[0].positions, HOME)  # held at the measured position
+    n = len(trajectories)
+    time.sleep(0.5)
+    assert len(trajectories) == n, "planning stopped while the camera is stale"
+    robot.cameras_on = True
+    ros.wait_for(lambda: len(chunks(trajectories[n:])) >= 1, 10, "planning to resume")
+    assert_safe(trajectories)
+
+
+def test_estop_latches_until_the_reset_service(ros, tiny_checkpoint):
+    node, robot, instruction = start(ros, tiny_checkpoint)
+    trajectories = ros.collect(JointTrajectory, "joint_trajectory")
+    estop = ros.node.create_publisher(Bool, "estop", 10)
+    reset = ros.node.create_client(Trigger, "policy/reset_estop")
+    ros.wait_subscribers(estop)
+    instruction.publish(String(data="pick up the red cube"))
+    ros.wait_for(lambda: len(chunks(trajectories)) >= 1, 20, "chunks")
+    estop.publish(Bool(data=True))
+    ros.wait_for(lambda: len(trajectories[-1].points) == 1, 2, "a hold")
+    n = len(trajectories)
+    estop.publish(Bool(data=False))  # does not clear it
+    instruction.publish(String(data="push the blue block"))  # neither does a new instruction
+    time.sleep(1.0)
+    assert all(len(t.points) == 1 for t in trajectories[n - 1:]), "only holds while latched"
+    assert node.controller.mode == "estop"
+    assert reset.wait_for_service(timeout_sec=5)
+    done = threading.Event()
+    future = reset.call_async(Trigger.Request())
+    future.add_done_callback(lambda f: done.set())
+    assert done.wait(5) and future.result().success
+    ros.wait_for(lambda: len(chunks(trajectories[n:])) >= 1, 10, "planning after the reset")
+    assert_safe(trajectories)
+
+
+def test_dry_run_publishes_no_command(ros, tiny_checkpoint):
+    node, robot, instruction = start(ros, tiny_checkpoint, dry_run="true")
+    trajectories = ros.collect(JointTrajectory, "joint_trajectory")
+    instruction.publish(String(data="pick up the red cube"))
+    ros.wait_for(lambda: node.controller.metrics.chunks >= 3, 20, "planned (logged) chunks")
+    robot.cameras_on = False
+    ros.wait_for(lambda: node.controller.mode == "hold", 5, "a (logged) hold")
+    assert trajectories == []
