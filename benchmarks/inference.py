@@ -1,0 +1,260 @@
+"""Inference benchmark: per-graph and per-chunk latency, FLOPs, MFU, cached vs naive, per backend.
+
+    python benchmarks/inference.py --json                       # torch, small preset, batch 1
+    mot bench inference --backend onnxruntime --json
+    mot bench inference --backend tensorrt --json               # needs tensorrt + CUDA
+
+Prints one JSON object:
+- parameters per expert (total / trainable), `policy.num_parameters()`;
+- FLOPs of each graph and of a chunk, counted with torch.utils.flop_counter.FlopCounterMode on the
+  torch modules that are exported (matmuls, linears, convolutions, attention; element-wise ops, norms and
+  softmax are not counted, so MFU is a slight underestimate);
+- median / p90 ms of text encode (once per instruction), observation encode and one denoise step
+  (once per observation / per Euler step), and the chunk = observation encode + `num_steps` denoise
+  steps with the text K/V cached (what a control step costs);
+- the naive chunk: `velocity_uncached` (the whole prefix recomputed) at every step, in torch;
+- a GEMM peak measured in the same run (torch matmul of a few sizes, best GFLOP/s on the same
+  threads/device) and MFU = FLOPs / time / peak;
+- the ratios the issues set targets on: cached / naive chunk, backend / torch-eager chunk.
+
+An untrained policy is used unless --checkpoint is given (adaLN gates are randomised so the body
+does real work; cost does not depend on the weights). Timings on a shared machine are noisy:
+median and p90 are both reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from policy import MoTPolicy, PolicyConfig  # noqa: E402
+from policy.model import euler_sample  # noqa: E402
+from policy.runtime import PolicyRunner  # noqa: E402
+
+
+def timed(fn, iters: int, warmup: int = 3) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": round(float(np.median(times)), 3), "p90_ms": round(float(np.percentile(times, 90)), 3),
+            "iters": iters}
+
+
+def gemm_peak(device: str, dtype: torch.dtype, sizes=(256, 512, 1024, 2048), seconds: float = 0.3) -> dict:
+    """Best GFLOP/s of square matmuls on `device` (the roofline the MFU figures are relative to)."""
+    best, per_size = 0.0, {}
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        for _ in range(2):
+            a @ b
+        sync()
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or reps < 3:
+            a @ b
+            reps += 1
+        sync()
+        gflops = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+        per_size[str(n)] = round(gflops, 1)
+        best = max(best, gflops)
+    return {"gflops": round(best, 1), "per_size_gflops": per_size, "dtype": str(dtype).removeprefix("torch."),
+            "device": device}
+
+
+def count_flops(policy: MoTPolicy, fn) -> int:
+    """FLOPs of fn() (FlopCounterMode's module hooks need every parameter frozen and grad mode on)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flags = {name: p.requires_grad for name, p in policy.named_parameters()}
+    policy.requires_grad_(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        for name, p in policy.named_parameters():
+            p.requires_grad_(flags[name])
+    return int(counter.get_total_flops())
+
+
+def build_policy(args) -> tuple[MoTPolicy, Path | None]:
+    if args.checkpoint:
+        return MoTPolicy.load(args.checkpoint), Path(args.checkpoint)
+    torch.manual_seed(0)
+    policy = MoTPolicy(PolicyConfig.preset(args.preset))
+    with torch.no_grad():  # trained-like adaLN gates (zero at init): the action tokens then read the prefix
+        for name, p in policy.named_parameters():
+            if ".ada." in name or name == "state_cond":
+                p.normal_(0.0, 0.05)
+    return policy.eval(), None
+
+
+def observation(cfg: PolicyConfig, batch: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch, len(cfg.cameras), cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    state = rng.standard_normal((batch, cfg.state_dim)).astype(np.float32)
+    noise = rng.standard_normal((batch, cfg.horizon, cfg.action_dim)).astype(np.float32)
+    return images, state, noise
+
+
+def bench_backend(runner: PolicyRunner, images, state, noise, instruction: str, steps: int, iters: int) -> dict:
+    """Times the backend's three graphs and the cached chunk (the runner's own loop, minus validation)."""
+    backend, b = runner.backend, images.shape[0]
+    ids, valid = runner.policy.tokenizer([instruction] * b)
+    ids, valid = ids.numpy(), valid.numpy()
+    text = backend.encode_text(ids, valid)
+    prefix = backend.encode_observation(images, state, text)
+
+    def chunk():
+        p = backend.encode_observation(images, state, text)
+        return euler_sample(lambda x, t: backend.denoise(x, t, p), noise, steps)
+
+    single = {k: v[0] for k, v in zip(runner.cfg.cameras, np.moveaxis(images[:1], 1, 0))}
+    runner.warmup(instruction)
+    # Count text encodes during the timed runner calls: with the per-instruction cache it must be 0.
+    calls, encode = [], backend.encode_text
+    backend.encode_text = lambda *a: calls.append(1) or encode(*a)
+    runner_infer = timed(lambda: runner.infer(single, state[0], instruction, noise=noise[0]), iters)
+    backend.encode_text = encode
+    out = {
+        "text_encode": timed(lambda: backend.encode_text(ids, valid), iters),
+        "observation_encode": timed(lambda: backend.encode_observation(images, state, text), iters),
+        "denoise_step": timed(lambda: backend.denoise(noise, 0.5, prefix), iters * 3),
+        "chunk": timed(chunk, iters),
+        # End to end through PolicyRunner.infer (validation, text cache hit, de-normalisation), batch 1.
+        "runner_infer": {**runner_infer, "text_encodes": len(calls)},
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mot bench inference", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="small", help="policy preset (tiny|small); ignored with --checkpoint")
+    parser.add_argument("--checkpoint", help="a checkpoint directory instead of an untrained preset")
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations per figure (denoise step: 3x)")
+    parser.add_argument("--naive-iters", type=int, default=None, help="iterations of the naive chunk (default iters/4)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument("--onnx-dir", help="exported graphs (default: <checkpoint>/onnx or the mot cache)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON object")
+    args = parser.parse_args(argv)
+
+    from policy.backends import physical_cores
+
+    threads = args.threads or physical_cores()
+    torch.set_num_threads(threads)
+    policy, ckpt = build_policy(args)
+    cfg, steps, b = policy.cfg, policy.cfg.num_inference_steps, args.batch
+    instruction = "pick up the red cube and put it on the green pad"
+    images, state, noise = observation(cfg, b)
+
+    options = {}
+    if args.backend == "onnxruntime":
+        options = {"onnx_dir": args.onnx_dir, "intra_op_threads": threads}
+    elif args.backend == "tensorrt":
+        options = {"onnx_dir": args.onnx_dir, "max_batch": max(1, b), "opt_batch": b}
+    t0 = time.perf_counter()
+    runner = PolicyRunner(policy, backend=args.backend, checkpoint_dir=ckpt, **options)
+    setup_s = time.perf_counter() - t0
+    torch_runner = runner if args.backend == "torch" else PolicyRunner(policy, backend="torch")
+
+    # FLOPs of the exported computations, counted on the torch modules.
+    ids_t, valid_t = policy.tokenizer([instruction] * b)
+    images_t, state_t, noise_t = torch.from_numpy(images), torch.from_numpy(state), torch.from_numpy(noise)
+    with torch.no_grad():
+        text_p = policy.encode_text(ids_t, valid_t)
+        prefix_p = policy.encode_state(state_t, policy.encode_images(images_t, text_p))
+    flops = {
+        "text_encode": count_flops(policy, lambda: policy.encode_text(ids_t, valid_t)),
+        "observation_encode": count_flops(policy, lambda: policy.encode_state(state_t, policy.encode_images(images_t, text_p))),
+        "denoise_step": count_flops(policy, lambda: policy.denoise(noise_t, torch.full((b,), 0.5), prefix_p)),
+        "naive_step": count_flops(policy, lambda: policy.velocity_uncached(ids_t, valid_t, images_t, state_t, noise_t,
+                                                                   torch.full((b,), 0.5))),
+    }
+    flops["chunk"] = flops["observation_encode"] + steps * flops["denoise_step"]
+    flops["naive_chunk"] = steps * flops["naive_step"]
+
+    results = {"torch": bench_backend(torch_runner, images, state, noise, instruction, steps, args.iters)}
+    if args.backend != "torch":
+        results[args.backend] = bench_backend(runner, images, state, noise, instruction, steps, args.iters)
+
+    # Naive: the whole sequence through the model at every Euler step (no K/V cache), torch eager.
+    def naive_chunk():
+        with torch.inference_mode():
+            return euler_sample(lambda x, t: policy.velocity_uncached(ids_t, valid_t, images_t, state_t, x,
+                                                                      torch.full((b,), t)), noise_t, steps)
+
+    naive = timed(naive_chunk, args.naive_iters or max(3, args.iters // 4), warmup=1)
+
+    device = "cuda" if args.backend == "tensorrt" else "cpu"
+    peak = gemm_peak(device, torch.float16 if device == "cuda" else torch.float32)
+
+    def mfu(key: str, ms: float) -> float:
+        return round(flops[key] / (ms * 1e-3) / (peak["gflops"] * 1e9), 4)
+
+    figures = {}
+    for name, res in results.items():
+        figures[name] = {k: {**v, **({"gflops": round(flops[k] / v["median_ms"] / 1e6, 1), "mfu": mfu(k, v["median_ms"])}
+                                     if k in flops else {})} for k, v in res.items()}
+    main_res = results[args.backend]
+    text_ms, chunk_ms = main_res["text_encode"]["median_ms"], main_res["chunk"]["median_ms"]
+    report = {
+        "benchmark": "inference",
+        "command": "mot bench inference " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "preset": None if args.checkpoint else args.preset,
+        "checkpoint": args.checkpoint,
+        "backend": args.backend,
+        "batch": b,
+        "num_steps": steps,
+        "threads": threads,
+        "machine": {"cpu": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
+                    "torch": torch.__version__, "note": "shared machine: timings are noisy"},
+        "backend_setup_s": round(setup_s, 2),
+        "parameters": policy.num_parameters(),
+        "tokens": {"text": int(ids_t.shape[1]), "image": cfg.image_tokens, "state": 1, "action": cfg.horizon},
+        "flops": {**flops, "method": "torch.utils.flop_counter.FlopCounterMode (matmul/linear/conv/attention; "
+                                     "element-wise not counted)"},
+        "gemm_peak": peak,
+        "latency": figures,
+        "naive_chunk": {**naive, "gflops": round(flops["naive_chunk"] / naive["median_ms"] / 1e6, 1),
+                        "mfu": mfu("naive_chunk", naive["median_ms"])},
+        "split": {
+            "per_instruction_ms": text_ms,  # text K/V: computed once per instruction, then cached
+            "per_observation_ms": main_res["observation_encode"]["median_ms"],
+            "per_step_ms": main_res["denoise_step"]["median_ms"],
+            # Text encodes observed during the timed PolicyRunner.infer calls (same instruction): 0 = cached.
+            "text_encodes_during_infer": main_res["runner_infer"]["text_encodes"],
+            "text_on_per_step_path": main_res["runner_infer"]["text_encodes"] > 0,
+        },
+        "ratios": {
+            "cached_over_naive_chunk": round(results["torch"]["chunk"]["median_ms"] / naive["median_ms"], 4),
+            "backend_over_torch_chunk": round(chunk_ms / results["torch"]["chunk"]["median_ms"], 4),
+            "chunk_mfu": mfu("chunk", chunk_ms),
+        },
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
