@@ -154,12 +154,13 @@ class SimNode(Node):
     # -- the sim thread ------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            import gymnasium
+            import sim
 
-            kwargs = dict(task=self.p["task"], render_mode="rgb_array", image_size=self.p["image_size"])
-            if self.p["max_episode_steps"] > 0:
-                kwargs["max_episode_steps"] = self.p["max_episode_steps"]
-            env = gymnasium.make("mot/Tabletop-v0", **kwargs)
+            # The env class directly (not gymnasium.make): make() would wrap it in a TimeLimit and keep
+            # the env's own per-task cap, so a longer max_episode_steps could never take effect.
+            steps = self.p["max_episode_steps"] if self.p["max_episode_steps"] > 0 else None
+            env = sim.TabletopEnv(task=self.p["task"], render_mode="rgb_array", image_size=self.p["image_size"],
+                                  max_episode_steps=steps)
             self.obs, _ = env.reset(seed=self.p["seed"])  # something to publish before the first instruction
             self._image_pubs = {camera: self.create_publisher(Image, self.p["camera_topic"].format(camera=camera),
                                                               IMAGE_QOS) for camera in self.obs["images"]}
