@@ -235,7 +235,12 @@ def _finish(path: Path, graph: str, metadata: dict[str, str], fp16: bool) -> Non
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         # Weights and arithmetic in fp16; the graph's inputs/outputs stay fp32 (the runtime contract).
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+        wrapped = OnnxModel(model)
+        wrapped.topological_sort()  # the converter appends its input Casts at the end of the node list
+        model = wrapped.model
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     if inputs != list(INPUTS[graph]) or outputs != list(OUTPUTS[graph]):

@@ -1,0 +1,179 @@
+"""ONNX export: three graphs, named dynamic I/O, metadata, atomic writes, parity with torch (fp32 <= 1e-4).
+
+One `mot export` of a tiny checkpoint serves the whole module (export is the slow part).
+"""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from policy import MoTPolicy, PolicyConfig
+from policy.checkpoint import checkpoint_id
+from policy.export import (GRAPHS, INPUTS, MODULES, OUTPUTS, ExportError, example_inputs, export_policy, graph_paths,
+                           main, read_metadata)
+
+from .conftest import make_batch, randomize_body
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny")))
+    ckpt = tmp_path_factory.mktemp("export") / "ckpt"
+    policy.save(ckpt)
+    out = ckpt.parent / "onnx"
+    assert main(["--checkpoint", str(ckpt), "--out", str(out)]) == 0  # includes its own parity check
+    return MoTPolicy.load(ckpt), ckpt, out
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_three_graphs_pass_the_checker_with_named_dynamic_io(exported):
+    _, _, out = exported
+    for graph, path in graph_paths(out).items():
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        assert [i.name for i in model.graph.input] == list(INPUTS[graph])
+        assert [o.name for o in model.graph.output] == list(OUTPUTS[graph])
+        for value in list(model.graph.input) + list(model.graph.output):
+            dims = value.type.tensor_type.shape.dim
+            batch_axis = 2 if value.name.endswith("_kv") else 0
+            assert dims[batch_axis].dim_param, f"{graph}.{value.name}: batch axis must be dynamic"
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{g}.onnx" for g in GRAPHS)  # no temp files left
+
+
+def test_metadata_carries_checkpoint_config_and_preprocessing(exported):
+    policy, ckpt, out = exported
+    for graph, path in graph_paths(out).items():
+        meta = read_metadata(path)
+        assert meta["mot.graph"] == graph
+        assert meta["mot.checkpoint_sha256"] == checkpoint_id(ckpt)
+        assert PolicyConfig.from_dict(json.loads(meta["mot.config"])) == policy.cfg
+        pre = json.loads(meta["mot.preprocessing"])
+        assert pre["image"]["resize_to"] == policy.cfg.image_size
+        assert (pre["image"]["offset"], pre["image"]["scale"]) == (127.0, 128.0)
+        assert np.allclose(pre["state"]["std"], policy.norm_stats.state_std)
+        assert np.allclose(pre["action"]["mean"], policy.norm_stats.action_mean)
+        assert meta["mot.dtype"] == "float32"
+
+
+@pytest.mark.parametrize("batch,text_len", [(1, 3), (3, 9)])
+def test_each_graph_matches_torch(exported, batch, text_len):
+    policy, _, out = exported
+    inputs = example_inputs(policy, batch=batch, text_len=text_len, seed=batch)
+    for graph, path in graph_paths(out).items():
+        got = _session(path).run(None, {n: x.numpy() for n, x in zip(INPUTS[graph], inputs[graph])})
+        with torch.no_grad():
+            want = MODULES[graph](policy)(*inputs[graph])
+        want = want if isinstance(want, tuple) else (want,)
+        for g, w in zip(got, want):
+            assert g.shape == tuple(w.shape)
+            if g.dtype == bool:
+                assert np.array_equal(g, w.numpy())
+            else:
+                assert np.abs(g - w.numpy()).max() <= 1e-4, graph
+
+
+def _chunk_onnx(out, policy, batch, noise):
+    """The full 10-step chunk through the three sessions with numpy glue (no runner)."""
+    from policy.model import euler_sample
+
+    obs = {k: v for k, v in batch.items() if k != "actions"}
+    ids, valid = policy.tokenizer(obs["instruction"])
+    s = {g: _session(p) for g, p in graph_paths(out).items()}
+    (text_kv,) = s["text_encoder"].run(None, {"token_ids": ids.numpy(), "text_valid": valid.numpy()})
+    images = np.stack([obs["images"][c] for c in policy.cfg.cameras], axis=1)
+    state = policy.normalize_state(torch.from_numpy(obs["state"])).numpy()
+    kv, pvalid = s["obs_encoder"].run(None, {"images": images, "state_norm": state, "text_kv": text_kv,
+                                             "text_valid": valid.numpy()})
+    b = images.shape[0]
+    step = lambda x, t: s["denoiser"].run(None, {"x_t": x, "t": np.full((b,), t, np.float32), "prefix_kv": kv,  # noqa
+                                                 "prefix_valid": pvalid})[0]
+    x = euler_sample(step, noise.numpy(), policy.cfg.num_inference_steps)
+    return policy.unnormalize_actions(torch.from_numpy(x)).numpy()
+
+
+def test_full_chunk_matches_torch_on_random_observations(exported):
+    policy, _, out = exported
+    batch = make_batch(policy.cfg, batch_size=3, seed=2, actions=False)  # padded text in the batch
+    noise = torch.randn(3, policy.cfg.horizon, policy.cfg.action_dim)
+    want = policy.sample_actions(batch, noise=noise).numpy()
+    assert np.abs(_chunk_onnx(out, policy, batch, noise) - want).max() <= 1e-4
+
+
+def test_full_chunk_matches_torch_on_rendered_observations(exported):
+    policy, _, out = exported
+    try:
+        from sim.tabletop_env import TabletopEnv
+
+        env = TabletopEnv(render_mode="rgb_array", image_size=policy.cfg.image_size, cameras=policy.cfg.cameras)
+        obs, _ = env.reset(seed=0)
+        env.close()
+    except Exception as e:  # no MuJoCo/EGL rendering on this machine
+        pytest.skip(f"sim rendering unavailable: {type(e).__name__}: {e}")
+    batch = {"images": {c: obs["images"][c][None] for c in policy.cfg.cameras},
+             "state": obs["state"][None].astype(np.float32), "instruction": [obs["instruction"]]}
+    noise = torch.randn(1, policy.cfg.horizon, policy.cfg.action_dim)
+    want = policy.sample_actions(batch, noise=noise).numpy()
+    assert np.abs(_chunk_onnx(out, policy, batch, noise) - want).max() <= 1e-4
+
+
+def test_frames_of_another_size_are_resized_inside_the_graph(exported):
+    """H, W are dynamic: the graph resizes like policy.vision.preprocess_images (antialiased bilinear)."""
+    policy, _, out = exported
+    cfg = policy.cfg
+    batch = make_batch(cfg, batch_size=1, actions=False)
+    rng = np.random.default_rng(1)
+    batch["images"] = {c: rng.integers(0, 256, (1, 96, 80, 3), dtype=np.uint8) for c in cfg.cameras}
+    noise = torch.randn(1, cfg.horizon, cfg.action_dim)
+    want = policy.sample_actions(batch, noise=noise).numpy()
+    # ORT's antialias filter differs from torch's in the last bits (~1e-3 grey levels): a looser bound.
+    assert np.abs(_chunk_onnx(out, policy, batch, noise) - want).max() <= 1e-3
+
+
+def test_bidirectional_prefix_is_refused(tmp_path):
+    policy = MoTPolicy(PolicyConfig.preset("tiny", prefix_mask="bidirectional"))
+    with pytest.raises(ExportError, match=r"prefix_mask: export supports 'blockwise' only"):
+        export_policy(policy, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_failed_export_leaves_no_file(tiny_policy, tmp_path, monkeypatch):
+    import policy.export as ex
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(ex, "_finish", broken)
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        export_policy(tiny_policy, tmp_path, graphs=("denoiser",))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fp16_denoiser_passes_the_checker_and_stays_close(tiny_policy, tmp_path):
+    paths = export_policy(tiny_policy, tmp_path, graphs=("denoiser",), fp16=True)
+    model = onnx.load(str(paths["denoiser"]))
+    onnx.checker.check_model(model, full_check=True)
+    assert read_metadata(paths["denoiser"])["mot.dtype"] == "float16"
+    inputs = example_inputs(tiny_policy)["denoiser"]
+    try:
+        (got,) = _session(paths["denoiser"]).run(None, {n: x.numpy() for n, x in zip(INPUTS["denoiser"], inputs)})
+    except Exception as e:  # the CPU provider lacks some fp16 kernels; TensorRT/CUDA are the fp16 targets
+        pytest.skip(f"onnxruntime CPU cannot run this fp16 graph: {e}")
+    with torch.no_grad():
+        want = MODULES["denoiser"](tiny_policy)(*inputs).numpy()
+    assert got.dtype == np.float32 and np.abs(got - want).max() <= 2e-2
+
+
+def test_bad_export_arguments_are_refused(tiny_policy, tmp_path):
+    with pytest.raises(ExportError, match=r"opset: expected >= 18"):
+        export_policy(tiny_policy, tmp_path, opset=13)
+    with pytest.raises(ExportError, match=r"graphs: expected a subset"):
+        export_policy(tiny_policy, tmp_path, graphs=("decoder",))
