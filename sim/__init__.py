@@ -35,6 +35,7 @@ from sim.language import (  # noqa: E402
 from sim.robot import ACTION_HIGH, ACTION_LOW, CONTROL_HZ, JOINT_NAMES  # noqa: E402
 from sim.rollout import RolloutResult, rollout  # noqa: E402
 from sim.tabletop_env import CAMERAS, TabletopConfig, TabletopEnv, default_config  # noqa: E402
+from sim.vector import make_vec_env  # noqa: E402
 
 ENV_ID = "mot/Tabletop-v0"
 MULTI_ENV_ID = "mot/TabletopMulti-v0"
@@ -55,6 +56,6 @@ _register()
 __all__ = [
     "ACTION_HIGH", "ACTION_LOW", "CAMERAS", "COLORS", "CONTROL_HZ", "ENV_ID", "ExpertConfig", "JOINT_NAMES",
     "MULTI_ENV_ID", "PALETTE", "RolloutResult", "SPLITS", "ScriptedExpert", "TASK_FAMILIES", "TabletopConfig",
-    "TabletopEnv", "TaskSpec", "default_config", "generate_instruction", "make_expert", "parse_instruction",
-    "rollout",
+    "TabletopEnv", "TaskSpec", "default_config", "generate_instruction", "make_expert", "make_vec_env",
+    "parse_instruction", "rollout",
 ]
