@@ -241,8 +241,14 @@ class PolicyController:
             return was
 
     # -- the control tick -------------------------------------------------------------------------
-    def tick(self, now: float) -> Request | None:
-        """Runs every control period: watchdog, starvation accounting, and a Request if one is due."""
+    def tick(self, now: float) -> None:
+        """Runs every control period: the watchdog and starvation accounting.
+
+        It never starts inference itself: planning is triggered by the next camera frame once a
+        re-plan is due (``on_image``), so every chunk is computed from a frame that is at most the
+        inference time old, instead of one up to a whole camera period old. The watchdog bounds the
+        wait: if no frame comes, the camera is stale and we hold.
+        """
         with self._lock:
             tick = self.tick_of(now)
             self._last_tick = tick
@@ -260,7 +266,7 @@ class PolicyController:
                 self.mode = "running"
             if self._plan is not None and self._plan.remaining(tick) == 0:
                 self.metrics.starved_ticks += 1
-            return self._maybe_request(now)
+            return None
 
     def _maybe_request(self, now: float) -> Request | None:
         if self.mode != "running" or self._in_flight is not None or self.estop.tripped:

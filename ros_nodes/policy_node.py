@@ -186,7 +186,7 @@ class PolicyNode(Node):
         return response
 
     def _on_tick(self) -> None:
-        self._submit(self.controller.tick(now_s(self)))
+        self.controller.tick(now_s(self))
 
     def _publish_status(self) -> None:
         self._status_pub.publish(json_string(self.controller.status(now_s(self))))

@@ -43,10 +43,11 @@ def test_first_chunk_then_replan_when_half_is_left():
     assert feed(controller, 0.02) is None  # one request in flight at a time
     controller.on_result(request, ramp(request), now=0.03)
     assert [c.kind for c in sent] == ["chunk"] and len(sent[0].points) == 8
-    # Ticks 1..3: more than 4 points remain, no new request; tick 4 leaves 4 -> request.
+    # Ticks 1..3: more than 4 points remain, no new request; at tick 4, 4 are left: the next frame plans.
     for t in (0.1, 0.2, 0.3):
         assert feed(controller, t) is None
-    assert controller.tick(0.4) is not None
+    assert controller.tick(0.4) is None  # the tick never plans by itself
+    assert feed(controller, 0.42) is not None
     assert controller.metrics.starved_ticks == 0
 
 
@@ -66,7 +67,9 @@ def test_stale_camera_holds_within_one_control_period_and_resumes():
     controller.on_result(request, ramp(request), 0.01)
     controller.on_joint_state(np.array([0.02, 0.0], np.float32), 0.5)
     # The camera's last frame was at 0.0; it is stale after 0.5 s. The tick at 0.6 must hold.
-    replan = controller.tick(0.5)  # half the chunk is left: a re-plan is requested
+    controller.tick(0.5)
+    controller.on_joint_state(np.array([0.02, 0.0], np.float32), 0.5)
+    replan = controller._maybe_request(0.5)  # half the chunk is left: a re-plan is due (no new frame: stale soon)
     assert sent[-1].kind == "chunk" and replan is not None
     controller.on_joint_state(np.array([0.02, 0.0], np.float32), 0.55)
     controller.tick(0.6)
@@ -77,9 +80,9 @@ def test_stale_camera_holds_within_one_control_period_and_resumes():
     n = len(sent)
     controller.tick(0.7)
     assert len(sent) == n  # planning stopped: nothing new
-    request = feed(controller, 0.75)
-    assert request is None
-    assert controller.tick(0.8) is not None and controller.mode == "running"
+    assert feed(controller, 0.75) is None  # the first fresh frame: still in hold until the tick sees it
+    controller.tick(0.8)
+    assert controller.mode == "running" and feed(controller, 0.82) is not None
 
 
 def test_estop_latches_until_reset():
@@ -92,7 +95,8 @@ def test_estop_latches_until_reset():
     controller.on_instruction("go again", 0.1)  # a new instruction does not clear it
     assert feed(controller, 0.2) is None and controller.tick(0.2) is None and controller.mode == "estop"
     assert controller.reset_estop(0.3) and not controller.reset_estop(0.3)
-    assert controller.tick(0.35) is not None
+    controller.tick(0.35)
+    assert feed(controller, 0.36) is not None
 
 
 def test_non_finite_chunk_is_refused_with_a_hold():
@@ -111,7 +115,7 @@ def test_inference_error_stops_until_a_new_instruction():
     request = feed(controller, 0.0)
     controller.on_failure(request, ValueError("instruction: too many tokens"), 0.01)
     assert controller.mode == "error" and "too many tokens" in controller.status(0.01)["error"]
-    assert controller.tick(0.1) is None
+    assert feed(controller, 0.1) is None
     controller.on_instruction("go", 0.2)
     assert feed(controller, 0.25) is not None
 
