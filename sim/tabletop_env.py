@@ -68,7 +68,14 @@ Out-of-range values are clipped; the number of clipped components so far in the 
 | `config`            | `default_config()`   | every other tunable number |
 
 `info` also carries grounding facts: `target_object`, `target_object_pos`, `target_pad`,
-`target_pad_pos`, `objects` (list of {name, color, shape, pos}), plus `task`, `tcp_pos`, `step`.
+`target_pad_pos`, `objects` (list of {name, color, shape, pos}), `pads`, plus `task`, `tcp_pos`, `step`,
+`clipped_this_step`.
+
+## Vector envs
+
+Works under `gymnasium.vector.AsyncVectorEnv`; with its default shared memory gymnasium does not refresh
+`Text` observations (use `info["instruction"]`, or `sim.make_vec_env`, which disables shared memory and
+spawns workers so that no GL context is inherited through fork).
 """
 
 from __future__ import annotations
@@ -235,6 +242,16 @@ class TabletopEnv(gym.Env):
         self._step = 0
         self._clipped = 0
         self._max_steps = 1
+
+    @property
+    def max_episode_steps(self) -> int:
+        """Step cap of the current episode (before the first reset: the largest cap this env can use)."""
+        if self.scene is not None:
+            return self._max_steps
+        if self._max_steps_override is not None:
+            return self._max_steps_override
+        caps = self.config.max_episode_steps
+        return caps[self.task] if self.task != "multi" else max(caps.values())
 
     # ------------------------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -203,3 +203,11 @@ def test_env_checker():
     env = sim.TabletopEnv(task="push", render_mode="rgb_array", image_size=32)
     check_env(env, skip_render_check=True)
     env.close()
+
+
+def test_max_episode_steps_property():
+    env = sim.TabletopEnv(task="multi")
+    assert env.max_episode_steps == max(env.config.max_episode_steps.values())
+    _, info = env.reset(seed=0)
+    assert env.max_episode_steps == env.config.max_episode_steps[info["task"]]
+    assert sim.TabletopEnv(task="pick", max_episode_steps=7).max_episode_steps == 7
