@@ -355,13 +355,19 @@ class MoTPolicy(nn.Module):
         autograd: a step costs little more than the body expert itself.
         """
         obs = validate_batch(batch, self.cfg, require_actions=True)
-        actions = self.normalize_actions(obs.actions)
-        b = actions.shape[0]
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.prefix_trainable()):
             token_ids, text_valid = self.tokenizer(obs.instruction)
             text = self.encode_text(token_ids, text_valid)
             prefix = self.encode_images(obs.images, text)
-        prefix = self.encode_state(self.normalize_state(obs.state), prefix)
+        return self.flow_matching_loss(prefix, obs.state, obs.actions, noise, time)
+
+    def flow_matching_loss(self, prefix: Prefix, state: torch.Tensor, actions: torch.Tensor,
+                           noise: torch.Tensor | None = None, time: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss from a text + image prefix (computed here, or cached by training): state (B, S)
+        and actions (B, horizon, A) in robot units. Only the body expert runs from here on."""
+        actions = self.normalize_actions(actions)
+        b = actions.shape[0]
+        prefix = self.encode_state(self.normalize_state(state), prefix)
         if time is None:
             beta = torch.distributions.Beta(self.cfg.time_beta_alpha, self.cfg.time_beta_beta)
             time = beta.sample((b,)) * 0.999 + 0.001  # keep t away from 0, where x_t = actions exactly

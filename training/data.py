@@ -176,13 +176,17 @@ class ChunkDataset:
         idx = np.minimum(np.arange(t, t + self.horizon), ep.steps - 1)
         return ep.actions[idx]
 
-    def batch(self, indices: np.ndarray) -> dict:
-        """Sample indices (B,) -> a policy batch (images, state, instruction, actions) + grounding targets."""
+    def batch(self, indices: np.ndarray, images: bool = True) -> dict:
+        """Sample indices (B,) -> a policy batch (images, state, instruction, actions) + grounding targets.
+
+        images=False skips JPEG decoding (the policy stage with a cached prefix never looks at pixels).
+        """
         rows = self.index[indices]
         eps = [self.episodes[e] for e, _ in rows]
-        images = {cam: np.stack([ep.decode_frame(cam, t) for ep, (_, t) in zip(eps, rows)]) for cam in self.cameras}
+        frames = {cam: np.stack([ep.decode_frame(cam, t) for ep, (_, t) in zip(eps, rows)]) for cam in self.cameras} \
+            if images else None
         return {
-            "images": images,
+            "images": frames,
             "state": np.stack([ep.states[t] for ep, (_, t) in zip(eps, rows)]).astype(np.float32),
             "instruction": [ep.instruction for ep in eps],
             "actions": np.stack([self.chunk(ep, t) for ep, (_, t) in zip(eps, rows)]).astype(np.float32),

@@ -25,6 +25,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import json
 import math
 import os
 import sys
@@ -68,8 +69,10 @@ class TrainConfig:
     eval_every: int = 250
     ckpt_every: int = 250
     holdout_fraction: float = 0.1
+    cache_prefix: bool = True  # policy stage: compute the frozen text/image K/V once (training/prefix_cache.py)
     seed: int = 0
     resume: bool = False
+    stop_at: int | None = None  # leave after this step (checkpointed), as a kill would; --resume continues
 
     def __post_init__(self) -> None:
         if self.stage not in ("align", "policy"):
@@ -121,6 +124,9 @@ class StageLoss(nn.Module):
         return self.head(image_h)
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if self.stage == "policy" and "prefix" in batch:  # frozen prefix from the PrefixCache
+            return self.policy.flow_matching_loss(batch["prefix"], torch.from_numpy(batch["state"]),
+                                                  torch.from_numpy(batch["actions"]))
         if self.stage == "policy":
             return self.policy.compute_loss(batch)
         pred, target = self.grounding(batch), grounding_targets(batch)
@@ -277,6 +283,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         policy.set_norm_stats(NormStats.from_arrays(*data.all_states_actions()))
     policy.set_stage(cfg.stage, train_vision=cfg.train_vision)
 
+    cache = None
+    if cfg.stage == "policy" and cfg.cache_prefix and not policy.prefix_trainable() \
+            and policy.cfg.prefix_mask == "blockwise":
+        from training.prefix_cache import PrefixCache, cache_bytes
+
+        if rank == 0:
+            print(f"caching the frozen prefix of {len(data)} frames ({cache_bytes(policy, len(data)) / 2**30:.2f} GiB)")
+        cache = PrefixCache(policy, data, progress=progress and rank == 0)
     loss_module = StageLoss(policy, cfg.stage)  # same RNG stream on every rank: same head init
     params = [p for p in loss_module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -305,9 +319,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     t_start, t_window, samples_window = time.perf_counter(), time.perf_counter(), 0
     last: dict = {}
     for step in bar:
+        if cfg.stop_at is not None and step >= cfg.stop_at:
+            break
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_at(step, cfg)
-        batch = data.batch(batch_indices(step, rank, cfg, len(data)))
+        indices = batch_indices(step, rank, cfg, len(data))
+        # Flow noise and times come from the global torch RNG: seed it per (step, rank) so a resumed
+        # run draws exactly what the uninterrupted run would have drawn.
+        torch.manual_seed(int(np.random.default_rng([cfg.seed, step, rank, 1]).integers(2**62)))
+        if cache is not None:
+            batch = data.batch(indices, images=False)
+            batch["prefix"] = cache.prefix(indices)
+        else:
+            batch = data.batch(indices)
         loss = model(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -332,15 +356,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             log.add(row)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             t_window, samples_window = now, 0
-        if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps):
+        if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps or done == cfg.stop_at):
             save_training(out, loss_module, opt, done, ema, cfg)
             log.flush(title)
-    if distributed:
-        dist.barrier()
-    result = {"stage": cfg.stage, "steps": cfg.steps, "checkpoint": str(out / "checkpoint"),
+    result = {"stage": cfg.stage, "steps": cfg.steps, "checkpoint": str(out / "checkpoint"), "world_size": world,
               "train_samples": len(data), "holdout_samples": len(holdout), **last}
+    if distributed:
+        # DDP keeps replicas identical by averaging gradients: check it, parameter by parameter.
+        flat = torch.cat([p.detach().flatten() for p in params])
+        gathered = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        result["max_rank_param_diff"] = max(float((g - gathered[0]).abs().max()) for g in gathered)
+        dist.barrier()
     if rank == 0:
-        print(result)
+        atomic_write_bytes(out / "result.json", json.dumps(result, indent=2).encode())
+        print(json.dumps(result))
     return result
 
 
@@ -359,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument("--no-cache-prefix", dest="cache_prefix", action="store_false",
+                   help="policy stage: recompute the frozen prefix every step instead of caching it")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt if present")
+    p.add_argument("--stop-at", type=int, default=None, help="leave after this step (time-sliced training)")
     args = vars(p.parse_args(argv))
     cfg = TrainConfig(**args)
     train(cfg)

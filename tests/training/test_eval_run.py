@@ -1,0 +1,57 @@
+"""`mot eval` and `mot run` on a tiny checkpoint (success rates of a real checkpoint are benchmark figures)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from policy import MoTPolicy, PolicyConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    return MoTPolicy(PolicyConfig.preset("tiny")).save(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def _mot(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "training.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_eval_json_video_and_summary(tiny_checkpoint, tmp_path):
+    done = _mot("eval", "--checkpoint", tiny_checkpoint, "--episodes", "1", "--tasks", "reach,pick",
+                "--video", tmp_path / "eval.mp4", "--out", tmp_path / "eval.json", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
+    assert set(result["splits"]) == {"train", "heldout"}
+    for split in result["splits"].values():
+        assert set(split["per_family"]) == {"reach", "pick"}
+        for family in split["per_family"].values():
+            assert family["episodes"] == 1 and 0.0 <= family["success_rate"] <= 1.0
+        assert 0.0 <= split["overall"] <= 1.0
+    assert (tmp_path / "eval.mp4").stat().st_size > 10_000
+    assert (tmp_path / "eval.png").stat().st_size > 5_000
+
+
+def test_run_refuses_an_instruction_it_cannot_ground(tiny_checkpoint):
+    done = _mot("run", "fly to the moon", "--checkpoint", tiny_checkpoint)
+    assert done.returncode == 2
+    assert "cannot execute 'fly to the moon'" in done.stderr
+
+
+def test_run_executes_an_instruction_and_writes_a_video(tiny_checkpoint, tmp_path):
+    done = _mot("run", "pick up the red cube", "--checkpoint", tiny_checkpoint, "--video", tmp_path / "run.mp4",
+                "--json")
+    assert done.returncode in (0, 1), done.stderr[-2000:]  # 1 = ran, did not succeed (untrained policy)
+    summary = json.loads(done.stdout)
+    assert summary["task"] == "pick" and summary["steps"] > 0 and summary["success"] == (done.returncode == 0)
+    assert (tmp_path / "run.mp4").stat().st_size > 10_000
+
+
+def test_mot_help_lists_every_command():
+    done = _mot("--help")
+    assert done.returncode == 0
+    for name in ("collect", "data", "train", "eval", "run", "export", "bench", "say", "stack", "demo"):
+        assert f"  {name}" in done.stdout, name

@@ -1,0 +1,103 @@
+"""`mot train`: learning, checkpoints, exact resume, prefix cache, DDP."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from policy import MoTPolicy, PolicyConfig
+from training.data import ChunkDataset, read_episodes
+from training.prefix_cache import PrefixCache
+from training.train import TrainConfig, train
+
+
+def _cfg(data, out, **kw) -> TrainConfig:
+    base = dict(stage="policy", data=str(data), out=str(out), preset="tiny", steps=6, batch_size=8, warmup=2,
+                log_every=2, eval_every=3, ckpt_every=3, lr=1e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_policy_stage_lowers_the_loss_and_writes_a_loadable_checkpoint(sim_dataset, tmp_path):
+    result = train(_cfg(sim_dataset, tmp_path / "run", steps=40, eval_every=40, ckpt_every=20, log_every=5,
+                        lr=3e-3), progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    losses = [float(r["loss"]) for r in rows]
+    assert [int(r["step"]) for r in rows] == list(range(5, 41, 5))
+    assert np.mean(losses[-2:]) < 0.7 * losses[0], losses
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    policy = MoTPolicy.load(result["checkpoint"])
+    assert not np.allclose(policy.norm_stats.action_std, 1.0), "normalisation stats come from the data"
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 40
+
+
+def test_resume_continues_the_step_count_and_optimizer_state(sim_dataset, tmp_path):
+    straight = train(_cfg(sim_dataset, tmp_path / "straight", ema=0.9), progress=False)
+    # "Killed" after the step-3 checkpoint: a 3-step run, then the same 6-step command with --resume.
+    train(_cfg(sim_dataset, tmp_path / "resumed", stop_at=3, ema=0.9), progress=False)
+    state = torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=True)
+    assert state["step"] == 3 and state["optimizer"]["state"], "optimizer moments are saved"
+    resumed = train(_cfg(sim_dataset, tmp_path / "resumed", resume=True, ema=0.9), progress=False)
+    a, b = MoTPolicy.load(straight["checkpoint"]), MoTPolicy.load(resumed["checkpoint"])
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-6), name
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "resumed" / "metrics.csv"))]
+    assert steps == [2, 4, 6]
+
+
+def test_align_stage_trains_vision_only_and_reports_grounding(sim_dataset, tmp_path):
+    result = train(_cfg(sim_dataset, tmp_path / "align", stage="align", steps=4, eval_every=4, ckpt_every=4),
+                   progress=False)
+    assert 0.0 <= result["grounding_acc"] <= 1.0
+    rows = list(csv.DictReader(open(tmp_path / "align" / "metrics.csv")))
+    assert rows[-1]["grounding_acc"] != ""
+    # Only the image projection and the vision expert moved (fresh model = same init seed, no training).
+    torch.manual_seed(0)
+    fresh, aligned = MoTPolicy(PolicyConfig.preset("tiny")), MoTPolicy.load(result["checkpoint"])
+    changed = {name.split(".")[2] if name.startswith("layers.") else name.split(".")[0]
+               for (name, x), (_, y) in zip(fresh.state_dict().items(), aligned.state_dict().items())
+               if not torch.equal(x, y)}
+    assert changed == {"image_embed", "vision"}
+
+
+def test_cached_prefix_gives_the_same_loss_as_recomputing_it(sim_dataset):
+    _, episodes = read_episodes(sim_dataset)
+    torch.manual_seed(0)
+    from tests.policy.conftest import randomize_body
+
+    policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny")))
+    data = ChunkDataset(episodes, ["front", "wrist"], policy.cfg.horizon)
+    cache = PrefixCache(policy, data, batch_size=16, progress=False)
+    idx = np.array([0, 5, len(data) - 1])
+    batch = data.batch(idx)
+    noise, t = torch.randn(3, policy.cfg.horizon, 7), torch.tensor([0.2, 0.5, 0.9])
+    with torch.no_grad():
+        direct = policy.compute_loss(batch, noise, t)
+        cached = policy.flow_matching_loss(cache.prefix(idx), torch.from_numpy(batch["state"]),
+                                           torch.from_numpy(batch["actions"]), noise, t)
+    assert abs(direct.item() - cached.item()) < 1e-3 * max(1.0, direct.item())  # float16 storage
+
+
+def test_two_processes_train_with_ddp_and_agree(sim_dataset, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "training.train", "--stage", "policy", "--data", str(sim_dataset), "--out", str(tmp_path / "ddp"),
+           "--preset", "tiny", "--steps", "4", "--batch-size", "4", "--log-every", "2", "--eval-every", "4",
+           "--ckpt-every", "4"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert result["world_size"] == 2
+    assert result["max_rank_param_diff"] == 0.0
+    MoTPolicy.load(tmp_path / "ddp" / "checkpoint")
+
+
+def test_bad_train_config_is_refused(sim_dataset, tmp_path):
+    with pytest.raises(ValueError, match="stage: expected 'align' or 'policy'"):
+        _cfg(sim_dataset, tmp_path, stage="finetune")
+    with pytest.raises(ValueError, match="ema: expected a decay in"):
+        _cfg(sim_dataset, tmp_path, ema=1.5)
