@@ -64,6 +64,8 @@ def run_node(factory: Callable[[], Node], argv: list[str] | None = None, threads
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # a node that cannot start (missing checkpoint, bad parameters) says why
+        if node is not None and not rclpy.ok():  # a signal shut the context down while spinning: clean stop
+            return 0
         print(f"{factory.__name__ if hasattr(factory, '__name__') else 'node'}: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:
+        if not rclpy.ok():  # SIGTERM/SIGINT shut the context down under the spinning executor: a clean stop
+            return 0
         print(f"mot stack: {exc}", file=sys.stderr)
         return 1
     finally:
