@@ -14,8 +14,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@command -v espeak-ng >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng libegl1 libgl1 libgles2 libosmesa6 >/dev/null; \
-	  else echo "setup: espeak-ng missing; run: sudo apt-get install espeak-ng libegl1 libgl1" >&2; fi; }
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng libportaudio2 libegl1 libgl1 libgles2 libosmesa6 >/dev/null; \
+	  else echo "setup: espeak-ng missing; run: sudo apt-get install espeak-ng libportaudio2 libegl1 libgl1" >&2; fi; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The CPU wheel first: any looser spec would pull a multi-GB CUDA build.

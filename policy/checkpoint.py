@@ -3,7 +3,12 @@
     model.safetensors   trained weights only (the frozen pretrained weights come from installed packages)
     config.json         PolicyConfig
     norm_stats.json     state/action normalisation statistics
-    manifest.json       format, sha256 of each file above, sha256 of the pretrained sources
+    manifest.json       format, sha256 of each file above, sha256 of the pretrained sources, the
+                        "inherited" vision tensors (still equal to the language copy they started as,
+                        rebuilt on load instead of stored) and the storage dtype
+
+Weights may be stored as float16 (`dtype=torch.float16`, what the shipped checkpoint uses to stay
+small); they are loaded back into float32 parameters.
 
 The directory is assembled under a temporary name in the same parent and renamed into place, so a
 crash never leaves a half-written checkpoint under the real name. `load_checkpoint` refuses a
@@ -45,6 +50,13 @@ def _external_keys(policy) -> set[str]:
     return keys
 
 
+def _inherited_keys(policy) -> list[str]:
+    """Vision-expert tensors still bit-identical to the language tensors they were copied from."""
+    sd = policy.state_dict()
+    return sorted(k for k, v in sd.items() if k.startswith("layers.") and k.split(".")[2] == "vision"
+                  and torch.equal(v, sd[k.replace(".vision.", ".language.", 1)]))
+
+
 def pretrained_sources(policy) -> dict[str, str]:
     return {
         "language_model.sha256": sha256_file(policy.language_folder / "model.safetensors"),
@@ -64,18 +76,22 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(policy, directory: str | Path) -> Path:
+def save_checkpoint(policy, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype: expected torch.float32, float16 or bfloat16, received {dtype}")
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    external = _external_keys(policy)
-    weights = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items() if k not in external}
+    inherited = _inherited_keys(policy) if policy.cfg.routing == "mot" else []
+    skip = _external_keys(policy) | set(inherited)
+    weights = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
+               for k, v in policy.state_dict().items() if k not in skip}
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         save_file(weights, str(tmp / "model.safetensors"))
         _fsync_write(tmp / "config.json", json.dumps(policy.cfg.to_dict(), indent=2).encode())
         _fsync_write(tmp / "norm_stats.json", json.dumps(policy.norm_stats.to_dict(), indent=2).encode())
         manifest = {"format": FORMAT, "files": {name: sha256_file(tmp / name) for name in FILES},
-                    "pretrained": pretrained_sources(policy)}
+                    "pretrained": pretrained_sources(policy), "inherited": inherited, "dtype": str(dtype)}
         _fsync_write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
         # Swap into place: the old checkpoint (if any) is moved aside first and removed only after.
         old = None
@@ -128,7 +144,11 @@ def load_checkpoint(directory: str | Path):
                                   f"installed ones have {sources.get(key)}; install the same package versions")
     weights = load_file(str(directory / "model.safetensors"))
     own = policy.state_dict()
-    expected_keys = set(own) - _external_keys(policy)
+    inherited = set(manifest.get("inherited", []))
+    if not inherited <= set(own):
+        raise CheckpointError(f"checkpoint: inherited tensors {sorted(inherited - set(own))[:5]} do not exist in "
+                              "the model config.json describes")
+    expected_keys = set(own) - _external_keys(policy) - inherited
     missing, unexpected = sorted(expected_keys - set(weights)), sorted(set(weights) - expected_keys)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint: weights do not match config.json: missing {missing[:5]}, "

@@ -16,6 +16,7 @@ from pathlib import Path
 PREFIX_MASKS = ("blockwise", "bidirectional")
 ROUTINGS = ("mot", "dense")
 STAGES = ("align", "policy")
+VISION_TRAINABLE = ("all", "attention")
 
 
 @dataclass
@@ -35,6 +36,9 @@ class PolicyConfig:
 
     # Vision: frozen EfficientNet-Lite0 trunk (stride 32, 320 channels) -> projection -> vision expert.
     vision_feature_dim: int = 320
+    # What of the vision expert trains in "align": "all" (LMFusion) or "attention" (q/k/v/out + norms;
+    # the FFN stays the language copy, which checkpoints then do not store: smaller and faster).
+    vision_trainable: str = "all"
 
     # Body (state + action) expert: narrower pre-LN blocks with adaLN time conditioning.
     body_width: int = 256
@@ -67,6 +71,8 @@ class PolicyConfig:
             raise ValueError(f"language_layers: expected None or a positive int, received {self.language_layers!r}")
         if self.body_mlp_ratio <= 0:
             raise ValueError(f"body_mlp_ratio: expected > 0, received {self.body_mlp_ratio}")
+        if self.vision_trainable not in VISION_TRAINABLE:
+            raise ValueError(f"vision_trainable: expected one of {VISION_TRAINABLE}, received {self.vision_trainable!r}")
         if self.prefix_mask not in PREFIX_MASKS:
             raise ValueError(f"prefix_mask: expected one of {PREFIX_MASKS}, received {self.prefix_mask!r}")
         if self.routing not in ROUTINGS:
@@ -90,7 +96,8 @@ class PolicyConfig:
         presets = {
             "tiny": dict(image_size=64, language_layers=2, body_width=64, time_embed_dim=64, horizon=8,
                          max_text_tokens=32),
-            "small": dict(),
+            # The shipped checkpoint must stay <= 25 MB: the FFN of the vision expert stays the language copy.
+            "small": dict(vision_trainable="attention"),
         }
         if name not in presets:
             raise ValueError(f"preset: expected one of {sorted(presets)}, received {name!r}")

@@ -138,21 +138,10 @@ def example_inputs(policy: MoTPolicy, batch: int = 2, text_len: int = 6, seed: i
     }
 
 
-def _dynamic_axes(graph: str) -> dict[str, dict[int, str]]:
-    kv = lambda n: {2: "batch", 4: n}  # noqa: E731
-    return {
-        "text_encoder": {"token_ids": {0: "batch", 1: "text_len"}, "text_valid": {0: "batch", 1: "text_len"},
-                         "text_kv": kv("text_len")},
-        "obs_encoder": {"images": {0: "batch", 2: "height", 3: "width"}, "state_norm": {0: "batch"},
-                        "text_kv": kv("text_len"), "text_valid": {0: "batch", 1: "text_len"},
-                        "prefix_kv": kv("prefix_len"), "prefix_valid": {0: "batch", 1: "prefix_len"}},
-        "denoiser": {"x_t": {0: "batch"}, "t": {0: "batch"}, "prefix_kv": kv("prefix_len"),
-                     "prefix_valid": {0: "batch", 1: "prefix_len"}, "velocity": {0: "batch"}},
-    }[graph]
-
-
 def _dynamic_shapes(policy: MoTPolicy, graph: str):
-    """torch.export dims: the same axes as `_dynamic_axes`, with their valid ranges."""
+    """torch.export dims of each input: batch, text length, frame size and prefix length, with their ranges
+    (the outputs' dims follow). Example inputs have batch 2 and text length > 1: torch.export would
+    specialise a dimension of size 1."""
     from torch.export import Dim
 
     cfg = policy.cfg
@@ -208,22 +197,18 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 # -- export ------------------------------------------------------------------------------------------
-def _export_one(policy: MoTPolicy, graph: str, path: Path, opset: int, exporter: str) -> None:
+def _export_one(policy: MoTPolicy, graph: str, path: Path, opset: int) -> None:
+    """torch.export + onnxscript (`dynamo=True`): the TorchScript exporter cannot express the antialiased
+    resize of the observation graph, and the dynamo graph comes out already optimised (constant folding,
+    dead code removed)."""
     module = MODULES[graph](policy).eval()
     args = example_inputs(policy)[graph]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=list(INPUTS[graph]),
-                                        output_names=list(OUTPUTS[graph]),
-                                        dynamic_shapes=_dynamic_shapes(policy, graph), optimize=True, verbose=False)
-            program.save(str(path))
-        elif exporter == "torchscript":
-            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
-                              input_names=list(INPUTS[graph]), output_names=list(OUTPUTS[graph]),
-                              dynamic_axes=_dynamic_axes(graph), do_constant_folding=True)
-        else:
-            raise ExportError(f"exporter: expected 'dynamo' or 'torchscript', received {exporter!r}")
+        program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=list(INPUTS[graph]),
+                                    output_names=list(OUTPUTS[graph]), dynamic_shapes=_dynamic_shapes(policy, graph),
+                                    optimize=True, verbose=False)
+        program.save(str(path))
 
 
 def _finish(path: Path, graph: str, metadata: dict[str, str], fp16: bool) -> None:
@@ -283,12 +268,10 @@ def graph_paths(directory: str | Path) -> dict[str, Path]:
 
 
 def export_policy(policy: MoTPolicy, out_dir: str | Path, *, checkpoint_sha256: str | None = None,
-                  opset: int = DEFAULT_OPSET, fp16: bool = False, exporter: str = "dynamo",
-                  graphs: tuple[str, ...] = GRAPHS) -> dict[str, Path]:
+                  opset: int = DEFAULT_OPSET, fp16: bool = False, graphs: tuple[str, ...] = GRAPHS) -> dict[str, Path]:
     """Writes the three graphs (atomically) into out_dir; returns {graph: path}.
 
     checkpoint_sha256: the identity stored in every graph (default: `policy_fingerprint(policy)`).
-    exporter: "dynamo" (torch.export + onnxscript: cleanest graph, dynamic frame size) or "torchscript".
     """
     cfg = policy.cfg
     if cfg.prefix_mask != "blockwise":
@@ -316,7 +299,7 @@ def export_policy(policy: MoTPolicy, out_dir: str | Path, *, checkpoint_sha256: 
                 "mot.outputs": ",".join(OUTPUTS[graph])}
 
         def write(tmp: Path, graph=graph, meta=meta) -> None:
-            _export_one(policy, graph, tmp, opset, exporter)
+            _export_one(policy, graph, tmp, opset)
             _finish(tmp, graph, meta, fp16)
 
         _atomic_write(paths[graph], write)
@@ -330,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output directory (default: <checkpoint>/onnx)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {DEFAULT_OPSET})")
     parser.add_argument("--fp16", action="store_true", help="fp16 weights and arithmetic (fp32 inputs/outputs)")
-    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     parser.add_argument("--no-parity", action="store_true", help="skip the onnxruntime vs torch parity check")
     args = parser.parse_args(argv)
 
@@ -340,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint) / "onnx"
     try:
         paths = export_policy(policy, out, checkpoint_sha256=checkpoint_id(args.checkpoint), opset=args.opset,
-                              fp16=args.fp16, exporter=args.exporter)
+                              fp16=args.fp16)
     except ExportError as e:
         print(f"mot export: {e}", file=sys.stderr)
         return 2

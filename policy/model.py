@@ -185,6 +185,10 @@ class MoTPolicy(nn.Module):
         if stage == "align" or train_vision:
             for module in vision:
                 module.requires_grad_(True)
+            if self.cfg.vision_trainable == "attention" and self.cfg.routing == "mot":
+                for layer in self.layers:  # the FFN stays the language expert's copy
+                    for ffn in (layer["vision"].ffn_in, layer["vision"].ffn_out, layer["vision"].ffn_norm):
+                        ffn.requires_grad_(False)
         if stage == "policy":
             for module in body:
                 module.requires_grad_(True)
@@ -394,10 +398,11 @@ class MoTPolicy(nn.Module):
         return self.unnormalize_actions(x)
 
     # -- checkpoints ----------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Atomic checkpoint directory (policy/checkpoint.py); float16 halves its size."""
         from policy.checkpoint import save_checkpoint
 
-        return save_checkpoint(self, directory)
+        return save_checkpoint(self, directory, dtype)
 
     @classmethod
     def load(cls, directory: str | Path) -> "MoTPolicy":

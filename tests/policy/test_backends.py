@@ -253,3 +253,11 @@ def test_tensorrt_engines_match_torch_and_are_cached(checkpoint, runners):
     assert [p.stat().st_mtime_ns for p in engines] == stamps
     header = json.loads(engines[0].read_bytes()[16:16 + int.from_bytes(engines[0].read_bytes()[8:16], "little")])
     assert header["checkpoint_sha256"] == checkpoint_id(checkpoint)
+
+
+def test_mot_bench_dispatches_to_the_benchmark_scripts(capsys):
+    from training import bench
+
+    assert callable(bench.load_script("inference").main)
+    assert bench.main(["no-such-benchmark"]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err

@@ -39,7 +39,10 @@ def test_checkpoint_stores_only_trained_weights(saved):
 
     keys = list(safe_open(str(path / "model.safetensors"), "pt").keys())
     assert not [k for k in keys if k.startswith(("trunk.", "text_embed.")) or ".language." in k]
-    assert any(".vision." in k for k in keys) and any(".body." in k for k in keys)
+    assert any(".body." in k for k in keys)
+    # An untrained vision expert is still the language copy: listed as inherited, not stored.
+    inherited = json.loads((path / "manifest.json").read_text())["inherited"]
+    assert not any(".vision." in k for k in keys) and "layers.1.vision.query.weight" in inherited
 
 
 def test_corrupted_weights_are_refused(saved):
@@ -104,3 +107,23 @@ def test_config_validation_names_the_field():
         PolicyConfig(cameras=("front", "front"))
     with pytest.raises(ValueError, match="preset: expected one of"):
         PolicyConfig.preset("huge")
+
+
+def test_small_checkpoint_stays_small_and_float16_round_trips(tmp_path):
+    """The shipped preset: attention-only vision training leaves the vision FFN inherited (not stored)."""
+    policy = MoTPolicy(PolicyConfig.preset("small"))
+    policy.set_stage("align")
+    with torch.no_grad():  # what align training does: move every trainable vision tensor
+        for name, p in policy.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    assert not any(p.requires_grad for p in policy.layers[0]["vision"].ffn_in.parameters())
+    path = policy.save(tmp_path / "half", dtype=torch.float16)
+    size = (path / "model.safetensors").stat().st_size
+    assert size <= 25 * 2**20, f"{size / 2**20:.1f} MiB"
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert "layers.0.vision.ffn_in.weight" in manifest["inherited"] and manifest["dtype"] == "torch.float16"
+    loaded = MoTPolicy.load(path)
+    for (name, a), (_, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):
+        assert b.dtype == a.dtype and torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
+    assert torch.equal(loaded.layers[2]["vision"].ffn_out.weight, policy.layers[2]["language"].ffn_out.weight)
