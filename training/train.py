@@ -69,6 +69,7 @@ class TrainConfig:
     eval_every: int = 250
     ckpt_every: int = 250
     holdout_fraction: float = 0.1
+    save_dtype: str = "float32"  # storage dtype of OUT/checkpoint ("float16" for the shipped checkpoint)
     cache_prefix: bool = True  # policy stage: compute the frozen text/image K/V once (training/prefix_cache.py)
     seed: int = 0
     resume: bool = False
@@ -80,6 +81,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected > 0, received {getattr(self, name)}")
+        if self.save_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"save_dtype: expected float32, float16 or bfloat16, received {self.save_dtype!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema: expected a decay in [0, 1), received {self.ema}")
 
@@ -190,7 +193,7 @@ def save_training(out: Path, loss_module: StageLoss, opt, step: int, ema: dict |
             for name, p in loss_module.named_parameters():
                 if name in ema:
                     p.copy_(ema[name])
-    policy.save(out / "checkpoint")
+    policy.save(out / "checkpoint", dtype=getattr(torch, cfg.save_dtype))
     if ema is not None:
         with torch.no_grad():
             for name, p in loss_module.named_parameters():
@@ -389,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument("--save-dtype", default=defaults.save_dtype, choices=["float32", "float16", "bfloat16"],
+                   help="storage dtype of OUT/checkpoint (training state stays float32)")
     p.add_argument("--no-cache-prefix", dest="cache_prefix", action="store_false",
                    help="policy stage: recompute the frozen prefix every step instead of caching it")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt if present")
