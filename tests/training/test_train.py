@@ -101,3 +101,14 @@ def test_bad_train_config_is_refused(sim_dataset, tmp_path):
         _cfg(sim_dataset, tmp_path, stage="finetune")
     with pytest.raises(ValueError, match="ema: expected a decay in"):
         _cfg(sim_dataset, tmp_path, ema=1.5)
+
+
+def test_train_benchmark_prints_its_figures(sim_dataset):
+    """benchmarks/train.py runs end to end on the tiny preset and reports every figure (values not asserted)."""
+    done = subprocess.run([sys.executable, "benchmarks/train.py", "--preset", "tiny", "--iters", "1", "--batch-size",
+                           "4", "--data", str(sim_dataset)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout)
+    for key in ("data_loading", "policy_cached_prefix", "policy_frozen_prefix", "full_backprop", "align",
+                "ratio_cached_vs_full_backprop"):
+        assert figures[key] > 0, key

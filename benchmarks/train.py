@@ -1,0 +1,114 @@
+"""Training throughput (prints one JSON object).
+
+    python benchmarks/train.py --json [--data DIR] [--preset small] [--batch-size 16] [--iters 5]
+
+Figures, in samples/s (median over --iters timed optimizer steps after one warm-up step):
+- policy_cached_prefix:  the policy stage as `mot train` runs it (frozen text/image K/V cached)
+- policy_frozen_prefix:  the policy stage recomputing the frozen prefix without autograd every step
+- full_backprop:         every expert trainable (language, vision, body), the same loss
+- align:                 the align stage (image projection + vision expert, grounding head)
+- data_loading:          JPEG decode + chunk assembly of a batch (must not be the bottleneck)
+and the ratios policy_cached_prefix / full_backprop (target >= 3) and data_loading / policy_cached_prefix.
+Without --data, 8 scripted episodes are collected into a temporary directory first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policy import MoTPolicy, NormStats, PolicyConfig  # noqa: E402
+from training.data import ChunkDataset, read_episodes  # noqa: E402
+from training.prefix_cache import PrefixCache  # noqa: E402
+from training.train import StageLoss  # noqa: E402
+
+
+def samples_per_s(step, batch_size: int, iters: int) -> float:
+    step()  # warm-up (allocations, lazy init)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return batch_size / statistics.median(times)
+
+
+def optimizer_step(module: torch.nn.Module, loss_fn):
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+
+    def step():
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=None, help="dataset from `mot collect` (default: collect 8 episodes)")
+    p.add_argument("--preset", default="small", choices=["tiny", "small"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="(always JSON; kept for symmetry with the other benchmarks)")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    cfg = PolicyConfig.preset(args.preset)
+    data_dir = args.data
+    if data_dir is None:
+        from training.collect import collect
+
+        data_dir = Path(tempfile.mkdtemp(prefix="mot-bench-train-"))
+        collect(data_dir, episodes=8, tasks=["reach", "pick", "push", "place"], image_size=cfg.image_size,
+                progress=False)
+    _, episodes = read_episodes(data_dir)
+    data = ChunkDataset(episodes, list(cfg.cameras), cfg.horizon)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(data), args.batch_size)
+    batch = data.batch(idx)
+    b = args.batch_size
+    out: dict = {"preset": args.preset, "batch_size": b, "frames": len(data), "torch_threads": torch.get_num_threads()}
+
+    out["data_loading"] = samples_per_s(lambda: data.batch(rng.integers(0, len(data), b)), b, args.iters)
+
+    policy = MoTPolicy(cfg, NormStats.from_arrays(*data.all_states_actions()))
+    policy.set_stage("policy")
+    cache = PrefixCache(policy, data, progress=False)
+    state, actions = torch.from_numpy(batch["state"]), torch.from_numpy(batch["actions"])
+    out["policy_cached_prefix"] = samples_per_s(
+        optimizer_step(policy, lambda: policy.flow_matching_loss(cache.prefix(idx), state, actions)), b, args.iters)
+    out["policy_frozen_prefix"] = samples_per_s(optimizer_step(policy, lambda: policy.compute_loss(batch)), b,
+                                                args.iters)
+
+    full = MoTPolicy(cfg)
+    full.requires_grad_(True)
+    full.trunk.requires_grad_(False)  # the trunk is a frozen feature extractor, not an expert
+    out["full_backprop"] = samples_per_s(optimizer_step(full, lambda: full.compute_loss(batch)), b, args.iters)
+    del full
+
+    align = MoTPolicy(cfg)
+    align.set_stage("align")
+    loss = StageLoss(align, "align")
+    out["align"] = samples_per_s(optimizer_step(loss, lambda: loss(batch)), b, args.iters)
+
+    out["ratio_cached_vs_full_backprop"] = out["policy_cached_prefix"] / out["full_backprop"]
+    out["ratio_frozen_vs_full_backprop"] = out["policy_frozen_prefix"] / out["full_backprop"]
+    out["ratio_data_loading_vs_policy"] = out["data_loading"] / out["policy_cached_prefix"]
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
