@@ -61,19 +61,27 @@ def timed(fn, iters: int, warmup: int = 3) -> dict[str, float]:
     return summarize(times)
 
 
-def timed_interleaved(fns: dict[str, callable], iters: int, warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Times several functions round-robin (one call each per round), so that load from other processes
-    on a shared machine hits every figure alike and ratios between them stay meaningful."""
+def timed_interleaved(fns: dict[str, callable], iters: int, block: int = 5, warmup: int = 2) -> dict[str, dict]:
+    """Times several functions in rounds: each round runs every function `block` times in a row.
+
+    Rounds spread the load from other processes on a shared machine over every figure alike, so ratios
+    between them stay meaningful; blocks keep one backend's thread pool from spinning while the next
+    one runs (onnxruntime and OpenMP workers busy-wait briefly after each call, which would slow the
+    other backend if calls alternated one by one). The first call of each block is not recorded.
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(iters):
-        order = list(fns.items()) if i % 2 == 0 else list(reversed(fns.items()))
+    rounds = max(1, -(-iters // block))
+    for r in range(rounds):
+        order = list(fns.items()) if r % 2 == 0 else list(reversed(fns.items()))
         for name, fn in order:
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            fn()  # settles this backend's threads after the previous one
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
     return {name: summarize(ts) for name, ts in times.items()}
 
 
