@@ -347,12 +347,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                         ema[name].lerp_(p, 1 - cfg.ema)
         samples_window += cfg.batch_size * world
         done = step + 1
-        if rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
+        evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps
+        if rank == 0 and (done % cfg.log_every == 0 or evaluate_now):
             now = time.perf_counter()
             row = {"step": done, "loss": f"{loss.item():.6f}", "lr": f"{cfg.lr * lr_at(step, cfg):.3e}",
                    "grad_norm": f"{grad_norm:.4f}", "samples_per_s": f"{samples_window / (now - t_window):.2f}",
                    "elapsed_s": f"{now - t_start:.1f}"}
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+            if evaluate_now:
                 last = evaluate_stage(loss_module, holdout, cfg)
                 row.update({k: f"{v:.4f}" for k, v in last.items()})
                 tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
