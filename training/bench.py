@@ -14,6 +14,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from training.cli import pick
+
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = {"inference": "inference.py", "sim": "sim.py", "train": "train.py", "ros": "ros_latency.py"}
 
@@ -37,14 +39,10 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in SCRIPTS:
-        print(f"mot bench: unknown benchmark {name!r}; expected one of {sorted(SCRIPTS)}\n\n{_usage()}", file=sys.stderr)
-        return 2
+    picked = pick(argv, SCRIPTS, _usage(), "mot bench")
+    if isinstance(picked, int):
+        return picked
+    name, rest = picked
     try:
         module = load_script(name)
     except (FileNotFoundError, AttributeError) as e:

@@ -32,15 +32,23 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def pick(argv: list[str] | None, names, usage: str, prog: str) -> tuple[str, list[str]] | int:
+    """argv -> (subcommand, its argv), or an exit code after printing help (0) or an unknown name (2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
+        print(usage)
         return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"mot: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+    if argv[0] not in names:
+        print(f"{prog}: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
         return 2
+    return argv[0], argv[1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    picked = pick(argv, COMMANDS, _usage(), "mot")
+    if isinstance(picked, int):
+        return picked
+    name, rest = picked
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(rest) or 0)
