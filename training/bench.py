@@ -39,7 +39,7 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    picked = pick(argv, SCRIPTS, _usage(), "mot bench")
+    picked = pick(argv, SCRIPTS, _usage(), "mot bench", kind="benchmark")
     if isinstance(picked, int):
         return picked
     name, rest = picked

@@ -32,14 +32,14 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def pick(argv: list[str] | None, names, usage: str, prog: str) -> tuple[str, list[str]] | int:
+def pick(argv: list[str] | None, names, usage: str, prog: str, kind: str = "command") -> tuple[str, list[str]] | int:
     """argv -> (subcommand, its argv), or an exit code after printing help (0) or an unknown name (2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage)
         return 0
     if argv[0] not in names:
-        print(f"{prog}: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
+        print(f"{prog}: unknown {kind} {argv[0]!r}\n\n{usage}", file=sys.stderr)
         return 2
     return argv[0], argv[1:]
 

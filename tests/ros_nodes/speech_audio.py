@@ -12,7 +12,7 @@ import pytest
 def speak(text: str, path: Path, silence_s: float = 0.5) -> Path:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed (make setup installs it: apt-get install espeak-ng)")
-    raw = path.with_suffix(".raw.wav")
+    raw = path.with_name(f".{path.stem}.raw.wav")  # hidden: a watched directory must not play it
     subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, timeout=30)
     with wave.open(str(raw)) as f:
         rate, frames = f.getframerate(), np.frombuffer(f.readframes(f.getnframes()), "<i2")
