@@ -9,7 +9,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ros_nodes.audio_node import AudioNode
 from tests.ros_nodes.speech_audio import speak
-from tests.ros_nodes.test_policy_node_safety import assert_safe, chunks, start
+from tests.ros_nodes.test_policy_node_safety import assert_safe, chunks, start, wait_for_every_hold
 
 
 def test_spoken_instruction_then_spoken_stop(ros, tiny_checkpoint, tmp_path):
@@ -30,6 +30,7 @@ def test_spoken_instruction_then_spoken_stop(ros, tiny_checkpoint, tmp_path):
     ros.wait_for(lambda: estops, 30, "the spoken e-stop")
     assert estops[0].data is True and len(instructions) == 1
     ros.wait_for(lambda: policy.controller.mode == "estop", 2, "the latch")
+    wait_for_every_hold(ros, policy, trajectories)
     n = len(trajectories)
     time.sleep(1.0)
     assert all(len(t.points) == 1 for t in trajectories[n - 1:]), "only holds after the spoken stop"

@@ -72,6 +72,17 @@ def assert_safe(trajectories):
         assert np.all(np.abs(np.diff(positions, axis=0)) <= BOUND + 1e-9)
 
 
+def wait_for_every_hold(ros, node, trajectories):
+    """Wait until every hold the node has published has reached our subscriber.
+
+    Chunks published just before a latch can still be in flight when the test sees the mode change;
+    one publisher -> one reliable reader keeps order, so once the latest hold has arrived, everything
+    published before it has too.
+    """
+    ros.wait_for(lambda: sum(len(t.points) == 1 for t in trajectories) == node.controller.metrics.holds,
+                 2, "every published hold")
+
+
 def chunks(trajectories):
     return [t for t in trajectories if len(t.points) > 1]
 
@@ -153,7 +164,8 @@ def test_estop_latches_until_the_reset_service(ros, tiny_checkpoint):
     instruction.publish(String(data="pick up the red cube"))
     ros.wait_for(lambda: len(chunks(trajectories)) >= 1, 20, "chunks")
     estop.publish(Bool(data=True))
-    ros.wait_for(lambda: len(trajectories[-1].points) == 1, 2, "a hold")
+    ros.wait_for(lambda: node.controller.mode == "estop", 2, "the latch")
+    wait_for_every_hold(ros, node, trajectories)
     n = len(trajectories)
     estop.publish(Bool(data=False))  # does not clear it
     instruction.publish(String(data="push the blue block"))  # neither does a new instruction
