@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out["data_loading"] = samples_per_s(lambda: data.batch(rng.integers(0, len(data), b)), b, args.iters)
 
-    policy = MoTPolicy(cfg, NormStats.from_arrays(*data.all_states_actions()))
+    policy = MoTPolicy(cfg, NormStats.from_arrays(*data.all_states_chunks(), cfg.delta_action_mask))
     policy.set_stage("policy")
     cache = PrefixCache(policy, data, progress=False)
     state, actions = torch.from_numpy(batch["state"]), torch.from_numpy(batch["actions"])

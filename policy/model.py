@@ -25,6 +25,7 @@ sampling integrates from t = 1 (noise) to t = 0 (actions) with Euler steps.
 
 from __future__ import annotations
 
+import dataclasses
 import copy
 import math
 from pathlib import Path
@@ -38,7 +39,7 @@ from policy.config import STAGES, PolicyConfig
 from policy.experts import BertExpert, BodyExpert, merge_heads
 from policy.inputs import Observation, validate_batch
 from policy.language import BertDims, BertEmbeddings, TextTokenizer, load_bert_weights, resolve_language_model
-from policy.normalize import NormStats
+from policy.normalize import NormStats, to_absolute, to_relative
 from policy.vision import EfficientNetTrunk, ImageTokenizer, preprocess_images
 
 # Modality blocks, in token order. Block ids feed `make_attn_mask`.
@@ -112,6 +113,12 @@ def euler_sample(denoise: Callable[[X, float], X], noise: X, num_steps: int) -> 
     return x
 
 
+def cat_tokens(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-segment (B, heads, L_i, head_dim) along tokens; a single segment (every cached
+    pass) is returned as is, so exported graphs carry no one-input Concat per layer."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
 class MoTPolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig, norm_stats: NormStats | None = None):
         super().__init__()
@@ -164,6 +171,9 @@ class MoTPolicy(nn.Module):
         stats = norm_stats or NormStats.identity(cfg.state_dim, cfg.action_dim)
         for name in ("state_mean", "state_std", "action_mean", "action_std"):
             self.register_buffer(name, torch.zeros(0), persistent=False)
+        # 1.0 where an action dimension is predicted relative to the state (config.delta_action_mask).
+        self.register_buffer("delta_mask", torch.zeros(0), persistent=False)
+        self.set_delta_action_mask(cfg.delta_action_mask)
         self.set_norm_stats(stats)
         self.set_stage("policy")
 
@@ -206,14 +216,21 @@ class MoTPolicy(nn.Module):
         for name in ("state_mean", "state_std", "action_mean", "action_std"):
             setattr(self, name, torch.as_tensor(getattr(stats, name), dtype=torch.float32))
 
+    def set_delta_action_mask(self, mask: tuple[bool, ...] | None) -> None:
+        """Choose which action dimensions are predicted relative to the state (before the body trains)."""
+        self.cfg = dataclasses.replace(self.cfg, delta_action_mask=mask)  # validates
+        self.delta_mask = torch.tensor(self.cfg.delta_action_mask or (False,) * self.cfg.action_dim,
+                                       dtype=torch.float32)
+
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
         return (state - self.state_mean) / self.state_std
 
-    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        return (actions - self.action_mean) / self.action_std
+    def normalize_actions(self, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Chunk (B, horizon, A) and state (B, S) in robot units -> the normalised chunk the model sees."""
+        return (to_relative(actions, state, self.delta_mask) - self.action_mean) / self.action_std
 
-    def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        return actions * self.action_std + self.action_mean
+    def unnormalize_actions(self, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return to_absolute(actions * self.action_std + self.action_mean, state, self.delta_mask)
 
     def prefix_trainable(self) -> bool:
         """True when any parameter reached by the text/image passes is trainable (align, ablations)."""
@@ -241,15 +258,13 @@ class MoTPolicy(nn.Module):
         for i, layer in enumerate(self.layers):
             experts = [layer[self.route[modality]] for modality, _, _ in segments]
             qkvc = [expert.qkv(h, cond) for expert, h, (_, _, cond) in zip(experts, hs, segments)]
-            q = torch.cat([x[0] for x in qkvc], dim=2)
-            k = torch.cat([x[1] for x in qkvc], dim=2)
-            v = torch.cat([x[2] for x in qkvc], dim=2)
+            q, k, v = (cat_tokens([x[j] for x in qkvc]) for j in range(3))
             new_kv.append(torch.stack([k, v]))
             if past is not None:  # cached keys/values of earlier blocks come first in token order
                 k = torch.cat([past.kv[i, 0], k], dim=2)
                 v = torch.cat([past.kv[i, 1], v], dim=2)
             attn = merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
-            outs = attn.split([h.shape[1] for h in hs], dim=1)
+            outs = attn.split([h.shape[1] for h in hs], dim=1) if len(hs) > 1 else [attn]
             hs = [expert.finish(h, out, c[3]) for expert, h, out, c in zip(experts, hs, outs, qkvc)]
         return hs, torch.stack(new_kv)
 
@@ -369,7 +384,7 @@ class MoTPolicy(nn.Module):
                            noise: torch.Tensor | None = None, time: torch.Tensor | None = None) -> torch.Tensor:
         """The loss from a text + image prefix (computed here, or cached by training): state (B, S)
         and actions (B, horizon, A) in robot units. Only the body expert runs from here on."""
-        actions = self.normalize_actions(actions)
+        actions = self.normalize_actions(actions, state)
         b = actions.shape[0]
         prefix = self.encode_state(self.normalize_state(state), prefix)
         if time is None:
@@ -395,7 +410,7 @@ class MoTPolicy(nn.Module):
         steps = self.cfg.num_inference_steps if num_steps is None else num_steps
         b = o.batch_size
         x = euler_sample(lambda x, t: self.denoise(x, torch.full((b,), t), prefix), noise.float(), steps)
-        return self.unnormalize_actions(x)
+        return self.unnormalize_actions(x, o.state)
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:

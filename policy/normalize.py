@@ -40,8 +40,13 @@ class NormStats:
         return cls(np.zeros(state_dim), np.ones(state_dim), np.zeros(action_dim), np.ones(action_dim))
 
     @classmethod
-    def from_arrays(cls, states: np.ndarray, actions: np.ndarray) -> "NormStats":
-        """states (N, S), actions (N, A) or (N, horizon, A) -> per-dimension mean and std (floored)."""
+    def from_arrays(cls, states: np.ndarray, actions: np.ndarray,
+                    delta_action_mask: tuple[bool, ...] | None = None) -> "NormStats":
+        """states (N, S), action chunks (N, horizon, A) in robot units -> per-dimension mean and std
+        (floored) of what the model sees: with a delta mask, the action stats are of chunk - state."""
+        if delta_action_mask is not None:
+            actions = to_relative(np.asarray(actions, np.float64), np.asarray(states, np.float64),
+                                  np.asarray(delta_action_mask, np.float64))
         states = np.asarray(states, dtype=np.float64).reshape(-1, np.shape(states)[-1])
         actions = np.asarray(actions, dtype=np.float64).reshape(-1, np.shape(actions)[-1])
         # A constant dimension (e.g. an unused joint) gets std 1 rather than a division by ~0.
@@ -61,3 +66,17 @@ class NormStats:
     @classmethod
     def load(cls, path: str | Path) -> "NormStats":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# -- delta actions (numpy arrays or torch tensors alike) ----------------------------------------------
+def to_relative(actions, state, mask):
+    """Absolute chunk (B, horizon, A), state (B, S), mask (A,) of 0/1 -> chunk with the masked
+    dimensions made relative to the state at the chunk's start (every step of the chunk, as openpi)."""
+    a = actions.shape[-1]
+    return actions - mask * state[..., None, :a]
+
+
+def to_absolute(actions, state, mask):
+    """The inverse of `to_relative`."""
+    a = actions.shape[-1]
+    return actions + mask * state[..., None, :a]

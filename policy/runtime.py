@@ -140,8 +140,8 @@ class PolicyRunner:
                              np.asarray(noise, dtype=np.float32)[None], steps)
             t3 = time.perf_counter()
         self.last_timing = {"text_ms": (t1 - t0) * 1e3, "observation_ms": (t2 - t1) * 1e3, "denoise_ms": (t3 - t2) * 1e3}
-        actions = x[0] * self.policy.norm_stats.action_std + self.policy.norm_stats.action_mean
-        return actions.astype(np.float32)
+        actions = self.policy.unnormalize_actions(torch.from_numpy(x), obs.state)[0]
+        return actions.numpy().astype(np.float32)
 
     def warmup(self, instruction: str = "pick up the red cube", iterations: int = 2) -> None:
         """Runs a few inferences on blank frames so first real calls are not slowed by lazy init."""

@@ -194,9 +194,10 @@ class ChunkDataset:
                           for k in GROUNDING_KEYS},
         }
 
-    def all_states_actions(self) -> tuple[np.ndarray, np.ndarray]:
-        return (np.concatenate([ep.states for ep in self.episodes]),
-                np.concatenate([ep.actions for ep in self.episodes]))
+    def all_states_chunks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every sample's state (N, S) and action chunk (N, horizon, A): what normalisation stats see."""
+        batch = self.batch(np.arange(len(self)), images=False)
+        return batch["state"], batch["actions"]
 
 
 def split_episodes(episodes: list[Episode], holdout_fraction: float, seed: int = 0) -> tuple[list, list]:

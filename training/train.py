@@ -57,6 +57,9 @@ class TrainConfig:
     routing: str = "mot"
     prefix_mask: str = "blockwise"
     train_vision: bool = False  # ablation: unfreeze the vision expert in the policy stage
+    # "on": joint targets relative to the measured joints (the preset's delta_action_mask); "off":
+    # absolute; None: the preset's choice for a new policy, the --init checkpoint's otherwise.
+    delta_actions: str | None = None
     steps: int = 2000
     batch_size: int = 32
     lr: float = 3e-4
@@ -83,6 +86,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected > 0, received {getattr(self, name)}")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"save_dtype: expected float32, float16 or bfloat16, received {self.save_dtype!r}")
+        if self.delta_actions not in (None, "on", "off"):
+            raise ValueError(f"delta_actions: expected 'on', 'off' or None, received {self.delta_actions!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema: expected a decay in [0, 1), received {self.ema}")
 
@@ -260,8 +265,16 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
         if cfg.routing != policy.cfg.routing or cfg.prefix_mask != policy.cfg.prefix_mask:
             raise ValueError(f"init: checkpoint has routing={policy.cfg.routing!r} prefix_mask={policy.cfg.prefix_mask!r}, "
                              f"this run asks for routing={cfg.routing!r} prefix_mask={cfg.prefix_mask!r}")
-        return policy
-    return MoTPolicy(PolicyConfig.preset(cfg.preset, routing=cfg.routing, prefix_mask=cfg.prefix_mask))
+    else:
+        policy = MoTPolicy(PolicyConfig.preset(cfg.preset, routing=cfg.routing, prefix_mask=cfg.prefix_mask))
+    if cfg.delta_actions is not None:
+        # The action space belongs to the body expert: choose it when the body starts training
+        # (e.g. from an align checkpoint, whose body never trained).
+        mask = PolicyConfig.preset(cfg.preset).delta_action_mask if cfg.delta_actions == "on" else None
+        if cfg.delta_actions == "on" and mask is None:
+            raise ValueError(f"delta_actions: preset {cfg.preset!r} defines no delta_action_mask")
+        policy.set_delta_action_mask(mask)
+    return policy
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -283,7 +296,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     data = ChunkDataset(train_eps, cameras, policy.cfg.horizon)
     holdout = ChunkDataset(hold_eps or train_eps, cameras, policy.cfg.horizon)
     if cfg.stage == "policy" or not cfg.init:
-        policy.set_norm_stats(NormStats.from_arrays(*data.all_states_actions()))
+        policy.set_norm_stats(NormStats.from_arrays(*data.all_states_chunks(), policy.cfg.delta_action_mask))
     policy.set_stage(cfg.stage, train_vision=cfg.train_vision)
 
     cache = None
@@ -389,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--routing", default=defaults.routing, choices=["mot", "dense"])
     p.add_argument("--prefix-mask", default=defaults.prefix_mask, choices=["blockwise", "bidirectional"])
     p.add_argument("--train-vision", action="store_true", help="ablation: unfreeze the vision expert in 'policy'")
+    p.add_argument("--delta-actions", choices=["on", "off"], default=None,
+                   help="joint targets relative to the measured joints (on) or absolute (off); default: the "
+                        "preset's for a new policy, the --init checkpoint's otherwise")
     for name in ("steps", "batch_size", "warmup", "log_every", "eval_every", "ckpt_every", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction"):

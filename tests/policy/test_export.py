@@ -97,7 +97,7 @@ def _chunk_onnx(out, policy, batch, noise):
     step = lambda x, t: s["denoiser"].run(None, {"x_t": x, "t": np.full((b,), t, np.float32), "prefix_kv": kv,  # noqa
                                                  "prefix_valid": pvalid})[0]
     x = euler_sample(step, noise.numpy(), policy.cfg.num_inference_steps)
-    return policy.unnormalize_actions(torch.from_numpy(x)).numpy()
+    return policy.unnormalize_actions(torch.from_numpy(x), torch.from_numpy(obs["state"])).numpy()
 
 
 def test_full_chunk_matches_torch_on_random_observations(exported):

@@ -81,7 +81,7 @@ def test_cached_sampling_equals_uncached_sampling(tiny_policy):
     with torch.no_grad():
         x = euler_sample(lambda x, t: tiny_policy.velocity_uncached(ids, valid, obs.images, state, x,
                                                                     torch.full((2,), t)), noise, 10)
-    assert (cached - tiny_policy.unnormalize_actions(x)).abs().max().item() <= 1e-5
+    assert (cached - tiny_policy.unnormalize_actions(x, obs.state)).abs().max().item() <= 1e-5
 
 
 def test_routing_isolation_body_weights_never_reach_text_or_image_kv(tiny_policy):
