@@ -14,6 +14,11 @@ for --duration seconds on one long episode and prints JSON:
 
 Without --checkpoint the small preset is built with random weights: latency does not depend on
 the weights' values. Targets (issue): p99 < 100 ms and 0 missed cycles with onnxruntime.
+
+--layout launch (default) runs sim_node in its own process, as `ros2 launch mot_policy sim.launch.py`
+does (on a robot the camera and arm drivers are other processes too); --layout single runs both nodes
+in this process, as `mot stack sim` does, where the sim's physics and rendering share the policy
+node's interpreter (GIL) and cores.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="onnxruntime", help="torch | onnxruntime | tensorrt")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of closed-loop running (default 60)")
     parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", 42)))
+    parser.add_argument("--layout", choices=("launch", "single"), default="launch",
+                        help="sim_node in its own process (launch, default) or in this one (single)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
@@ -50,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.executors import MultiThreadedExecutor
     from std_msgs.msg import String
 
-    from ros_nodes.stack import build_nodes
+    from ros_nodes.stack import build_nodes, params_file
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint
@@ -63,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.init(context=context, domain_id=args.domain_id)
         overrides = {"policy_node": {"checkpoint": checkpoint, "backend": args.backend},
                      "sim_node": {"max_episode_steps": 1_000_000}}  # one episode for the whole run
-        log(f"building nodes (backend {args.backend}) ...")
-        nodes = build_nodes("sim", overrides, context=context)
+        log(f"building nodes (backend {args.backend}, layout {args.layout}) ...")
+        nodes = build_nodes("sim", overrides, context=context, only=["policy_node"] if args.layout == "launch" else None)
         policy = next(n for n in nodes if n.get_name() == "policy_node")
         if hasattr(policy.runner, "warmup"):
             policy.runner.warmup()  # first calls pay lazy initialisation; a robot warms up before moving too
@@ -73,12 +81,25 @@ def main(argv: list[str] | None = None) -> int:
             executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
+        sim_process = None
         try:
+            if args.layout == "launch":
+                # What `ros2 launch` runs for sim_node: its console script's module, its YAML, own process.
+                quiet = subprocess.DEVNULL if args.json else None
+                sim_process = subprocess.Popen(
+                    [sys.executable, "-m", "ros_nodes.sim_node", "--ros-args", "-r", "__node:=sim_node",
+                     "--params-file", str(params_file("sim")), "-p", "max_episode_steps:=1000000"],
+                    env={**os.environ, "ROS_DOMAIN_ID": str(args.domain_id)}, cwd=Path(__file__).resolve().parents[1],
+                    stdout=quiet, stderr=quiet)
             helper = rclpy.create_node("ros_latency", context=context)
             executor.add_node(helper)
             publisher = helper.create_publisher(String, "instruction", 10)
-            deadline = time.monotonic() + 20
-            while publisher.get_subscription_count() < 2 and time.monotonic() < deadline:
+            deadline = time.monotonic() + 60
+            while publisher.get_subscription_count() < 2:  # policy_node and sim_node
+                if sim_process is not None and sim_process.poll() is not None:
+                    raise RuntimeError(f"sim_node exited with code {sim_process.returncode} (run without --json to see why)")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("sim_node and policy_node did not both subscribe to /instruction within 60 s")
                 time.sleep(0.05)
             instruction = String(data="pick up the red cube")
 
@@ -110,12 +131,19 @@ def main(argv: list[str] | None = None) -> int:
                 node.close()
                 node.destroy_node()
             context.try_shutdown()
+            if sim_process is not None:
+                sim_process.terminate()
+                try:
+                    sim_process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    sim_process.kill()
 
     latency = summary["latency"]
     missed = summary["starved_ticks"] - start_counts[1]
     result = {
         "benchmark": "ros_latency",
         "backend": args.backend,
+        "layout": args.layout,
         "checkpoint": args.checkpoint or f"{args.preset} preset (random weights)",
         "duration_s": args.duration,
         "control_hz": policy.config.control_hz,

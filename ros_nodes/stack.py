@@ -43,13 +43,16 @@ def _factory(spec: str) -> Callable:
 
 
 def build_nodes(graph: str, overrides: dict[str, dict], extra: list[tuple[str, str]] = (),
-                params: Path | None = None, context=None) -> list:
-    """Instantiate the graph's nodes with the YAML's parameters plus per-node ``overrides``."""
+                params: Path | None = None, context=None, only: list[str] | None = None) -> list:
+    """Instantiate the graph's nodes (or the ``only`` named ones) with the YAML's parameters plus
+    per-node ``overrides``."""
     params = params or params_file(graph)
     declared = yaml.safe_load(params.read_text())
     nodes = []
     try:
         for name, spec in [*GRAPHS[graph], *extra]:
+            if only is not None and name not in only:
+                continue
             args = ["--ros-args", "-r", f"__node:={name}"]
             if name in declared:
                 args += ["--params-file", str(params)]
