@@ -19,6 +19,42 @@ IMAGE_QOS = qos_profile_sensor_data
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
+# -- real-time hygiene ---------------------------------------------------------------------------------
+MCL_CURRENT, MCL_FUTURE = 1, 2  # <sys/mman.h>
+
+
+def memory_lock_flags(memlock_limit: int) -> int:
+    """mlockall flags for an RLIMIT_MEMLOCK soft limit: MCL_FUTURE only when the limit is unlimited,
+    because with MCL_FUTURE every later allocation past the limit would fail (a MemoryError mid-run)."""
+    import resource
+
+    return MCL_CURRENT | MCL_FUTURE if memlock_limit == resource.RLIM_INFINITY else MCL_CURRENT
+
+
+def lock_process_memory(log: Callable[[str], None]) -> bool:
+    """Lock the process's pages in RAM (mlockall), as ros2_control's ``lock_memory`` does.
+
+    A control process must not stall on a page fault: when the kernel pages out "cold" memory (memory
+    pressure, or a proactive-reclaim daemon), the next inference or camera callback would wait on the
+    disk to read code or weights back in. Returns False (and logs why) where locking is not permitted.
+    """
+    import ctypes
+    import os
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    flags = memory_lock_flags(soft)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mlockall(flags) != 0:
+        errno = ctypes.get_errno()
+        log(f"lock_memory: mlockall failed ({os.strerror(errno)}); running with pageable memory "
+            f"(raise RLIMIT_MEMLOCK, e.g. `ulimit -l unlimited` or limits.conf, to lock)")
+        return False
+    if not flags & MCL_FUTURE:
+        log("lock_memory: RLIMIT_MEMLOCK is limited: locked the current pages only, not later allocations")
+    return True
+
+
 def now_s(node: Node) -> float:
     return node.get_clock().now().nanoseconds * 1e-9
 

@@ -33,7 +33,8 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from ros_nodes.common import IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, now_s, run_node
+from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, lock_process_memory, now_s,
+                               run_node)
 from ros_nodes.controller import (Command, ControllerConfig, GuardedCommandPublisher, Inference,
                                   PolicyController, Request)
 from ros_nodes.convert import chunk_to_trajectory, fit_image, image_to_numpy, joint_state_to_vector, seconds_to_time
@@ -60,6 +61,7 @@ PARAMETERS: dict[str, Any] = {
     "max_instruction_chars": 256,
     "dry_run": False,
     "status_hz": 2.0,
+    "lock_memory": False,  # mlockall once loaded (no page-fault stalls); the launch YAMLs turn it on
 }
 
 
@@ -86,6 +88,8 @@ class PolicyNode(Node):
             self.get_logger().info(f"loading {p['checkpoint']} (backend {p['backend']})")
             runner = PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"])
         self.runner = runner
+        if p["lock_memory"]:  # after loading: the weights and the backend's code are resident now
+            lock_process_memory(self.get_logger().warning)
         model = getattr(runner, "config", None)
         cameras = tuple(p["cameras"] or (model.cameras if model else ()))
         joint_names = tuple(p["joint_names"] or ())

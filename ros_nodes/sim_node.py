@@ -27,7 +27,8 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from ros_nodes.common import IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, now_s, run_node
+from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, lock_process_memory, now_s,
+                               run_node)
 from ros_nodes.controller import clean_instruction
 from ros_nodes.convert import numpy_to_image, seconds_to_time, time_to_seconds, trajectory_to_arrays, vector_to_joint_state
 
@@ -39,6 +40,7 @@ PARAMETERS: dict[str, Any] = {
     "control_hz": 0.0,  # 0: sim.CONTROL_HZ
     "camera_topic": "camera/{camera}/image_raw",
     "max_instruction_chars": 256,
+    "lock_memory": False,  # mlockall (no page-fault stalls in the frames it publishes); YAML turns it on
 }
 
 
@@ -89,6 +91,9 @@ class SimNode(Node):
             self.declare_parameter(name, default)
         self.p = p = {name: self.get_parameter(name).value for name in PARAMETERS}
         import sim  # registers mot/Tabletop-v0
+
+        if p["lock_memory"]:
+            lock_process_memory(self.get_logger().warning)
 
         self.joint_names = tuple(sim.JOINT_NAMES)
         self.dt = 1.0 / (p["control_hz"] or sim.CONTROL_HZ)

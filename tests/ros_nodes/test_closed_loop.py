@@ -18,8 +18,10 @@ UPPER = np.array([2.9, 2.0, 2.6, 2.4, 2.0, 2.9, 0.08])
 
 
 def start_sim_stack(ros, checkpoint, max_steps):
-    overrides = {"policy_node": {"checkpoint": str(checkpoint)},
-                 "sim_node": {"max_episode_steps": max_steps, "image_size": 64}}
+    # lock_memory off: mlockall would lock the whole pytest process (tests/ros_nodes/test_memory_lock.py
+    # covers it in a child process).
+    overrides = {"policy_node": {"checkpoint": str(checkpoint), "lock_memory": False},
+                 "sim_node": {"max_episode_steps": max_steps, "image_size": 64, "lock_memory": False}}
     for node in build_nodes("sim", overrides, context=ros.context):
         ros.add(node)
 
