@@ -1,6 +1,8 @@
-"""`mot eval`: closed-loop success of a checkpoint in the MuJoCo suite.
+"""`mot eval`: closed-loop success of a checkpoint in the MuJoCo suite (or, with --open-loop, its
+action error on recorded demonstrations).
 
     mot eval --checkpoint runs/policy/checkpoint --episodes 50 --split both --video eval.mp4 --json
+    mot eval --checkpoint runs/policy/checkpoint --open-loop runs/demos --json
 
 Per task family and overall, on the train and/or held-out instruction splits. Episodes use seeds
 EVAL_SEED_BASE + i, far from collection seeds, so evaluation scenes are never training scenes.
@@ -117,6 +119,42 @@ def summary_png(results: dict, path: Path) -> Path:
     return path
 
 
+def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdout_fraction: float = 0.1,
+              seed: int = 0, batch_size: int = 32) -> dict:
+    """Action error on recorded demonstrations (no rollout): is the policy imitating the expert at all?
+
+    Frames from the held-out episodes of `mot train`'s split (same fraction and seed) -> a sampled
+    chunk vs the expert's chunk, mean absolute error over the first `steps` actions, per joint group,
+    next to the "hold still" baseline (the chunk = the current joint positions). A policy whose joint
+    error is close to the baseline has not learned where to move, whatever its flow loss says.
+    """
+    import torch
+
+    from training.data import ChunkDataset, read_episodes, split_episodes
+
+    _, episodes = read_episodes(data_dir)
+    train_eps, hold_eps = split_episodes(episodes, holdout_fraction, seed)
+    data = ChunkDataset(hold_eps or train_eps, list(policy.cfg.cameras), policy.cfg.horizon)
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(data), size=min(samples, len(data)), replace=False)
+    generator = torch.Generator().manual_seed(seed)
+    errors, baseline = [], []
+    for start in range(0, len(picked), batch_size):
+        batch = data.batch(picked[start:start + batch_size])
+        noise = torch.randn((len(batch["state"]), policy.cfg.horizon, policy.cfg.action_dim), generator=generator)
+        chunk = policy.sample_actions({k: batch[k] for k in ("images", "state", "instruction")}, noise=noise).numpy()
+        expert = batch["actions"]
+        errors.append(np.abs(chunk - expert)[:, :steps])
+        baseline.append(np.abs(batch["state"][:, None, : expert.shape[-1]] - expert)[:, :steps])
+    err, base = np.concatenate(errors), np.concatenate(baseline)
+    joints = slice(0, policy.cfg.action_dim - 1)  # the last action dimension is the gripper command
+    return {"samples": int(len(err)), "steps": steps, "frames_from": "held-out episodes of the training split",
+            "joint_mae_rad": round(float(err[..., joints].mean()), 5),
+            "hold_still_joint_mae_rad": round(float(base[..., joints].mean()), 5),
+            "joint_mae_over_hold_still": round(float(err[..., joints].mean() / base[..., joints].mean()), 4),
+            "gripper_mae": round(float(err[..., -1].mean()), 5)}
+
+
 def main(argv: list[str] | None = None) -> int:
     import sim
 
@@ -131,7 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary", type=Path, default=None, help="summary PNG (default: next to --video or --out)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--open-loop", type=Path, default=None, metavar="DATA",
+                   help="instead of rollouts: action error on DATA's held-out demonstrations vs holding still")
+    p.add_argument("--samples", type=int, default=256, help="frames for --open-loop")
     args = p.parse_args(argv)
+    if args.open_loop is not None:
+        from policy import MoTPolicy
+
+        result = {"checkpoint": str(args.checkpoint), "data": str(args.open_loop),
+                  **open_loop(MoTPolicy.load(args.checkpoint).eval(), args.open_loop, args.samples)}
+        text = json.dumps(result, indent=2)
+        if args.out:
+            atomic_write_bytes(args.out, text.encode())
+        print(text if args.json else f"open loop: joint MAE {result['joint_mae_rad']} rad vs "
+              f"{result['hold_still_joint_mae_rad']} holding still (ratio {result['joint_mae_over_hold_still']})")
+        return 0
     runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend)
     families = list(sim.TASK_FAMILIES) if args.tasks == "all" else args.tasks.split(",")
     splits = ["train", "heldout"] if args.split == "both" else [args.split]

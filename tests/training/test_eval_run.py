@@ -55,3 +55,30 @@ def test_mot_help_lists_every_command():
     assert done.returncode == 0
     for name in ("collect", "data", "train", "eval", "run", "export", "bench", "say", "stack", "demo"):
         assert f"  {name}" in done.stdout, name
+
+
+def test_open_loop_error_is_measured_against_holding_still(sim_dataset, tiny_checkpoint, tmp_path):
+    import numpy as np
+    import torch
+
+    from training.evaluate import open_loop
+
+    cfg = PolicyConfig.preset("tiny")
+
+    class HoldStill:  # a "policy" that commands the current joint positions for the whole chunk
+        def __init__(self):
+            self.cfg = cfg
+
+        def sample_actions(self, obs, noise):
+            return torch.from_numpy(np.repeat(obs["state"][:, None, :], cfg.horizon, axis=1))
+
+    still = open_loop(HoldStill(), sim_dataset, samples=12)
+    assert still["samples"] == 12 and still["hold_still_joint_mae_rad"] > 1e-3  # the experts move
+    assert still["joint_mae_over_hold_still"] == 1.0
+
+    done = _mot("eval", "--checkpoint", tiny_checkpoint, "--open-loop", sim_dataset, "--samples", "8",
+                "--out", tmp_path / "open_loop.json", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result == json.loads((tmp_path / "open_loop.json").read_text())
+    assert result["samples"] == 8 and result["joint_mae_rad"] > 0 and result["hold_still_joint_mae_rad"] > 1e-3
