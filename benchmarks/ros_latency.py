@@ -15,10 +15,10 @@ for --duration seconds on one long episode and prints JSON:
 Without --checkpoint the small preset is built with random weights: latency does not depend on
 the weights' values. Targets (issue): p99 < 100 ms and 0 missed cycles with onnxruntime.
 
---layout launch (default) runs sim_node in its own process, as `ros2 launch mot_policy sim.launch.py`
-does (on a robot the camera and arm drivers are other processes too); --layout single runs both nodes
-in this process, as `mot stack sim` does, where the sim's physics and rendering share the policy
-node's interpreter (GIL) and cores.
+--layout single (default) runs both nodes in this process, as `mot stack sim` does; --layout launch
+runs sim_node in its own process, as `ros2 launch mot_policy sim.launch.py` does. On this 2-core
+machine the launch layout stalls now and then: the sim process's frames go stale for > 0.5 s while
+the two processes compete for the cores, the watchdog holds, and cycles are missed.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="onnxruntime", help="torch | onnxruntime | tensorrt")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of closed-loop running (default 60)")
     parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", 42)))
-    parser.add_argument("--layout", choices=("launch", "single"), default="launch",
-                        help="sim_node in its own process (launch, default) or in this one (single)")
+    parser.add_argument("--layout", choices=("single", "launch"), default="single",
+                        help="sim_node in this process (single, default, as `mot stack`) or its own (launch)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
