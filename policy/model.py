@@ -25,8 +25,8 @@ sampling integrates from t = 1 (noise) to t = 0 (actions) with Euler steps.
 
 from __future__ import annotations
 
-import dataclasses
 import copy
+import dataclasses
 import math
 from pathlib import Path
 from typing import Callable, NamedTuple, TypeVar

@@ -103,6 +103,28 @@ def test_bad_train_config_is_refused(sim_dataset, tmp_path):
         _cfg(sim_dataset, tmp_path, ema=1.5)
 
 
+def test_delta_actions_choose_the_action_space_of_the_trained_policy(sim_dataset, tmp_path):
+    from training.train import build_policy
+
+    with pytest.raises(ValueError, match="delta_actions: expected 'on', 'off' or None"):
+        _cfg(sim_dataset, tmp_path, delta_actions="yes")
+    with pytest.raises(ValueError, match="preset 'tiny' defines no delta_action_mask"):
+        build_policy(_cfg(sim_dataset, tmp_path, delta_actions="on"))
+    assert build_policy(_cfg(sim_dataset, tmp_path, preset="small")).cfg.delta_action_mask == (True,) * 6 + (False,)
+    assert build_policy(_cfg(sim_dataset, tmp_path, preset="small", delta_actions="off")).cfg.delta_action_mask is None
+    # From a checkpoint without them (e.g. align's), "on" sets them; the stats and the saved config follow.
+    init = MoTPolicy(PolicyConfig.preset("tiny")).save(tmp_path / "init")
+    absolute = MoTPolicy.load(train(_cfg(sim_dataset, tmp_path / "abs", init=str(init), steps=2, eval_every=2,
+                                         ckpt_every=2), progress=False)["checkpoint"])
+    delta = MoTPolicy.load(train(_cfg(sim_dataset, tmp_path / "delta", init=str(init), preset="small",
+                                      delta_actions="on", steps=2, eval_every=2, ckpt_every=2),
+                                 progress=False)["checkpoint"])
+    assert absolute.cfg.delta_action_mask is None and delta.cfg.delta_action_mask == (True,) * 6 + (False,)
+    # Joint targets minus the joints they start from spread far less than the targets themselves.
+    assert np.all(delta.norm_stats.action_std[:6] < absolute.norm_stats.action_std[:6])
+    assert delta.norm_stats.action_std[6] == pytest.approx(absolute.norm_stats.action_std[6])
+
+
 def test_train_benchmark_prints_its_figures(sim_dataset):
     """benchmarks/train.py runs end to end on the tiny preset and reports every figure (values not asserted)."""
     done = subprocess.run([sys.executable, "benchmarks/train.py", "--preset", "tiny", "--iters", "1", "--batch-size",
