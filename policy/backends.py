@@ -153,8 +153,8 @@ class OnnxRuntimeBackend:
         options.inter_op_num_threads = 1
         # Each session owns an intra-op pool whose workers spin after a Run to catch the next one fast.
         # With three sessions called back to back (observation, then 10 denoise steps), a pool still
-        # spinning steals the cores the next session's pool needs: on 2 cores the chunk median doubled
-        # (60 -> 30 ms with this off, benchmarks/inference.py). Stop spinning when each Run returns.
+        # spinning steals the cores the next session's pool needs: on 2 cores the chunk median was
+        # 51-60 ms, 24-27 ms with spinning stopped (benchmarks/inference.py). Stop it when each Run returns.
         options.add_session_config_entry("session.force_spinning_stop", "1")
         self.threads = options.intra_op_num_threads
         self.sessions = {g: ort.InferenceSession(str(p), options, providers=providers) for g, p in self.paths.items()}
