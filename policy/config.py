@@ -17,6 +17,8 @@ PREFIX_MASKS = ("blockwise", "bidirectional")
 ROUTINGS = ("mot", "dense")
 STAGES = ("align", "policy")
 VISION_TRAINABLE = ("all", "attention")
+# EfficientNet-Lite0's channels at the end of each output stride the image tokens can tap.
+TRUNK_CHANNELS = {8: 40, 16: 112, 32: 320}
 
 
 @dataclass
@@ -40,6 +42,11 @@ class PolicyConfig:
 
     # Vision: frozen EfficientNet-Lite0 trunk (stride 32, 320 channels) -> projection -> vision expert.
     vision_feature_dim: int = 320
+    # Trunk feature maps each image token sees. 32 alone: the final map, one token per 32x32-pixel cell.
+    # Adding 16 and/or 8 stacks the finer maps of the same cell into its token (space-to-depth: 2x2
+    # cells of 112 channels, 4x4 cells of 40): where in its cell a small object is, and its colour,
+    # stay explicit, at no extra tokens (attention cost is unchanged).
+    image_feature_strides: tuple[int, ...] = (32,)
     # What of the vision expert trains in "align": "all" (LMFusion) or "attention" (q/k/v/out + norms;
     # the FFN stays the language copy, which checkpoints then do not store: smaller and faster).
     vision_trainable: str = "all"
@@ -78,6 +85,14 @@ class PolicyConfig:
             self.delta_action_mask = mask
         if self.image_size < 32:
             raise ValueError(f"image_size: expected >= 32 (the trunk has stride 32), received {self.image_size}")
+        strides = tuple(self.image_feature_strides)
+        if 32 not in strides or not set(strides) <= set(TRUNK_CHANNELS) or sorted(set(strides)) != list(strides):
+            raise ValueError(f"image_feature_strides: expected increasing strides from {tuple(TRUNK_CHANNELS)} ending "
+                             f"in 32, received {self.image_feature_strides!r}")
+        if len(strides) > 1 and self.image_size % 32:
+            raise ValueError(f"image_size: expected a multiple of 32 with image_feature_strides {strides} (finer maps "
+                             f"must tile the stride-32 grid), received {self.image_size}")
+        self.image_feature_strides = strides
         if self.max_text_tokens < 3:
             raise ValueError(f"max_text_tokens: expected >= 3 ([CLS] word [SEP]), received {self.max_text_tokens}")
         if self.language_layers is not None and (not isinstance(self.language_layers, int) or self.language_layers <= 0):
@@ -100,6 +115,12 @@ class PolicyConfig:
         return -(-self.image_size // 32)
 
     @property
+    def image_feature_dim(self) -> int:
+        """Channels per image token: every tapped trunk map, space-to-depth into the stride-32 grid."""
+        return sum(self.vision_feature_dim if s == 32 else TRUNK_CHANNELS[s] * (32 // s) ** 2
+                   for s in self.image_feature_strides)
+
+    @property
     def image_tokens(self) -> int:
         return len(self.cameras) * self.feature_grid**2
 
@@ -108,10 +129,13 @@ class PolicyConfig:
         """`tiny` (tests: 2 language layers, 64 px, narrow body) or `small` (the default model)."""
         presets = {
             "tiny": dict(image_size=64, language_layers=2, body_width=64, time_embed_dim=64, horizon=8,
-                         max_text_tokens=32),
+                         max_text_tokens=32, image_feature_strides=(8, 16, 32)),
             # The shipped checkpoint must stay <= 25 MB: the FFN of the vision expert stays the language copy.
             # Joint targets relative to the measured joints; the gripper command stays absolute.
-            "small": dict(vision_trainable="attention", delta_action_mask=(True,) * 6 + (False,)),
+            # Image tokens stack the stride-8/16 maps of their cell: a 4x4 grid alone cannot tell which
+            # of two small cubes in one 32-pixel cell is the red one, or where it is.
+            "small": dict(vision_trainable="attention", delta_action_mask=(True,) * 6 + (False,),
+                          image_feature_strides=(8, 16, 32)),
         }
         if name not in presets:
             raise ValueError(f"preset: expected one of {sorted(presets)}, received {name!r}")
@@ -121,6 +145,7 @@ class PolicyConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["cameras"] = list(self.cameras)
+        d["image_feature_strides"] = list(self.image_feature_strides)
         if self.delta_action_mask is not None:
             d["delta_action_mask"] = list(self.delta_action_mask)
         return d

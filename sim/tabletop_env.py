@@ -68,8 +68,9 @@ Out-of-range values are clipped; the number of clipped components so far in the 
 | `config`            | `default_config()`   | every other tunable number |
 
 `info` also carries grounding facts: `target_object`, `target_object_pos`, `target_pad`,
-`target_pad_pos`, `objects` (list of {name, color, shape, pos}), `pads`, plus `task`, `tcp_pos`, `step`,
-`clipped_this_step`.
+`target_pad_pos`, `objects` (list of {name, color, shape, pos, pixels}), `pads` ({name, color, pos,
+pixels}), plus `task`, `tcp_pos`, `step`, `clipped_this_step`. `pixels` maps each camera to where the
+object's centre appears in its image, (u, v) in [0, 1] (u rightwards, v downwards; NaN behind it).
 
 ## Vector envs
 
@@ -385,6 +386,19 @@ class TabletopEnv(gym.Env):
     def pad_pos(self, j: int) -> np.ndarray:
         return self.data.mocap_pos[self._pad_mocap[self.scene.pads[j].slot]].copy()
 
+    def project(self, point: np.ndarray, cam: str) -> np.ndarray:
+        """World point (3,) -> where it appears in camera `cam`'s image: (u, v) in [0, 1], u rightwards,
+        v downwards (pixel = (u, v) * image_size); NaN when it is behind the camera.
+
+        MuJoCo cameras look along their frame's -z with +y up; `cam_fovy` is the vertical field of view.
+        """
+        cam_id = self.model.camera(cam).id
+        local = self.data.cam_xmat[cam_id].reshape(3, 3).T @ (np.asarray(point, float) - self.data.cam_xpos[cam_id])
+        if local[2] >= 0:
+            return np.full(2, np.nan, np.float32)
+        scale = 0.5 / np.tan(np.deg2rad(self.model.cam_fovy[cam_id]) / 2) / -local[2]
+        return np.array([0.5 + local[0] * scale, 0.5 - local[1] * scale], np.float32)
+
     def finger_contacts(self, i: int) -> tuple[bool, bool]:
         """(left, right): does each finger touch object i?"""
         d = self.data
@@ -448,10 +462,13 @@ class TabletopEnv(gym.Env):
             "target_pad": sc.pads[sc.target_pad].name if sc.target_pad is not None else None,
             "target_pad_pos": ts.pad_pos.astype(np.float32) if ts.pad_pos is not None else None,
             "objects": [
-                {"name": o.name, "color": o.color, "shape": o.shape, "pos": self.object_pos(i).astype(np.float32)}
+                {"name": o.name, "color": o.color, "shape": o.shape, "pos": self.object_pos(i).astype(np.float32),
+                 "pixels": {c: self.project(self.object_pos(i), c) for c in self.cameras}}
                 for i, o in enumerate(sc.objects)
             ],
-            "pads": [{"name": p.name, "color": p.color, "pos": self.pad_pos(j).astype(np.float32)} for j, p in enumerate(sc.pads)],
+            "pads": [{"name": p.name, "color": p.color, "pos": self.pad_pos(j).astype(np.float32),
+                      "pixels": {c: self.project(self.pad_pos(j), c) for c in self.cameras}}
+                     for j, p in enumerate(sc.pads)],
             "tcp_pos": ts.tcp.astype(np.float32),
         }
         for k, v in terms.items():

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from training.data import (
     GROUNDING_KEYS,
     Episode,
+    SceneTrack,
     atomic_write_bytes,
     encode_frame,
     episode_filename,
@@ -77,10 +78,11 @@ def run_episode(env_spec: str, expert_spec: str, task: str, split: str, image_si
     expert = load_callable(expert_spec)(env)
     grounding = {k: np.asarray(info[k], np.float32) if info.get(k) is not None else np.full(3, np.nan, np.float32)
                  for k in GROUNDING_KEYS}
-    states, actions, frames = [], [], {cam: [] for cam in obs["images"]}
+    states, actions, frames, infos = [], [], {cam: [] for cam in obs["images"]}, []
     success = bool(info.get("success", False))
     for _ in range(MAX_STEPS):
         action = np.asarray(expert(obs, info), np.float32)
+        infos.append(info)  # describes the scene in this frame (reset's info, then each step's)
         states.append(np.asarray(obs["state"], np.float32))
         actions.append(action)
         for cam, img in obs["images"].items():
@@ -92,7 +94,7 @@ def run_episode(env_spec: str, expert_spec: str, task: str, split: str, image_si
     if not success:
         return None
     return Episode(np.stack(states), np.stack(actions), frames, str(info.get("instruction", obs.get("instruction"))),
-                   str(info.get("task", task)), seed, grounding)
+                   str(info.get("task", task)), seed, grounding, SceneTrack.from_infos(infos))
 
 
 def _collect_one(args: tuple) -> tuple[int, dict | None]:

@@ -12,11 +12,14 @@ episode is skipped with a warning, never trained on.
 
 Frames are stored as JPEG (quality 95) per step: `<cam>_jpeg` holds the concatenated bytes and
 `<cam>_offsets` (T + 1,) the boundaries. Grounding facts from the env's `info` (where the referred
-object and pad are) are stored per episode for the "align" stage.
+object and pad are) are stored per episode for the "align" stage; when the env's `info` lists its
+`objects` and `pads` ({name, pos}), their per-frame positions are stored too (`SceneTrack`), so align
+trains on where things are *now* and on referring expressions for every object in view.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,6 +36,8 @@ FORMAT = "mot-dataset/1"
 JPEG_QUALITY = 95
 # Numeric facts copied from info at reset (NaN when the env does not provide them or they are None).
 GROUNDING_KEYS = ("target_object_pos", "target_pad_pos")
+# Align-stage referring expressions for one object of the scene, by its name in the env's info.
+REFERRING_TEMPLATES = ("{}", "the {}", "find the {}", "where is the {}", "look at the {}", "the {} on the table")
 
 
 # -- atomic files ----------------------------------------------------------------------------------
@@ -57,6 +62,46 @@ def sha256_bytes(data: bytes) -> str:
 
 # -- episodes --------------------------------------------------------------------------------------
 @dataclass
+class SceneTrack:
+    """Where every named object and pad is, per frame (from the env's `info`): align-stage targets."""
+
+    object_names: list[str]
+    object_pos: np.ndarray  # float32 (T, n_objects, 3)
+    pad_names: list[str]
+    pad_pos: np.ndarray  # float32 (T, n_pads, 3)
+    target_object: int  # index of the instruction's object in object_names
+    target_pad: int  # index of the instruction's pad in pad_names; -1 when the task has none
+    # Where each one appears in each camera's image, (u, v) in [0, 1] (NaN: unknown or behind the
+    # camera), when the env reports `pixels`: float32 (T, n, len(cameras), 2).
+    cameras: list[str] = dataclasses.field(default_factory=list)
+    object_pixels: np.ndarray | None = None
+    pad_pixels: np.ndarray | None = None
+
+    @classmethod
+    def from_infos(cls, infos: list[dict]) -> "SceneTrack | None":
+        """One info dict per stored frame -> track; None when the env does not list objects."""
+        first = infos[0]
+        if not first.get("objects"):
+            return None
+        objects = [o["name"] for o in first["objects"]]
+        pads = [p["name"] for p in first.get("pads") or []]
+        cameras = sorted(first["objects"][0].get("pixels") or {})
+
+        def positions(key: str, n: int) -> np.ndarray:
+            return np.array([[x["pos"] for x in info.get(key) or []] for info in infos], np.float32).reshape(len(infos), n, 3)
+
+        def pixels(key: str, n: int) -> np.ndarray:
+            return np.array([[[x["pixels"][c] for c in cameras] for x in info.get(key) or []] for info in infos],
+                            np.float32).reshape(len(infos), n, len(cameras), 2)
+
+        target_pad = first.get("target_pad")
+        return cls(objects, positions("objects", len(objects)), pads, positions("pads", len(pads)),
+                   objects.index(first["target_object"]) if first.get("target_object") in objects else -1,
+                   pads.index(target_pad) if target_pad in pads else -1, cameras,
+                   pixels("objects", len(objects)) if cameras else None, pixels("pads", len(pads)) if cameras else None)
+
+
+@dataclass
 class Episode:
     states: np.ndarray  # float32 (T, S)
     actions: np.ndarray  # float32 (T, A)
@@ -65,6 +110,7 @@ class Episode:
     task: str
     seed: int
     grounding: dict[str, np.ndarray]  # GROUNDING_KEYS -> float32 (3,), NaN if absent
+    track: SceneTrack | None = None  # per-frame object/pad positions, when the env reports them
 
     @property
     def steps(self) -> int:
@@ -93,6 +139,14 @@ def episode_to_bytes(ep: Episode) -> bytes:
         arrays[f"{cam}_offsets"] = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
     for key, value in ep.grounding.items():
         arrays[f"grounding_{key}"] = np.asarray(value, np.float32)
+    if ep.track is not None:
+        t = ep.track
+        arrays.update(track_object_names=np.array(t.object_names, dtype=str), track_object_pos=t.object_pos,
+                      track_pad_names=np.array(t.pad_names, dtype=str), track_pad_pos=t.pad_pos,
+                      track_targets=np.array([t.target_object, t.target_pad], np.int64))
+        if t.object_pixels is not None:
+            arrays.update(track_cameras=np.array(t.cameras, dtype=str), track_object_pixels=t.object_pixels,
+                          track_pad_pixels=t.pad_pixels)
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # JPEG payloads are already compressed
     return buf.getvalue()
@@ -105,8 +159,15 @@ def episode_from_bytes(data: bytes, cameras: list[str]) -> Episode:
             blob, offsets = z[f"{cam}_jpeg"].tobytes(), z[f"{cam}_offsets"]
             frames[cam] = [blob[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
         grounding = {k.removeprefix("grounding_"): z[k] for k in z.files if k.startswith("grounding_")}
+        track = None
+        if "track_object_pos" in z.files:  # datasets collected before tracks existed have none
+            pixels = "track_object_pixels" in z.files
+            track = SceneTrack(z["track_object_names"].tolist(), z["track_object_pos"], z["track_pad_names"].tolist(),
+                               z["track_pad_pos"], *(int(i) for i in z["track_targets"]),
+                               z["track_cameras"].tolist() if pixels else [],
+                               z["track_object_pixels"] if pixels else None, z["track_pad_pixels"] if pixels else None)
         return Episode(z["states"], z["actions"], frames, z["instruction"].tobytes().decode(),
-                       z["task"].tobytes().decode(), int(z["seed"]), grounding)
+                       z["task"].tobytes().decode(), int(z["seed"]), grounding, track)
 
 
 def episode_filename(seed: int) -> str:
@@ -176,23 +237,67 @@ class ChunkDataset:
         idx = np.minimum(np.arange(t, t + self.horizon), ep.steps - 1)
         return ep.actions[idx]
 
-    def batch(self, indices: np.ndarray, images: bool = True) -> dict:
+    def batch(self, indices: np.ndarray, images: bool = True, referent_prob: float = 0.0,
+              rng: np.random.Generator | None = None) -> dict:
         """Sample indices (B,) -> a policy batch (images, state, instruction, actions) + grounding targets.
 
         images=False skips JPEG decoding (the policy stage with a cached prefix never looks at pixels).
+        grounding: GROUNDING_KEYS -> (B, 3), where the instruction's object and pad are in this frame
+        (at the episode's start for episodes without a SceneTrack), NaN where there is none.
+        referent_prob: per sample with a track, the chance that the instruction is replaced by a
+        referring expression for a random object of the scene ("the red cube") whose position becomes
+        the target (align stage). The same frame then asks for different answers with different words,
+        so grounding must read the text rather than memorise the scene.
         """
         rows = self.index[indices]
         eps = [self.episodes[e] for e, _ in rows]
         frames = {cam: np.stack([ep.decode_frame(cam, t) for ep, (_, t) in zip(eps, rows)]) for cam in self.cameras} \
             if images else None
+        instructions = [ep.instruction for ep in eps]
+        targets = [self.grounding(ep, t) for ep, (_, t) in zip(eps, rows)]
+        if referent_prob > 0:
+            rng = rng or np.random.default_rng()
+            for i, (ep, (_, t)) in enumerate(zip(eps, rows)):
+                if ep.track is None or not ep.track.object_names or rng.random() >= referent_prob:
+                    continue
+                k = int(rng.integers(len(ep.track.object_names)))
+                template = REFERRING_TEMPLATES[int(rng.integers(len(REFERRING_TEMPLATES)))]
+                instructions[i] = template.format(ep.track.object_names[k])
+                targets[i] = self.grounding(ep, t, obj=k, pad=-1)
         return {
             "images": frames,
             "state": np.stack([ep.states[t] for ep, (_, t) in zip(eps, rows)]).astype(np.float32),
-            "instruction": [ep.instruction for ep in eps],
+            "instruction": instructions,
             "actions": np.stack([self.chunk(ep, t) for ep, (_, t) in zip(eps, rows)]).astype(np.float32),
-            "grounding": {k: np.stack([ep.grounding.get(k, np.full(3, np.nan, np.float32)) for ep in eps])
-                          for k in GROUNDING_KEYS},
+            "grounding": {k: np.stack([g[k] for g in targets]) for k in targets[0]},
         }
+
+    def grounding(self, ep: Episode, t: int, obj: int | None = None, pad: int | None = None) -> dict[str, np.ndarray]:
+        """Where an object and a pad are in frame t: GROUNDING_KEYS -> (3,) world positions, and
+        `*_pixels` -> (cameras, 2) image positions in this dataset's camera order; NaN where unknown.
+
+        obj/pad: indices into the episode's SceneTrack (-1: none); default the instruction's own.
+        Without a track: the positions at the episode's start, no pixels.
+        """
+        out = {k: np.asarray(ep.grounding.get(k, np.full(3, np.nan)), np.float32).copy() for k in GROUNDING_KEYS}
+        nan_pixels = np.full((len(self.cameras), 2), np.nan, np.float32)
+        out.update(target_object_pixels=nan_pixels, target_pad_pixels=nan_pixels.copy())
+        track = ep.track
+        if track is None or track.target_object < 0:
+            return out
+        obj = track.target_object if obj is None else obj
+        pad = track.target_pad if pad is None else pad
+        for kind, index, pos, pixels in (("object", obj, track.object_pos, track.object_pixels),
+                                         ("pad", pad, track.pad_pos, track.pad_pixels)):
+            if index < 0:
+                out[f"target_{kind}_pos"][:] = np.nan
+                continue
+            out[f"target_{kind}_pos"] = pos[t, index]
+            if pixels is not None:
+                cams = [track.cameras.index(c) if c in track.cameras else None for c in self.cameras]
+                out[f"target_{kind}_pixels"] = np.stack([pixels[t, index, c] if c is not None else nan_pixels[0]
+                                                         for c in cams])
+        return out
 
     def all_states_chunks(self) -> tuple[np.ndarray, np.ndarray]:
         """Every sample's state (N, S) and action chunk (N, horizon, A): what normalisation stats see."""

@@ -57,6 +57,9 @@ class TrainConfig:
     routing: str = "mot"
     prefix_mask: str = "blockwise"
     train_vision: bool = False  # ablation: unfreeze the vision expert in the policy stage
+    # align: chance per sample that the instruction becomes a referring expression for a random object
+    # of the scene (training/data.py ChunkDataset.batch); needs datasets with per-frame scene tracks.
+    referents: float = 0.5
     # "on": joint targets relative to the measured joints (the preset's delta_action_mask); "off":
     # absolute; None: the preset's choice for a new policy, the --init checkpoint's otherwise.
     delta_actions: str | None = None
@@ -90,30 +93,55 @@ class TrainConfig:
             raise ValueError(f"delta_actions: expected 'on', 'off' or None, received {self.delta_actions!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema: expected a decay in [0, 1), received {self.ema}")
+        if not 0.0 <= self.referents <= 1.0:
+            raise ValueError(f"referents: expected a probability in [0, 1], received {self.referents}")
 
 
 class GroundingHead(nn.Module):
-    """Attention pooling over the final image-token states -> (object xy, pad xy) in decimetres.
+    """Which image tokens show the instruction's object / pad, and where on the table they are.
 
-    Image tokens attend to the instruction (block-wise mask), so the pooled state can tell *which*
-    object the instruction refers to; the head is discarded after the align stage.
+    A score per image token and target (object, pad) pools the final image-token states (softmax over
+    tokens); an MLP per target reads (x, y) in decimetres from its pool. Image tokens attend to the
+    instruction (block-wise mask), so a token can only score high for the object the words name.
+    Where the data says which cells show the object (SceneTrack pixels), the scores are supervised
+    directly: one label per token instead of one number per image. Discarded after the align stage.
     """
 
     def __init__(self, width: int):
         super().__init__()
-        self.query = nn.Parameter(torch.randn(width) * 0.02)
-        self.mlp = nn.Sequential(nn.Linear(width, 256), nn.GELU(), nn.Linear(256, 4))
+        self.score = nn.Linear(width, 2)
+        self.xy = nn.ModuleList([nn.Sequential(nn.Linear(width, 256), nn.GELU(), nn.Linear(256, 2)) for _ in range(2)])
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h (B, N, W) -> (B, 4)."""
-        weights = torch.softmax(h @ self.query / math.sqrt(h.shape[-1]), dim=1)
-        return self.mlp((weights[..., None] * h).sum(1))
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B, N, W) -> token scores (B, N, 2), (object xy, pad xy) (B, 4)."""
+        scores = self.score(h)
+        pooled = torch.einsum("bnk,bnw->bkw", torch.softmax(scores, dim=1), h)
+        return scores, torch.cat([mlp(pooled[:, k]) for k, mlp in enumerate(self.xy)], dim=1)
 
 
 def grounding_targets(batch: dict) -> torch.Tensor:
     """(B, 4) object xy + pad xy in decimetres (NaN where the episode has no pad)."""
     g = batch["grounding"]
     return torch.from_numpy(np.concatenate([g["target_object_pos"][:, :2], g["target_pad_pos"][:, :2]], 1) * 10)
+
+
+def cell_targets(pixels: np.ndarray, grid: int) -> torch.Tensor:
+    """Image positions (B, cams, 2) in [0, 1] -> (B, cams * grid**2) target distribution over the image
+    tokens (token order: camera, row, column), uniform over the cells that show the point in any
+    camera; all zeros where none does (NaN, or outside the image)."""
+    b, cams, _ = pixels.shape
+    target = np.zeros((b, cams, grid, grid), np.float32)
+    with np.errstate(invalid="ignore"):
+        inside = ((pixels >= 0) & (pixels < 1)).all(-1)
+    bi, ci = np.nonzero(inside)
+    col, row = (pixels[bi, ci] * grid).astype(np.int64).T
+    target[bi, ci, row, col] = 1.0
+    target = target.reshape(b, -1)
+    total = target.sum(1, keepdims=True)
+    return torch.from_numpy(np.divide(target, total, out=np.zeros_like(target), where=total > 0))
+
+
+PIXEL_KEYS = ("target_object_pixels", "target_pad_pixels")  # order of GroundingHead's scores
 
 
 class StageLoss(nn.Module):
@@ -124,7 +152,8 @@ class StageLoss(nn.Module):
         self.policy, self.stage = policy, stage
         self.head = GroundingHead(policy.dims.width) if stage == "align" else None
 
-    def grounding(self, batch: dict) -> torch.Tensor:
+    def grounding(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> token scores (B, N_image, 2), (object xy, pad xy) in decimetres (B, 4)."""
         obs = validate_batch(batch, self.policy.cfg)
         with torch.no_grad():  # the language expert is frozen: its K/V need no graph
             text = self.policy.encode_text(*self.policy.tokenizer(obs.instruction))
@@ -137,9 +166,17 @@ class StageLoss(nn.Module):
                                                   torch.from_numpy(batch["actions"]))
         if self.stage == "policy":
             return self.policy.compute_loss(batch)
-        pred, target = self.grounding(batch), grounding_targets(batch)
+        scores, xy = self.grounding(batch)
+        target = grounding_targets(batch)
         known = torch.isfinite(target)
-        return F.smooth_l1_loss(pred[known], target[known])
+        loss = F.smooth_l1_loss(xy[known], target[known])
+        for k, key in enumerate(PIXEL_KEYS):  # cross-entropy of the token scores where cells are known
+            if key in batch["grounding"]:
+                dist = cell_targets(batch["grounding"][key], self.policy.cfg.feature_grid)
+                seen = dist.sum(1) > 0
+                if seen.any():
+                    loss = loss - (dist[seen] * torch.log_softmax(scores[seen, :, k], dim=1)).sum(1).mean()
+        return loss
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -157,21 +194,42 @@ def batch_indices(step: int, rank: int, cfg: TrainConfig, n: int) -> np.ndarray:
 # -- evaluation during training --------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig, max_samples: int = 256) -> dict:
-    """align: grounding accuracy (object xy within 3 cm); policy: flow loss at fixed noise/time."""
+    """align: for the episodes' instructions, grounding accuracy (object xy within 3 cm) and cell accuracy
+    (the top-scored image token shows the object); where the data has scene tracks, cell accuracy for
+    referring expressions to random objects too. policy: flow loss at fixed noise/time."""
     n = min(max_samples, len(data))
     indices = np.random.default_rng(12345).choice(len(data), n, replace=False)
     was_training = loss_module.training
     loss_module.eval()
-    results: dict[str, list] = {"loss": [], "hit": []}
+    results: dict[str, list] = {"loss": [], "hit": [], "cell_hit": [], "referent_cell_hit": []}
     gen = torch.Generator().manual_seed(0)
+    has_tracks = any(ep.track is not None for ep in data.episodes)
+    grid = loss_module.policy.cfg.feature_grid
+
+    def hits(batch: dict) -> tuple[list[bool], list[bool], torch.Tensor, torch.Tensor]:
+        """(object xy within 3 cm, top-scored token shows the object) per sample where known."""
+        scores, xy = loss_module.grounding(batch)
+        target = grounding_targets(batch)
+        known = torch.isfinite(target[:, 0])
+        err_m = (xy[known, :2] - target[known, :2]).norm(dim=1) / 10
+        dist = cell_targets(batch["grounding"]["target_object_pixels"], grid)
+        seen = dist.sum(1) > 0
+        top = scores[seen, :, 0].argmax(dim=1)
+        cell_hit = dist[seen].gather(1, top[:, None])[:, 0] > 0
+        return (err_m < GROUNDING_TOLERANCE_M).tolist(), cell_hit.tolist(), xy, target
+
     for start in range(0, n, cfg.batch_size):
         batch = data.batch(indices[start:start + cfg.batch_size])
         if cfg.stage == "align":
-            pred, target = loss_module.grounding(batch), grounding_targets(batch)
-            err_m = (pred[:, :2] - target[:, :2]).norm(dim=1) / 10
-            results["hit"] += (err_m < GROUNDING_TOLERANCE_M).tolist()
+            hit, cell_hit, xy, target = hits(batch)
+            results["hit"] += hit
+            results["cell_hit"] += cell_hit
             known = torch.isfinite(target)
-            results["loss"].append(F.smooth_l1_loss(pred[known], target[known]).item())
+            results["loss"].append(F.smooth_l1_loss(xy[known], target[known]).item())
+            if has_tracks:  # every instruction replaced: does it find the object it is asked about?
+                rng = np.random.default_rng([12345, start])
+                results["referent_cell_hit"] += hits(data.batch(indices[start:start + cfg.batch_size],
+                                                                referent_prob=1.0, rng=rng))[1]
         else:
             b = len(batch["instruction"])
             shape = (b, loss_module.policy.cfg.horizon, loss_module.policy.cfg.action_dim)
@@ -181,6 +239,9 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
     out = {"val_loss": float(np.mean(results["loss"]))}
     if results["hit"]:
         out["grounding_acc"] = float(np.mean(results["hit"]))
+    for key, name in (("cell_hit", "grounding_cell_acc"), ("referent_cell_hit", "referent_cell_acc")):
+        if results[key]:
+            out[name] = float(np.mean(results[key]))
     return out
 
 
@@ -213,7 +274,8 @@ def save_training(out: Path, loss_module: StageLoss, opt, step: int, ema: dict |
 class MetricsLog:
     """CSV of scalars (one row per log step) + a loss-curve PNG; rows past a resumed step are dropped."""
 
-    FIELDS = ["step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "val_loss", "grounding_acc"]
+    FIELDS = ["step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "val_loss", "grounding_acc",
+              "grounding_cell_acc", "referent_cell_acc"]
 
     def __init__(self, out: Path, resume_step: int):
         self.path, self.rows = out / "metrics.csv", []
@@ -346,6 +408,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if cache is not None:
             batch = data.batch(indices, images=False)
             batch["prefix"] = cache.prefix(indices)
+        elif cfg.stage == "align":
+            batch = data.batch(indices, referent_prob=cfg.referents, rng=np.random.default_rng([cfg.seed, step, rank, 2]))
         else:
             batch = data.batch(indices)
         loss = model(batch)
@@ -407,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                         "preset's for a new policy, the --init checkpoint's otherwise")
     for name in ("steps", "batch_size", "warmup", "log_every", "eval_every", "ckpt_every", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction"):
+    for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction", "referents"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--save-dtype", default=defaults.save_dtype, choices=["float32", "float16", "bfloat16"],
                    help="storage dtype of OUT/checkpoint (training state stays float32)")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import sim
+from sim.language import PALETTE
 from sim.vector import _factory
 
 SMALL = 48  # image side for rendering tests (speed)
@@ -63,6 +64,25 @@ def test_frames_are_non_trivial_and_cameras_differ(render_env):
     assert np.abs(front.astype(int) - wrist.astype(int)).mean() > 10
     frame = render_env.render()
     assert frame.shape == (SMALL, 2 * SMALL, 3)
+
+
+def test_projected_pixels_show_each_object():
+    """info's `pixels` say where each object's centre is in each image: the pixel there has its colour."""
+    env = gym.make("mot/Tabletop-v0", task="reach", render_mode="rgb_array", image_size=128)
+    obs, info = env.reset(seed=5)
+    checked = 0
+    for thing in info["objects"] + info["pads"]:
+        for cam, (u, v) in thing["pixels"].items():
+            if not (0 <= u < 1 and 0 <= v < 1):
+                continue  # outside this camera's view
+            pixel = obs["images"][cam][int(v * 128), int(u * 128)].astype(float) / 255
+            palette = {name: np.array(rgba[:3]) for name, rgba in PALETTE.items()}
+            nearest = min(palette, key=lambda name: np.abs(palette[name] / palette[name].max() - pixel / pixel.max()).sum())
+            assert nearest == thing["color"], (thing["name"], cam, pixel)
+            checked += 1
+    assert checked >= 8
+    env.step(np.asarray(obs["state"], np.float32))  # the wrist camera moves with the arm: still projected
+    env.close()
 
 
 def test_image_size_and_camera_subset():

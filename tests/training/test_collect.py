@@ -27,6 +27,39 @@ def test_sim_episodes_round_trip_through_disk(sim_dataset):
     assert ep.grounding["target_object_pos"].shape == (3,) and np.isfinite(ep.grounding["target_object_pos"]).all()
 
 
+def test_scene_tracks_follow_every_object_frame_by_frame(sim_dataset):
+    _, episodes = read_episodes(sim_dataset)
+    place = next(ep for ep in episodes if ep.task == "place")
+    track = place.track
+    assert track.object_pos.shape == (place.steps, len(track.object_names), 3)
+    assert track.pad_pos.shape == (place.steps, len(track.pad_names), 3) and track.target_pad >= 0
+    # Frame 0 is the reset: the track agrees with the episode-level grounding facts there...
+    assert np.allclose(track.object_pos[0, track.target_object], place.grounding["target_object_pos"])
+    assert np.allclose(track.pad_pos[0, track.target_pad], place.grounding["target_pad_pos"])
+    # ...and then follows the placed object onto its pad, which the reset position alone never shows.
+    moved = np.linalg.norm(track.object_pos[-1, track.target_object, :2] - track.object_pos[0, track.target_object, :2])
+    assert moved > 0.03
+    targets = ChunkDataset([place], ["front", "wrist"], horizon=8).batch(np.array([place.steps - 1]), images=False)
+    assert np.allclose(targets["grounding"]["target_object_pos"][0], track.object_pos[-1, track.target_object])
+
+
+def test_referring_expressions_ask_for_other_objects_of_the_scene(sim_dataset):
+    _, episodes = read_episodes(sim_dataset)
+    data = ChunkDataset(episodes, ["front", "wrist"], horizon=8)
+    indices = np.arange(0, len(data), 3)
+    plain = data.batch(indices, images=False)
+    assert plain["instruction"] == [episodes[e].instruction for e, _ in data.index[indices]]
+    asked = data.batch(indices, images=False, referent_prob=1.0, rng=np.random.default_rng(0))
+    named = 0
+    for (e, t), text, obj, pad in zip(data.index[indices], asked["instruction"],
+                                      asked["grounding"]["target_object_pos"], asked["grounding"]["target_pad_pos"]):
+        track = episodes[e].track
+        k = next(i for i, name in enumerate(track.object_names) if name in text)  # the object it names
+        assert np.array_equal(obj, track.object_pos[t, k]) and np.isnan(pad).all()
+        named += k != track.target_object
+    assert named > len(indices) // 2  # mostly objects other than the episode's own target
+
+
 def test_chunks_pad_with_the_last_action(sim_dataset):
     _, episodes = read_episodes(sim_dataset)
     data = ChunkDataset(episodes, ["front", "wrist"], horizon=8)
@@ -82,6 +115,11 @@ def test_other_envs_through_the_command_line(tmp_path):
                             "--out", str(tmp_path / "ep.mp4")], capture_output=True, text=True, timeout=120)
     assert video.returncode == 0, video.stderr
     assert (tmp_path / "ep.mp4").stat().st_size > 1000
+    # The toy env lists no objects: its episodes carry no scene track, and align falls back to none.
+    _, episodes = read_episodes(out)
+    assert all(ep.track is None for ep in episodes)
+    batch = ChunkDataset(episodes, ["front"], horizon=4).batch(np.arange(3), images=False, referent_prob=1.0)
+    assert batch["instruction"] == ["reach the goal"] * 3
 
 
 def test_collect_refuses_to_mix_datasets(tmp_path):

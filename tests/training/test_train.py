@@ -13,7 +13,7 @@ import torch
 from policy import MoTPolicy, PolicyConfig
 from training.data import ChunkDataset, read_episodes
 from training.prefix_cache import PrefixCache
-from training.train import TrainConfig, train
+from training.train import TrainConfig, cell_targets, train
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
@@ -52,9 +52,9 @@ def test_resume_continues_the_step_count_and_optimizer_state(sim_dataset, tmp_pa
 def test_align_stage_trains_vision_only_and_reports_grounding(sim_dataset, tmp_path):
     result = train(_cfg(sim_dataset, tmp_path / "align", stage="align", steps=4, eval_every=4, ckpt_every=4),
                    progress=False)
-    assert 0.0 <= result["grounding_acc"] <= 1.0
+    assert 0.0 <= result["grounding_acc"] <= 1.0 and 0.0 <= result["referent_cell_acc"] <= 1.0
     rows = list(csv.DictReader(open(tmp_path / "align" / "metrics.csv")))
-    assert rows[-1]["grounding_acc"] != ""
+    assert rows[-1]["grounding_acc"] != "" and rows[-1]["referent_cell_acc"] != ""
     # Only the image projection and the vision expert moved (fresh model = same init seed, no training).
     torch.manual_seed(0)
     fresh, aligned = MoTPolicy(PolicyConfig.preset("tiny")), MoTPolicy.load(result["checkpoint"])
@@ -96,11 +96,26 @@ def test_two_processes_train_with_ddp_and_agree(sim_dataset, tmp_path):
     MoTPolicy.load(tmp_path / "ddp" / "checkpoint")
 
 
+def test_cell_targets_point_at_the_tokens_that_show_the_object():
+    # Two cameras, 4x4 grid; tokens are ordered camera, row (v), column (u).
+    pixels = np.array([[[0.30, 0.46], [np.nan, np.nan]],     # front cell (1, 1) only
+                       [[0.99, 0.01], [0.13, 0.80]],         # front (0, 3) and wrist (3, 0)
+                       [[1.20, 0.50], [-0.1, 0.30]],         # outside both images
+                       [[np.nan, np.nan], [np.nan, np.nan]]], np.float32)
+    dist = cell_targets(pixels, grid=4)
+    assert dist.shape == (4, 32)
+    assert dist[0, 1 * 4 + 1] == 1.0 and dist[0].sum() == 1.0
+    assert dist[1, 0 * 4 + 3] == 0.5 and dist[1, 16 + 3 * 4 + 0] == 0.5 and dist[1].sum() == 1.0
+    assert dist[2].sum() == 0 and dist[3].sum() == 0
+
+
 def test_bad_train_config_is_refused(sim_dataset, tmp_path):
     with pytest.raises(ValueError, match="stage: expected 'align' or 'policy'"):
         _cfg(sim_dataset, tmp_path, stage="finetune")
     with pytest.raises(ValueError, match="ema: expected a decay in"):
         _cfg(sim_dataset, tmp_path, ema=1.5)
+    with pytest.raises(ValueError, match=r"referents: expected a probability in \[0, 1\], received 2"):
+        _cfg(sim_dataset, tmp_path, referents=2.0)
 
 
 def test_delta_actions_choose_the_action_space_of_the_trained_policy(sim_dataset, tmp_path):
