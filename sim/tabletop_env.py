@@ -70,7 +70,7 @@ Out-of-range values are clipped; the number of clipped components so far in the 
 `info` also carries grounding facts: `target_object`, `target_object_pos`, `target_pad`,
 `target_pad_pos`, `objects` (list of {name, color, shape, pos, pixels}), `pads` ({name, color, pos,
 pixels}), plus `task`, `tcp_pos`, `step`, `clipped_this_step`. `pixels` maps each camera to where the
-object's centre appears in its image, (u, v) in [0, 1] (u rightwards, v downwards; NaN behind it).
+object's centre appears in its image, (u, v) in [0, 1] (u rightwards, v downwards; off [0, 1]: out of view).
 
 ## Vector envs
 
@@ -388,14 +388,15 @@ class TabletopEnv(gym.Env):
 
     def project(self, point: np.ndarray, cam: str) -> np.ndarray:
         """World point (3,) -> where it appears in camera `cam`'s image: (u, v) in [0, 1], u rightwards,
-        v downwards (pixel = (u, v) * image_size); NaN when it is behind the camera.
+        v downwards (pixel = (u, v) * image_size); (-1, -1) when it is behind the camera (outside the
+        image, like any point off [0, 1]; not NaN, so equal infos compare equal).
 
         MuJoCo cameras look along their frame's -z with +y up; `cam_fovy` is the vertical field of view.
         """
         cam_id = self.model.camera(cam).id
         local = self.data.cam_xmat[cam_id].reshape(3, 3).T @ (np.asarray(point, float) - self.data.cam_xpos[cam_id])
         if local[2] >= 0:
-            return np.full(2, np.nan, np.float32)
+            return np.full(2, -1.0, np.float32)
         scale = 0.5 / np.tan(np.deg2rad(self.model.cam_fovy[cam_id]) / 2) / -local[2]
         return np.array([0.5 + local[0] * scale, 0.5 - local[1] * scale], np.float32)
 
