@@ -71,8 +71,8 @@ class SceneTrack:
     pad_pos: np.ndarray  # float32 (T, n_pads, 3)
     target_object: int  # index of the instruction's object in object_names
     target_pad: int  # index of the instruction's pad in pad_names; -1 when the task has none
-    # Where each one appears in each camera's image, (u, v) in [0, 1] (NaN: unknown or behind the
-    # camera), when the env reports `pixels`: float32 (T, n, len(cameras), 2).
+    # Where each one appears in each camera's image, (u, v) in [0, 1] (off [0, 1]: out of view), when
+    # the env reports `pixels`: float32 (T, n, len(cameras), 2).
     cameras: list[str] = dataclasses.field(default_factory=list)
     object_pixels: np.ndarray | None = None
     pad_pixels: np.ndarray | None = None
@@ -242,8 +242,8 @@ class ChunkDataset:
         """Sample indices (B,) -> a policy batch (images, state, instruction, actions) + grounding targets.
 
         images=False skips JPEG decoding (the policy stage with a cached prefix never looks at pixels).
-        grounding: GROUNDING_KEYS -> (B, 3), where the instruction's object and pad are in this frame
-        (at the episode's start for episodes without a SceneTrack), NaN where there is none.
+        grounding: where the instruction's object and pad are in this frame (`ChunkDataset.grounding`:
+        GROUNDING_KEYS -> (B, 3) world positions, `*_pixels` -> (B, cameras, 2)), NaN where unknown.
         referent_prob: per sample with a track, the chance that the instruction is replaced by a
         referring expression for a random object of the scene ("the red cube") whose position becomes
         the target (align stage). The same frame then asks for different answers with different words,
