@@ -6,6 +6,12 @@ Episode i uses seed `--seed + i` and task family `tasks[i % len(tasks)]`, so the
 describes the same set of episodes; re-running it resumes (finished and dropped seeds are skipped).
 Failed expert episodes are dropped and counted, never stored.
 
+`--action-noise SIGMA` (DART, Laskey et al. 2017): the env executes the expert's command plus Gaussian
+noise of std SIGMA on every dimension but the last (the gripper, by the action contract), while the
+stored action stays the expert's clean command. The demonstrations then visit states a little off the
+expert's path, labelled with how the expert gets back: exactly where a cloned policy's own errors take it.
+The noise of episode i is seeded by its seed, so a dataset stays reproducible.
+
 Any gymnasium env that follows the observation contract of DESIGN.md can be collected from:
 `--env module:factory` (factory(task=, split=, image_size=) -> env) and `--expert module:callable`
 (callable(env) -> fn(obs, info) -> action).
@@ -68,8 +74,9 @@ def task_families(env_spec: str) -> list[str]:
 _ENVS: dict = {}  # per worker process: (env_spec, task, split, image_size) -> env, reused across episodes
 
 
-def run_episode(env_spec: str, expert_spec: str, task: str, split: str, image_size: int, seed: int) -> Episode | None:
-    """One expert episode; None when the expert failed (dropped)."""
+def run_episode(env_spec: str, expert_spec: str, task: str, split: str, image_size: int, seed: int,
+                action_noise: float = 0.0) -> Episode | None:
+    """One expert episode; None when the expert failed (dropped). `action_noise`: see the module docstring."""
     key = (env_spec, task, split, image_size)
     if key not in _ENVS:
         _ENVS[key] = load_callable(env_spec)(task=task, split=split, image_size=image_size)
@@ -80,6 +87,7 @@ def run_episode(env_spec: str, expert_spec: str, task: str, split: str, image_si
                  for k in GROUNDING_KEYS}
     states, actions, frames, infos = [], [], {cam: [] for cam in obs["images"]}, []
     success = bool(info.get("success", False))
+    noise_rng = np.random.default_rng([seed, 0xDA27])  # its own stream: the scene's rng stays untouched
     for _ in range(MAX_STEPS):
         action = np.asarray(expert(obs, info), np.float32)
         infos.append(info)  # describes the scene in this frame (reset's info, then each step's)
@@ -87,7 +95,7 @@ def run_episode(env_spec: str, expert_spec: str, task: str, split: str, image_si
         actions.append(action)
         for cam, img in obs["images"].items():
             frames[cam].append(encode_frame(img))
-        obs, _, terminated, truncated, info = env.step(action)
+        obs, _, terminated, truncated, info = env.step(perturb(action, action_noise, noise_rng, env.action_space))
         success = success or bool(info.get("success", False))
         if terminated or truncated:
             break
@@ -97,10 +105,19 @@ def run_episode(env_spec: str, expert_spec: str, task: str, split: str, image_si
                    str(info.get("task", task)), seed, grounding, SceneTrack.from_infos(infos))
 
 
+def perturb(action: np.ndarray, sigma: float, rng: np.random.Generator, space) -> np.ndarray:
+    """The executed command: `action` plus N(0, sigma^2) on all but the last (gripper) dimension, kept in `space`."""
+    if sigma <= 0:
+        return action
+    noisy = action.copy()
+    noisy[:-1] += rng.normal(0.0, sigma, action.shape[0] - 1).astype(action.dtype)
+    return np.clip(noisy, space.low, space.high).astype(action.dtype)
+
+
 def _collect_one(args: tuple) -> tuple[int, dict | None]:
     """Worker: run + write one episode atomically; returns (seed, manifest entry or None if dropped)."""
-    env_spec, expert_spec, task, split, image_size, seed, out_dir = args
-    ep = run_episode(env_spec, expert_spec, task, split, image_size, seed)
+    env_spec, expert_spec, task, split, image_size, seed, out_dir, action_noise = args
+    ep = run_episode(env_spec, expert_spec, task, split, image_size, seed, action_noise)
     if ep is None:
         return seed, None
     data = episode_to_bytes(ep)
@@ -112,19 +129,24 @@ def _collect_one(args: tuple) -> tuple[int, dict | None]:
 
 def collect(out: Path, episodes: int, tasks: list[str], split: str = "train", workers: int = 1, seed: int = 0,
             image_size: int = 128, env_spec: str = DEFAULT_ENV, expert_spec: str = DEFAULT_EXPERT,
-            progress: bool = True) -> dict:
+            progress: bool = True, action_noise: float = 0.0) -> dict:
     """Collects (or resumes) the dataset in `out`; returns the manifest."""
+    if not (np.isfinite(action_noise) and action_noise >= 0):
+        raise ValueError(f"action_noise: expected a finite std >= 0, received {action_noise!r}")
     out.mkdir(parents=True, exist_ok=True)
     if (out / "manifest.json").exists():
         manifest = load_manifest(out)
-        for field, value in (("env", env_spec), ("expert", expert_spec), ("image_size", image_size), ("split", split)):
+        manifest.setdefault("action_noise", 0.0)  # datasets from before the option are noise-free
+        for field, value in (("env", env_spec), ("expert", expert_spec), ("image_size", image_size), ("split", split),
+                             ("action_noise", action_noise)):
             if manifest[field] != value:
                 raise ValueError(f"collect: {out} holds a dataset with {field}={manifest[field]!r}, "
                                  f"this command asks for {value!r}; use another --out")
     else:
         manifest = new_manifest(env_spec, expert_spec, [], image_size, split)
+        manifest["action_noise"] = action_noise
     done = set(manifest["episodes"]) | set(manifest["dropped"])
-    todo = [(env_spec, expert_spec, tasks[i % len(tasks)], split, image_size, seed + i, str(out))
+    todo = [(env_spec, expert_spec, tasks[i % len(tasks)], split, image_size, seed + i, str(out), action_noise)
             for i in range(episodes) if str(seed + i) not in done]
     bar = tqdm(total=episodes, initial=episodes - len(todo), desc="collect", unit="ep", disable=not progress)
 
@@ -164,10 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--env", default=DEFAULT_ENV, help="module:factory(task=, split=, image_size=) -> gymnasium env")
     p.add_argument("--expert", default=DEFAULT_EXPERT, help="module:callable(env) -> fn(obs, info) -> action")
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="DART: std of Gaussian noise added to the executed joint targets (not to the stored "
+                        "actions; the last, gripper, dimension is never perturbed)")
     args = p.parse_args(argv)
     tasks = task_families(args.env) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     manifest = collect(args.out, args.episodes, tasks, args.split, args.workers, args.seed, args.image_size,
-                       args.env, args.expert)
+                       args.env, args.expert, action_noise=args.action_noise)
     print(f"collected {len(manifest['episodes'])} episodes ({len(manifest['dropped'])} dropped: expert failed) "
           f"in {args.out}")
     return 0

@@ -28,8 +28,52 @@ from training.video import compose, write_video
 EVAL_SEED_BASE = 1_000_000
 
 
+class EpisodeTrace:
+    """Where an episode went, from the env's infos: tells a grounding failure from a control failure.
+
+    closest_target_m      smallest TCP-to-target-object distance of the episode (m)
+    went_to_target        at the TCP's closest approach to *any* object (xy), that object was the target
+    object_to_pad_m       last target-object-to-target-pad distance in xy (push / place only, m)
+    """
+
+    def __init__(self) -> None:
+        self.closest_target = np.inf
+        self.closest_any = np.inf
+        self.closest_is_target = False
+        self.object_to_pad: float | None = None
+
+    def observe(self, info: dict) -> None:
+        tcp = np.asarray(info["tcp_pos"], np.float64)
+        target = np.asarray(info["target_object_pos"], np.float64)
+        self.closest_target = min(self.closest_target, float(np.linalg.norm(tcp - target)))
+        for obj in info["objects"]:
+            d = float(np.linalg.norm(tcp[:2] - np.asarray(obj["pos"], np.float64)[:2]))
+            if d < self.closest_any:
+                self.closest_any, self.closest_is_target = d, obj["name"] == info["target_object"]
+        if info.get("target_pad_pos") is not None:
+            self.object_to_pad = float(np.linalg.norm(target[:2] - np.asarray(info["target_pad_pos"])[:2]))
+
+    def summary(self) -> dict:
+        out = {"closest_target_m": self.closest_target, "went_to_target": self.closest_is_target}
+        if self.object_to_pad is not None:
+            out["object_to_pad_m"] = self.object_to_pad
+        return out
+
+
+def diagnostics(traces: list[dict]) -> dict:
+    """Per-family means of `EpisodeTrace.summary()`s (medians for distances: a few wild episodes do not hide the rest)."""
+    out = {"median_closest_target_m": round(float(np.median([t["closest_target_m"] for t in traces])), 4),
+           "went_to_target_rate": round(float(np.mean([t["went_to_target"] for t in traces])), 3)}
+    pads = [t["object_to_pad_m"] for t in traces if "object_to_pad_m" in t]
+    if pads:
+        out["median_object_to_pad_m"] = round(float(np.median(pads)), 4)
+    return out
+
+
 class ChunkedPolicy:
-    """fn(obs, info) -> action, re-planning every `execute_steps`; optionally records annotated frames."""
+    """fn(obs, info) -> action, re-planning every `execute_steps`; optionally records annotated frames.
+
+    `trace` follows the episode through the infos it is handed (see `EpisodeTrace`)."""
 
     def __init__(self, runner: PolicyRunner, execute_steps: int, record: bool = False, rng_seed: int = 0):
         if not 1 <= execute_steps <= runner.config.horizon:
@@ -38,8 +82,10 @@ class ChunkedPolicy:
         self.queue: list[np.ndarray] = []
         self.frames: list[np.ndarray] = [] if record else None
         self.rng = np.random.default_rng(rng_seed)  # sampling noise: reproducible episodes
+        self.trace = EpisodeTrace()
 
     def __call__(self, obs: dict, info: dict) -> np.ndarray:
+        self.trace.observe(info)
         if self.frames is not None:
             self.frames.append(compose(obs["images"], obs["instruction"]))
         if not self.queue:
@@ -71,18 +117,21 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
         per_family = {}
         for family in families:
             env = make_env(family, split, runner)
-            wins = 0
+            wins, traces = 0, []
             for i in range(episodes):
                 record = video is not None and i == 0  # one video episode per family and split
                 fn = ChunkedPolicy(runner, execute_steps, record=record, rng_seed=i)
                 result = rollout(env, fn, seed=EVAL_SEED_BASE + i)
                 wins += int(result.success)
+                fn.trace.observe(result.info)  # the last step's info never reaches the policy
+                traces.append(fn.trace.summary())
                 if record:
                     frames += fn.frames + [fn.frames[-1]] * 5  # hold the last frame half a second
                 bar.update(1)
                 bar.set_postfix(split=split, task=family, success=f"{wins}/{i + 1}")
             env.close()
-            per_family[family] = {"success_rate": wins / episodes, "successes": wins, "episodes": episodes}
+            per_family[family] = {"success_rate": wins / episodes, "successes": wins, "episodes": episodes,
+                                  "diagnostics": diagnostics(traces)}
         overall = float(np.mean([v["success_rate"] for v in per_family.values()]))
         results["splits"][split] = {"per_family": per_family, "overall": overall}
     bar.close()
@@ -201,4 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         for split, r in results["splits"].items():
             rates = ", ".join(f"{f} {v['success_rate']:.0%}" for f, v in r["per_family"].items())
             print(f"{split}: overall {r['overall']:.0%} ({rates})")
+            for f, v in r["per_family"].items():
+                print(f"  {f}: " + ", ".join(f"{k} {x}" for k, x in v["diagnostics"].items()))
     return 0

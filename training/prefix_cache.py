@@ -8,9 +8,20 @@ into the body expert alone. Stored as float16 (the body still trains in float32)
     images: per frame    (layers, 2, heads, N_image, head_dim)
 
 Image K/V do not depend on the text padding: padded text keys are masked out of every attention.
+
+Building it costs about as much as a few thousand training steps, so `PrefixCache.load_or_build` keeps it
+on disk under a key that hashes everything the K/V are a function of (the policy config, the frozen
+weights, the instructions and the JPEG bytes of every frame): `--resume` and a second policy run on the
+same data and align checkpoint load it in seconds; anything else gets a new key and a fresh build.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,8 +38,63 @@ def cache_bytes(policy: MoTPolicy, frames: int) -> int:
     return frames * len(policy.layers) * 2 * d.heads * policy.cfg.image_tokens * d.head_dim * 2
 
 
+def cache_key(policy: MoTPolicy, data: ChunkDataset) -> str:
+    """sha256 over what the cached K/V depend on: config, frozen (prefix) weights, instructions, frames."""
+    h = hashlib.sha256(json.dumps(policy.cfg.to_dict(), sort_keys=True).encode())
+    for name, p in policy.named_parameters():
+        if not p.requires_grad:  # the frozen experts; the body trains and never enters the prefix
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([len(data), list(data.cameras)]).encode())
+    for ep in data.episodes:
+        h.update(ep.instruction.encode() + b"\0")
+        for cam in data.cameras:
+            for blob in ep.frames[cam]:
+                h.update(blob)
+    return h.hexdigest()
+
+
 class PrefixCache:
-    def __init__(self, policy: MoTPolicy, data: ChunkDataset, batch_size: int = 64, progress: bool = True):
+    @classmethod
+    def load_or_build(cls, policy: MoTPolicy, data: ChunkDataset, directory: str | Path,
+                      progress: bool = True) -> tuple["PrefixCache", bool]:
+        """The cache for (policy, data) from `directory/<key>/` if there, else built and saved there.
+
+        Returns (cache, loaded). Saving writes a temporary folder and renames it: a kill mid-save leaves
+        no half cache; two processes (DDP ranks) that both build it keep whichever finished first.
+        """
+        key = cache_key(policy, data)
+        final = Path(directory) / key
+        if (final / "images.npy").is_file():
+            return cls.from_dir(final, data), True
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{key}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # a kill left it half written
+        tmp.mkdir()
+        # Built straight into a file-backed array: a large dataset's cache may not fit in RAM next to the
+        # trainer, and the page cache keeps what fits warm anyway.
+        cls(policy, data, progress=progress, images_file=tmp / "images.npy")
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process saved the same key first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cls.from_dir(final, data), False
+
+    @classmethod
+    def from_dir(cls, path: Path, data: ChunkDataset) -> "PrefixCache":
+        """Memory-mapped (copy-on-write): frames are read from disk as batches need them."""
+        cache = cls.__new__(cls)
+        cache.text = torch.load(path / "text.pt", weights_only=True)
+        cache.images = torch.from_numpy(np.load(path / "images.npy", mmap_mode="c"))
+        if len(cache.images) != len(data) or len(cache.text) != len(data.episodes):
+            raise ValueError(f"prefix cache {path}: expected {len(data)} frames of {len(data.episodes)} episodes, "
+                             f"received {len(cache.images)} frames of {len(cache.text)}")
+        cache.episode_of = torch.from_numpy(data.index[:, 0])
+        return cache
+
+    def __init__(self, policy: MoTPolicy, data: ChunkDataset, batch_size: int = 64, progress: bool = True,
+                 images_file: Path | None = None):
+        """Computes the cache; with `images_file` the image K/V are written to that .npy (see load_or_build)."""
         if policy.prefix_trainable():
             raise ValueError("prefix cache: expected a frozen text/image path (policy stage), but it trains")
         if policy.cfg.prefix_mask != "blockwise":
@@ -41,14 +107,18 @@ class PrefixCache:
                 self.text.append(text.kv[:, :, 0].half())  # (layers, 2, heads, L, head_dim)
             n = len(data)
             d = policy.dims
-            self.images = torch.empty((n, len(policy.layers), 2, d.heads, policy.cfg.image_tokens, d.head_dim),
-                                      dtype=torch.float16)
+            shape = (n, len(policy.layers), 2, d.heads, policy.cfg.image_tokens, d.head_dim)
+            mapped = None if images_file is None else np.lib.format.open_memmap(images_file, "w+", np.float16, shape)
+            self.images = torch.empty(shape, dtype=torch.float16) if mapped is None else torch.from_numpy(mapped)
             for start in tqdm(range(0, n, batch_size), desc="cache prefix", unit="batch", disable=not progress):
                 idx = np.arange(start, min(n, start + batch_size))
                 obs = validate_batch(data.batch(idx), policy.cfg)
                 text = policy.encode_text(*policy.tokenizer(obs.instruction))
                 kv = policy.encode_images(obs.images, text).kv[..., text.kv.shape[4]:, :]
                 self.images[idx] = kv.permute(2, 0, 1, 3, 4, 5).half()
+        if mapped is not None:
+            mapped.flush()  # on disk before the folder is renamed into place
+            torch.save(self.text, images_file.parent / "text.pt")
         self.episode_of = torch.from_numpy(data.index[:, 0])
 
     def prefix(self, indices: np.ndarray) -> Prefix:

@@ -77,6 +77,7 @@ class TrainConfig:
     holdout_fraction: float = 0.1
     save_dtype: str = "float32"  # storage dtype of OUT/checkpoint ("float16" for the shipped checkpoint)
     cache_prefix: bool = True  # policy stage: compute the frozen text/image K/V once (training/prefix_cache.py)
+    prefix_cache_dir: str | None = None  # where built caches are kept (None: OUT/prefix_cache; share it across runs)
     seed: int = 0
     resume: bool = False
     stop_at: int | None = None  # leave after this step (checkpointed), as a kill would; --resume continues
@@ -366,9 +367,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             and policy.cfg.prefix_mask == "blockwise":
         from training.prefix_cache import PrefixCache, cache_bytes
 
+        directory = Path(cfg.prefix_cache_dir) if cfg.prefix_cache_dir else out / "prefix_cache"
         if rank == 0:
-            print(f"caching the frozen prefix of {len(data)} frames ({cache_bytes(policy, len(data)) / 2**30:.2f} GiB)")
-        cache = PrefixCache(policy, data, progress=progress and rank == 0)
+            print(f"frozen prefix of {len(data)} frames ({cache_bytes(policy, len(data)) / 2**30:.2f} GiB): {directory}")
+        cache, loaded = PrefixCache.load_or_build(policy, data, directory, progress=progress and rank == 0)
+        if rank == 0:
+            print("prefix cache: " + ("loaded (same config, frozen weights and frames)" if loaded else "built and saved"))
     loss_module = StageLoss(policy, cfg.stage)  # same RNG stream on every rank: same head init
     params = [p for p in loss_module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -477,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="storage dtype of OUT/checkpoint (training state stays float32)")
     p.add_argument("--no-cache-prefix", dest="cache_prefix", action="store_false",
                    help="policy stage: recompute the frozen prefix every step instead of caching it")
+    p.add_argument("--prefix-cache-dir", default=None,
+                   help="policy stage: keep the built prefix cache here (default OUT/prefix_cache); runs on the same "
+                        "data and align checkpoint share it")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt if present")
     p.add_argument("--stop-at", type=int, default=None, help="leave after this step (time-sliced training)")
     args = vars(p.parse_args(argv))

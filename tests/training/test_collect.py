@@ -126,3 +126,23 @@ def test_collect_refuses_to_mix_datasets(tmp_path):
     collect(tmp_path / "toy", episodes=1, tasks=["reach"], image_size=32, progress=False, **TOY)
     with pytest.raises(ValueError, match="image_size=32, this command asks for 48"):
         collect(tmp_path / "toy", episodes=2, tasks=["reach"], image_size=48, progress=False, **TOY)
+
+
+def test_action_noise_perturbs_the_executed_commands_not_the_stored_labels(tmp_path):
+    clean = run_episode(TOY["env_spec"], TOY["expert_spec"], "reach", "train", 32, seed=3)
+    noisy = run_episode(TOY["env_spec"], TOY["expert_spec"], "reach", "train", 32, seed=3, action_noise=0.05)
+    again = run_episode(TOY["env_spec"], TOY["expert_spec"], "reach", "train", 32, seed=3, action_noise=0.05)
+    assert np.array_equal(noisy.states, again.states) and np.array_equal(noisy.actions, again.actions)  # seeded
+    assert np.array_equal(noisy.actions[0], clean.actions[0])  # the first label comes before any noise
+    # The toy robot's next state is the executed command: it differs from the stored label by the noise on
+    # the joints, and not at all on the last (gripper) dimension.
+    executed_minus_label = noisy.states[1:] - noisy.actions[:-1]
+    assert 0.025 < executed_minus_label[:, :-1].std() < 0.075
+    assert np.array_equal(executed_minus_label[:, -1], np.zeros(len(executed_minus_label), np.float32))
+    assert np.abs(clean.states[1:] - clean.actions[:-1]).max() == 0.0
+    collect(tmp_path / "toy", episodes=1, tasks=["reach"], image_size=32, progress=False, action_noise=0.05, **TOY)
+    assert load_manifest(tmp_path / "toy")["action_noise"] == 0.05
+    with pytest.raises(ValueError, match="action_noise=0.05, this command asks for 0.0"):
+        collect(tmp_path / "toy", episodes=2, tasks=["reach"], image_size=32, progress=False, **TOY)
+    with pytest.raises(ValueError, match="action_noise: expected a finite std >= 0"):
+        collect(tmp_path / "other", episodes=1, tasks=["reach"], image_size=32, progress=False, action_noise=-1, **TOY)

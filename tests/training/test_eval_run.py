@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from policy import MoTPolicy, PolicyConfig
@@ -30,6 +31,8 @@ def test_eval_json_video_and_summary(tiny_checkpoint, tmp_path):
         assert set(split["per_family"]) == {"reach", "pick"}
         for family in split["per_family"].values():
             assert family["episodes"] == 1 and 0.0 <= family["success_rate"] <= 1.0
+            diag = family["diagnostics"]
+            assert 0.0 < diag["median_closest_target_m"] < 1.0 and diag["went_to_target_rate"] in (0.0, 1.0)
         assert 0.0 <= split["overall"] <= 1.0
     assert (tmp_path / "eval.mp4").stat().st_size > 10_000
     assert (tmp_path / "eval.png").stat().st_size > 5_000
@@ -82,3 +85,26 @@ def test_open_loop_error_is_measured_against_holding_still(sim_dataset, tiny_che
     result = json.loads(done.stdout)
     assert result == json.loads((tmp_path / "open_loop.json").read_text())
     assert result["samples"] == 8 and result["joint_mae_rad"] > 0 and result["hold_still_joint_mae_rad"] > 1e-3
+
+
+def test_episode_trace_tells_a_wrong_object_from_a_near_miss():
+    from training.evaluate import EpisodeTrace, diagnostics
+
+    def info(tcp, target=(0.5, 0.0, 0.02), pad=None):
+        return {"tcp_pos": np.array(tcp), "target_object": "red cube", "target_object_pos": np.array(target),
+                "target_pad_pos": None if pad is None else np.array(pad),
+                "objects": [{"name": "red cube", "pos": np.array(target)},
+                            {"name": "blue cube", "pos": np.array([0.4, 0.1, 0.02])}]}
+
+    wrong = EpisodeTrace()  # goes straight down onto the blue cube
+    for tcp in ([0.42, 0.0, 0.22], [0.41, 0.08, 0.1], [0.4, 0.1, 0.05]):
+        wrong.observe(info(tcp))
+    near = EpisodeTrace()  # stops 4 cm short of the red cube, on the pad's side
+    for tcp in ([0.42, 0.0, 0.22], [0.46, 0.0, 0.06]):
+        near.observe(info(tcp, pad=[0.5, -0.1, 0.0]))
+    w, n = wrong.summary(), near.summary()
+    assert not w["went_to_target"] and n["went_to_target"]
+    assert np.isclose(n["closest_target_m"], np.hypot(0.04, 0.04)) and w["closest_target_m"] > 0.1
+    assert "object_to_pad_m" not in w and np.isclose(n["object_to_pad_m"], 0.1)
+    summary = diagnostics([w, n])
+    assert summary["went_to_target_rate"] == 0.5 and summary["median_object_to_pad_m"] == 0.1

@@ -12,7 +12,7 @@ import torch
 
 from policy import MoTPolicy, PolicyConfig
 from training.data import ChunkDataset, read_episodes
-from training.prefix_cache import PrefixCache
+from training.prefix_cache import PrefixCache, cache_key
 from training.train import TrainConfig, cell_targets, train
 
 
@@ -35,13 +35,15 @@ def test_policy_stage_lowers_the_loss_and_writes_a_loadable_checkpoint(sim_datas
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 40
 
 
-def test_resume_continues_the_step_count_and_optimizer_state(sim_dataset, tmp_path):
+def test_resume_continues_the_step_count_and_optimizer_state(sim_dataset, tmp_path, capsys):
     straight = train(_cfg(sim_dataset, tmp_path / "straight", ema=0.9), progress=False)
     # "Killed" after the step-3 checkpoint: a 3-step run, then the same 6-step command with --resume.
     train(_cfg(sim_dataset, tmp_path / "resumed", stop_at=3, ema=0.9), progress=False)
     state = torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=True)
     assert state["step"] == 3 and state["optimizer"]["state"], "optimizer moments are saved"
+    capsys.readouterr()
     resumed = train(_cfg(sim_dataset, tmp_path / "resumed", resume=True, ema=0.9), progress=False)
+    assert "prefix cache: loaded" in capsys.readouterr().out  # the resumed run does not rebuild it
     a, b = MoTPolicy.load(straight["checkpoint"]), MoTPolicy.load(resumed["checkpoint"])
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.allclose(x, y, atol=1e-6), name
@@ -80,6 +82,29 @@ def test_cached_prefix_gives_the_same_loss_as_recomputing_it(sim_dataset):
         cached = policy.flow_matching_loss(cache.prefix(idx), torch.from_numpy(batch["state"]),
                                            torch.from_numpy(batch["actions"]), noise, t)
     assert abs(direct.item() - cached.item()) < 1e-3 * max(1.0, direct.item())  # float16 storage
+
+
+def test_prefix_cache_on_disk_is_reused_only_for_the_same_frozen_prefix_and_frames(sim_dataset, tmp_path):
+    _, episodes = read_episodes(sim_dataset)
+    policy = MoTPolicy(PolicyConfig.preset("tiny"))
+    policy.set_stage("policy")
+    data = ChunkDataset(episodes, ["front", "wrist"], policy.cfg.horizon)
+    built, loaded = PrefixCache.load_or_build(policy, data, tmp_path, progress=False)
+    assert not loaded and [p.name for p in tmp_path.iterdir()] == [cache_key(policy, data)]
+    again, loaded = PrefixCache.load_or_build(policy, data, tmp_path, progress=False)
+    assert loaded and torch.equal(again.images, built.images)
+    idx = np.array([0, 7])
+    assert torch.equal(again.prefix(idx).kv, built.prefix(idx).kv)
+    # Other frozen weights (another align checkpoint) or other frames: another key, a fresh build.
+    with torch.no_grad():
+        next(p for n, p in policy.named_parameters() if n.startswith("image_embed")).add_(0.01)
+    assert cache_key(policy, data) != built_key(tmp_path)
+    assert cache_key(policy, ChunkDataset(episodes[1:], ["front", "wrist"], policy.cfg.horizon)) != built_key(tmp_path)
+
+
+def built_key(directory):
+    (only,) = directory.iterdir()
+    return only.name
 
 
 def test_two_processes_train_with_ddp_and_agree(sim_dataset, tmp_path):
