@@ -259,7 +259,7 @@ def profile_shapes(policy: MoTPolicy, graph: str, *, max_batch: int = 1, opt_bat
     """Optimisation profile {input: (min, opt, max)} of one graph for batch 1..max_batch.
 
     Text length spans 1..max_text_tokens (optimised for `opt_text_len`); the prefix length follows
-    (text + image tokens + state). Frames are fixed at image_hw (default image_size square): the
+    (text + image tokens + [goal +] state). Frames are fixed at image_hw (default image_size square): the
     engine is built for the cameras' resolution.
     """
     cfg, dims = policy.cfg, policy.dims
@@ -268,7 +268,7 @@ def profile_shapes(policy: MoTPolicy, graph: str, *, max_batch: int = 1, opt_bat
     t_max = cfg.max_text_tokens
     t_opt = max(1, min(opt_text_len, t_max))
     h, w = image_hw or (cfg.image_size, cfg.image_size)
-    extra = cfg.image_tokens + 1
+    extra = cfg.image_tokens + cfg.body_prefix_tokens
     batches = (1, opt_batch, max_batch)
     kv = lambda n: tuple((dims.layers, 2, b, dims.heads, m, dims.head_dim) for b, m in zip(batches, n))  # noqa: E731
     texts, prefixes = (1, t_opt, t_max), (1 + extra, t_opt + extra, t_max + extra)

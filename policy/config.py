@@ -56,6 +56,11 @@ class PolicyConfig:
     body_mlp_ratio: float = 4.0
     time_embed_dim: int = 256
 
+    # A learned "goal" token of the body expert between the images and the state: it attends to the text
+    # and images only (never the robot's state), and training asks it where the instruction's object and
+    # pad are (training/train.py BodyGroundingHead). State and action tokens attend to it.
+    goal_token: bool = False
+
     # Ablation switches.
     prefix_mask: str = "blockwise"  # or "bidirectional": text and images attend to each other
     routing: str = "mot"  # or "dense": every modality shares one (trainable) expert
@@ -105,6 +110,8 @@ class PolicyConfig:
             raise ValueError(f"prefix_mask: expected one of {PREFIX_MASKS}, received {self.prefix_mask!r}")
         if self.routing not in ROUTINGS:
             raise ValueError(f"routing: expected one of {ROUTINGS}, received {self.routing!r}")
+        if not isinstance(self.goal_token, bool):
+            raise ValueError(f"goal_token: expected a bool, received {self.goal_token!r}")
         if self.time_beta_alpha <= 0 or self.time_beta_beta <= 0:
             raise ValueError("time_beta_alpha/time_beta_beta: expected > 0, received "
                              f"{self.time_beta_alpha}/{self.time_beta_beta}")
@@ -123,6 +130,11 @@ class PolicyConfig:
     @property
     def image_tokens(self) -> int:
         return len(self.cameras) * self.feature_grid**2
+
+    @property
+    def body_prefix_tokens(self) -> int:
+        """Body tokens in the observation prefix: [goal] + state."""
+        return 1 + int(self.goal_token)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "PolicyConfig":

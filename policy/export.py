@@ -4,7 +4,7 @@
                        -> text_kv (layers, 2, B, heads, T, head_dim)                    once per instruction
     obs_encoder.onnx   images uint8 (B, cams, H, W, 3), state_norm (B, S), text_kv, text_valid
                        -> prefix_kv (layers, 2, B, heads, P, head_dim), prefix_valid (B, P)
-                          P = T + cams * grid^2 + 1                                       once per observation
+                          P = T + cams * grid^2 + body_prefix_tokens ([goal,] state)     once per observation
     denoiser.onnx      x_t (B, horizon, A), t (B,), prefix_kv, prefix_valid
                        -> velocity (B, horizon, A)                                        every Euler step
 
@@ -125,7 +125,7 @@ def example_inputs(policy: MoTPolicy, batch: int = 2, text_len: int = 6, seed: i
     valid[-1, text_len // 2:] = False  # padding must be part of what export sees and tests check
     ids[~valid] = 0
     kv_shape = lambda n: (dims.layers, 2, batch, dims.heads, n, dims.head_dim)  # noqa: E731
-    prefix_len = text_len + cfg.image_tokens + 1
+    prefix_len = text_len + cfg.image_tokens + cfg.body_prefix_tokens
     prefix_valid = torch.cat([valid, torch.ones(batch, prefix_len - text_len, dtype=torch.bool)], dim=1)
     images = torch.randint(0, 256, (batch, len(cfg.cameras), cfg.image_size, cfg.image_size, 3), generator=g,
                            dtype=torch.uint8)
@@ -148,7 +148,8 @@ def _dynamic_shapes(policy: MoTPolicy, graph: str):
     batch = Dim("batch", min=1, max=1024)
     text_len = Dim("text_len", min=1, max=cfg.max_text_tokens)
     height, width = Dim("height", min=8, max=4096), Dim("width", min=8, max=4096)
-    prefix_len = Dim("prefix_len", min=cfg.image_tokens + 2, max=cfg.max_text_tokens + cfg.image_tokens + 1)
+    body = cfg.body_prefix_tokens
+    prefix_len = Dim("prefix_len", min=1 + cfg.image_tokens + body, max=cfg.max_text_tokens + cfg.image_tokens + body)
     kv = lambda n: {2: batch, 4: n}  # noqa: E731
     return {
         "text_encoder": {"token_ids": {0: batch, 1: text_len}, "text_valid": {0: batch, 1: text_len}},

@@ -2,9 +2,12 @@
 
 Tokens are laid out by modality block, and each block routes to its own expert:
 
-    [ text ........ | image (cams x grid^2) ... | state | action (horizon) ]
-      language        vision                      body    body
+    [ text ........ | image (cams x grid^2) ... | (goal) | state | action (horizon) ]
+      language        vision                      body     body    body
       (frozen MiniLM) (init from MiniLM, "align") (trained in "policy")
+
+The optional goal token (config.goal_token) is a learned query of the body expert that sees text and
+images but not the state: what it holds about the target can only come from the scene and the words.
 
 All tokens share one attention per layer. The attention is block-causal over the modality blocks
 (see `make_attn_mask`): a block sees itself and every block before it. That one rule gives the
@@ -12,7 +15,7 @@ whole caching scheme, because a block's K/V never depend on anything after it:
 
     encode_text(ids)               text K/V, once per instruction   (language expert only)
     encode_images(frames, text)    + image K/V, once per observation (vision expert)
-    encode_state(state, prefix)    + state K/V, once per observation (body expert)
+    encode_state(state, prefix)    + (goal +) state K/V, once per observation (body expert)
     denoise(x_t, t, prefix)        action tokens only, every Euler step (body expert)
 
 Each of those passes attends over [cached K/V | its own K/V]; its only mask is key padding of the
@@ -43,7 +46,7 @@ from policy.normalize import NormStats, to_absolute, to_relative
 from policy.vision import EfficientNetTrunk, ImageTokenizer, preprocess_images
 
 # Modality blocks, in token order. Block ids feed `make_attn_mask`.
-TEXT, IMAGE, STATE, ACTION = 0, 1, 2, 3
+TEXT, IMAGE, GOAL, STATE, ACTION = 0, 1, 2, 3, 4
 
 
 class Prefix(NamedTuple):
@@ -67,7 +70,7 @@ class Prefix(NamedTuple):
 def make_attn_mask(blocks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Block-causal attention mask over modality blocks, with key padding.
 
-    blocks: (L,) int   block id of each token, non-decreasing (TEXT=0, IMAGE=1, STATE=2, ACTION=3)
+    blocks: (L,) int   block id of each token, non-decreasing (TEXT=0, IMAGE=1, GOAL=2, STATE=3, ACTION=4)
     valid:  (B, L) bool  False marks padding
     returns (B, 1, L, L) bool, True = query may attend to key:
         mask[b, 0, q, k] = blocks[k] <= blocks[q] and valid[b, k]
@@ -143,6 +146,8 @@ class MoTPolicy(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         # The state token's adaLN condition: a learned "no time" vector, so state K/V are t-independent.
         self.state_cond = nn.Parameter(torch.zeros(cond_dim))
+        # The goal token's input: one learned vector (it shares the "no time" condition).
+        self.register_parameter("goal_query", nn.Parameter(torch.randn(body_width) * 0.02) if cfg.goal_token else None)
 
         # MoT layers: one ModuleDict of experts per layer; `route` maps a modality to its expert.
         def bert() -> BertExpert:
@@ -204,6 +209,8 @@ class MoTPolicy(nn.Module):
                 module.requires_grad_(True)
             self.action_pos.requires_grad_(True)
             self.state_cond.requires_grad_(True)
+            if self.goal_query is not None:
+                self.goal_query.requires_grad_(True)
         if self.cfg.routing == "mot":  # the language expert is frozen by construction
             for layer in self.layers:
                 layer["language"].requires_grad_(False)
@@ -221,6 +228,13 @@ class MoTPolicy(nn.Module):
         self.cfg = dataclasses.replace(self.cfg, delta_action_mask=mask)  # validates
         self.delta_mask = torch.tensor(self.cfg.delta_action_mask or (False,) * self.cfg.action_dim,
                                        dtype=torch.float32)
+
+    def add_goal_token(self) -> None:
+        """Give the body a goal token (config.goal_token) before it trains, e.g. from an align checkpoint."""
+        if self.goal_query is None:
+            self.cfg = dataclasses.replace(self.cfg, goal_token=True)
+            self.goal_query = nn.Parameter(torch.randn(self.action_in.out_features) * 0.02)
+            self.set_stage(self.stage)
 
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
         return (state - self.state_mean) / self.state_std
@@ -276,8 +290,11 @@ class MoTPolicy(nn.Module):
         return self.image_embed(features)
 
     def embed_state(self, state_norm: torch.Tensor):
-        """state (B, S) normalised -> token (B, 1, D_body), adaLN condition (B, 1, C)."""
+        """state (B, S) normalised -> body prefix tokens (B, body_prefix_tokens, D_body): [goal,] state;
+        adaLN condition (B, 1, C), the same "no time" vector for both."""
         h = self.state_in(state_norm)[:, None]
+        if self.goal_query is not None:
+            h = torch.cat([self.goal_query.expand(h.shape[0], 1, -1), h], dim=1)
         return h, self.state_cond.expand(h.shape[0], 1, -1)
 
     def embed_actions(self, x_t: torch.Tensor, t: torch.Tensor):
@@ -322,12 +339,26 @@ class MoTPolicy(nn.Module):
             prefix = text.extend(kv, ones)
         return (prefix, hs[-1]) if return_hidden else prefix
 
-    def encode_state(self, state_norm: torch.Tensor, prefix: Prefix) -> Prefix:
-        """Normalised state (B, S) -> prefix with the state token's K/V appended (body expert)."""
+    def encode_state(self, state_norm: torch.Tensor, prefix: Prefix, return_hidden: bool = False):
+        """Normalised state (B, S) -> prefix with the body prefix tokens' K/V appended ([goal,] state).
+
+        return_hidden: also return the final state (B, D_body) of the token that training's auxiliary
+        grounding loss reads (training/train.py BodyGroundingHead): the goal token when the config has
+        one, else the state token.
+        """
         h, cond = self.embed_state(state_norm)
         ones = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
-        _, kv = self._forward([("body", h, cond)], prefix, ones)
-        return prefix.extend(kv, ones)
+        mask = None
+        if self.goal_query is not None:
+            # Block-causal over [prefix | goal | state]: the goal token must not see the state (that is
+            # its point), the state token sees the goal. One pass, so the mask is explicit here.
+            # Rows (goal, state), keys [prefix | goal, state]: make_attn_mask's last two query rows, built
+            # without a per-token block list so the exported graph keeps a dynamic prefix length.
+            own = torch.tensor([[True, False], [True, True]], device=h.device).expand(h.shape[0], 1, 2, 2)
+            mask = torch.cat([prefix.valid[:, None, None, :].expand(-1, 1, 2, -1), own], dim=-1)
+        (h,), kv = self._forward([("body", h, cond)], prefix, ones, mask)
+        prefix = prefix.extend(kv, ones)
+        return (prefix, h[:, 0]) if return_hidden else prefix
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, prefix: Prefix) -> torch.Tensor:
         """One flow step: noisy normalised chunk (B, horizon, A), t (B,) -> velocity (B, horizon, A).
@@ -350,8 +381,9 @@ class MoTPolicy(nn.Module):
         state_h, state_cond = self.embed_state(state_norm)
         action_h, action_cond = self.embed_actions(x_t, t)
         image_block = TEXT if self.cfg.prefix_mask == "bidirectional" else IMAGE
-        lengths = [text_h.shape[1], image_h.shape[1], 1, action_h.shape[1]]
-        blocks = torch.repeat_interleave(torch.tensor([TEXT, image_block, STATE, ACTION]), torch.tensor(lengths))
+        n_goal = state_h.shape[1] - 1  # the goal token, when there is one, comes first in the body prefix
+        lengths = [text_h.shape[1], image_h.shape[1], n_goal, 1, action_h.shape[1]]
+        blocks = torch.repeat_interleave(torch.tensor([TEXT, image_block, GOAL, STATE, ACTION]), torch.tensor(lengths))
         b = token_ids.shape[0]
         valid = torch.cat([text_valid, torch.ones(b, sum(lengths[1:]), dtype=torch.bool)], dim=1)
         segments = [("text", text_h, None), ("image", image_h, None), ("body", state_h, state_cond),
@@ -367,8 +399,9 @@ class MoTPolicy(nn.Module):
         prefix = self.encode_images(obs.images, text)
         return self.encode_state(self.normalize_state(obs.state), prefix)
 
-    def compute_loss(self, batch: dict, noise: torch.Tensor | None = None, time: torch.Tensor | None = None) -> torch.Tensor:
-        """Flow-matching loss (scalar) on a batch with `actions`.
+    def compute_loss(self, batch: dict, noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
+                     return_state_hidden: bool = False):
+        """Flow-matching loss (scalar) on a batch with `actions` (see `flow_matching_loss`).
 
         When nothing in the text/image path trains (the "policy" stage), the prefix runs without
         autograd: a step costs little more than the body expert itself.
@@ -378,15 +411,17 @@ class MoTPolicy(nn.Module):
             token_ids, text_valid = self.tokenizer(obs.instruction)
             text = self.encode_text(token_ids, text_valid)
             prefix = self.encode_images(obs.images, text)
-        return self.flow_matching_loss(prefix, obs.state, obs.actions, noise, time)
+        return self.flow_matching_loss(prefix, obs.state, obs.actions, noise, time, return_state_hidden)
 
     def flow_matching_loss(self, prefix: Prefix, state: torch.Tensor, actions: torch.Tensor,
-                           noise: torch.Tensor | None = None, time: torch.Tensor | None = None) -> torch.Tensor:
+                           noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
+                           return_state_hidden: bool = False):
         """The loss from a text + image prefix (computed here, or cached by training): state (B, S)
-        and actions (B, horizon, A) in robot units. Only the body expert runs from here on."""
+        and actions (B, horizon, A) in robot units. Only the body expert runs from here on.
+        return_state_hidden: return (loss, state token's final state (B, D_body)) instead."""
         actions = self.normalize_actions(actions, state)
         b = actions.shape[0]
-        prefix = self.encode_state(self.normalize_state(state), prefix)
+        prefix, state_h = self.encode_state(self.normalize_state(state), prefix, return_hidden=True)
         if time is None:
             beta = torch.distributions.Beta(self.cfg.time_beta_alpha, self.cfg.time_beta_beta)
             time = beta.sample((b,)) * 0.999 + 0.001  # keep t away from 0, where x_t = actions exactly
@@ -395,7 +430,8 @@ class MoTPolicy(nn.Module):
         t = time[:, None, None]
         x_t = t * noise + (1 - t) * actions
         velocity = self.denoise(x_t, time, prefix)
-        return F.mse_loss(velocity, noise - actions)
+        loss = F.mse_loss(velocity, noise - actions)
+        return (loss, state_h) if return_state_hidden else loss
 
     @torch.no_grad()
     def sample_actions(self, obs: dict, num_steps: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:

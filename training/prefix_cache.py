@@ -38,9 +38,17 @@ def cache_bytes(policy: MoTPolicy, frames: int) -> int:
     return frames * len(policy.layers) * 2 * d.heads * policy.cfg.image_tokens * d.head_dim * 2
 
 
+# Config fields of the body expert and the action space: the text/image K/V do not depend on them, so
+# policies that differ only there (another horizon, a goal token) share one cache.
+BODY_FIELDS = ("state_dim", "action_dim", "horizon", "delta_action_mask", "body_width", "body_mlp_ratio",
+               "time_embed_dim", "goal_token", "num_inference_steps", "time_beta_alpha", "time_beta_beta")
+
+
 def cache_key(policy: MoTPolicy, data: ChunkDataset) -> str:
-    """sha256 over what the cached K/V depend on: config, frozen (prefix) weights, instructions, frames."""
-    h = hashlib.sha256(json.dumps(policy.cfg.to_dict(), sort_keys=True).encode())
+    """sha256 over what the cached K/V depend on: config (less BODY_FIELDS), frozen (prefix) weights,
+    instructions, frames."""
+    prefix_cfg = {k: v for k, v in policy.cfg.to_dict().items() if k not in BODY_FIELDS}
+    h = hashlib.sha256(json.dumps(prefix_cfg, sort_keys=True).encode())
     for name, p in policy.named_parameters():
         if not p.requires_grad:  # the frozen experts; the body trains and never enters the prefix
             h.update(name.encode())

@@ -60,6 +60,10 @@ class TrainConfig:
     # align: chance per sample that the instruction becomes a referring expression for a random object
     # of the scene (training/data.py ChunkDataset.batch); needs datasets with per-frame scene tracks.
     referents: float = 0.5
+    # policy: weight of the body's auxiliary grounding loss (BodyGroundingHead; 0 = flow loss only).
+    body_grounding: float = 1.0
+    # policy: give the body a goal token (PolicyConfig.goal_token) that the grounding loss then trains.
+    goal_token: bool = False
     # "on": joint targets relative to the measured joints (the preset's delta_action_mask); "off":
     # absolute; None: the preset's choice for a new policy, the --init checkpoint's otherwise.
     delta_actions: str | None = None
@@ -94,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"delta_actions: expected 'on', 'off' or None, received {self.delta_actions!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema: expected a decay in [0, 1), received {self.ema}")
+        if self.body_grounding < 0:
+            raise ValueError(f"body_grounding: expected a weight >= 0, received {self.body_grounding}")
         if not 0.0 <= self.referents <= 1.0:
             raise ValueError(f"referents: expected a probability in [0, 1], received {self.referents}")
 
@@ -120,6 +126,26 @@ class GroundingHead(nn.Module):
         return scores, torch.cat([mlp(pooled[:, k]) for k, mlp in enumerate(self.xy)], dim=1)
 
 
+class BodyGroundingHead(nn.Module):
+    """Policy stage, training only: the instruction's object and pad (x, y in decimetres) read from the
+    body expert's state token.
+
+    The flow loss alone lets the body infer its goal from the arm: mid-reach the joint angles already
+    point at the target, so most frames are predicted without looking at the scene, and the frames
+    where the goal must be read (the start, a recovery) are too few to teach it. The state token sees
+    the frozen, grounded prefix, and every action token attends to it: asking it where the referred
+    object and pad are gives the body a dense reason to read the prefix. Discarded after training.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, 256), nn.GELU(), nn.Linear(256, 4))
+
+    def forward(self, state_h: torch.Tensor) -> torch.Tensor:
+        """state token (B, D_body) -> (object xy, pad xy) in decimetres (B, 4)."""
+        return self.mlp(state_h)
+
+
 def grounding_targets(batch: dict) -> torch.Tensor:
     """(B, 4) object xy + pad xy in decimetres (NaN where the episode has no pad)."""
     g = batch["grounding"]
@@ -142,16 +168,26 @@ def cell_targets(pixels: np.ndarray, grid: int) -> torch.Tensor:
     return torch.from_numpy(np.divide(target, total, out=np.zeros_like(target), where=total > 0))
 
 
+def xy_loss(xy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Smooth L1 between (B, 4) predictions and targets in decimetres, where the target is known."""
+    known = torch.isfinite(target)
+    if not known.any():  # e.g. a dataset without positions: no term (and no NaN)
+        return xy.sum() * 0.0
+    return F.smooth_l1_loss(xy[known], target[known])
+
+
 PIXEL_KEYS = ("target_object_pixels", "target_pad_pixels")  # order of GroundingHead's scores
 
 
 class StageLoss(nn.Module):
     """One module per stage so DDP can wrap it: forward(batch) -> scalar loss."""
 
-    def __init__(self, policy: MoTPolicy, stage: str):
+    def __init__(self, policy: MoTPolicy, stage: str, body_grounding: float = 0.0):
         super().__init__()
-        self.policy, self.stage = policy, stage
+        self.policy, self.stage, self.body_grounding = policy, stage, body_grounding
         self.head = GroundingHead(policy.dims.width) if stage == "align" else None
+        body_width = policy.action_in.out_features
+        self.body_head = BodyGroundingHead(body_width) if stage == "policy" and body_grounding > 0 else None
 
     def grounding(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """-> token scores (B, N_image, 2), (object xy, pad xy) in decimetres (B, 4)."""
@@ -161,16 +197,25 @@ class StageLoss(nn.Module):
         _, image_h = self.policy.encode_images(obs.images, text, return_hidden=True)
         return self.head(image_h)
 
+    def policy_losses(self, batch: dict, noise: torch.Tensor | None = None,
+                      time: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> flow loss, body head's (object xy, pad xy) in decimetres (B, 4) or None without the head."""
+        if "prefix" in batch:  # frozen prefix from the PrefixCache
+            flow, state_h = self.policy.flow_matching_loss(
+                batch["prefix"], torch.from_numpy(batch["state"]), torch.from_numpy(batch["actions"]), noise, time,
+                return_state_hidden=True)
+        else:
+            flow, state_h = self.policy.compute_loss(batch, noise, time, return_state_hidden=True)
+        return flow, (self.body_head(state_h) if self.body_head is not None else None)
+
     def forward(self, batch: dict) -> torch.Tensor:
-        if self.stage == "policy" and "prefix" in batch:  # frozen prefix from the PrefixCache
-            return self.policy.flow_matching_loss(batch["prefix"], torch.from_numpy(batch["state"]),
-                                                  torch.from_numpy(batch["actions"]))
         if self.stage == "policy":
-            return self.policy.compute_loss(batch)
+            flow, xy = self.policy_losses(batch)
+            if xy is None:
+                return flow
+            return flow + self.body_grounding * xy_loss(xy, grounding_targets(batch))
         scores, xy = self.grounding(batch)
-        target = grounding_targets(batch)
-        known = torch.isfinite(target)
-        loss = F.smooth_l1_loss(xy[known], target[known])
+        loss = xy_loss(xy, grounding_targets(batch))
         for k, key in enumerate(PIXEL_KEYS):  # cross-entropy of the token scores where cells are known
             if key in batch["grounding"]:
                 dist = cell_targets(batch["grounding"][key], self.policy.cfg.feature_grid)
@@ -195,38 +240,41 @@ def batch_indices(step: int, rank: int, cfg: TrainConfig, n: int) -> np.ndarray:
 # -- evaluation during training --------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig, max_samples: int = 256) -> dict:
-    """align: for the episodes' instructions, grounding accuracy (object xy within 3 cm) and cell accuracy
-    (the top-scored image token shows the object); where the data has scene tracks, cell accuracy for
-    referring expressions to random objects too. policy: flow loss at fixed noise/time."""
+    """align: for the episodes' instructions, grounding accuracy (object xy within 3 cm), its median error
+    and cell accuracy (the top-scored image token shows the object); where the data has scene tracks,
+    cell accuracy for referring expressions to random objects too. policy: flow loss at fixed
+    noise/time, and with the body's grounding head the same accuracy and error of its object xy."""
     n = min(max_samples, len(data))
     indices = np.random.default_rng(12345).choice(len(data), n, replace=False)
     was_training = loss_module.training
     loss_module.eval()
-    results: dict[str, list] = {"loss": [], "hit": [], "cell_hit": [], "referent_cell_hit": []}
+    results: dict[str, list] = {"loss": [], "err": [], "cell_hit": [], "referent_cell_hit": []}
     gen = torch.Generator().manual_seed(0)
     has_tracks = any(ep.track is not None for ep in data.episodes)
     grid = loss_module.policy.cfg.feature_grid
 
-    def hits(batch: dict) -> tuple[list[bool], list[bool], torch.Tensor, torch.Tensor]:
-        """(object xy within 3 cm, top-scored token shows the object) per sample where known."""
+    def object_error_m(xy: torch.Tensor, target: torch.Tensor) -> list[float]:
+        """Object xy error (m) per sample where the target is known."""
+        known = torch.isfinite(target[:, 0])
+        return ((xy[known, :2] - target[known, :2]).norm(dim=1) / 10).tolist()
+
+    def hits(batch: dict) -> tuple[list[float], list[bool], torch.Tensor, torch.Tensor]:
+        """(object xy error in m, top-scored token shows the object) per sample where known."""
         scores, xy = loss_module.grounding(batch)
         target = grounding_targets(batch)
-        known = torch.isfinite(target[:, 0])
-        err_m = (xy[known, :2] - target[known, :2]).norm(dim=1) / 10
         dist = cell_targets(batch["grounding"]["target_object_pixels"], grid)
         seen = dist.sum(1) > 0
         top = scores[seen, :, 0].argmax(dim=1)
         cell_hit = dist[seen].gather(1, top[:, None])[:, 0] > 0
-        return (err_m < GROUNDING_TOLERANCE_M).tolist(), cell_hit.tolist(), xy, target
+        return object_error_m(xy, target), cell_hit.tolist(), xy, target
 
     for start in range(0, n, cfg.batch_size):
         batch = data.batch(indices[start:start + cfg.batch_size])
         if cfg.stage == "align":
-            hit, cell_hit, xy, target = hits(batch)
-            results["hit"] += hit
+            err, cell_hit, xy, target = hits(batch)
+            results["err"] += err
             results["cell_hit"] += cell_hit
-            known = torch.isfinite(target)
-            results["loss"].append(F.smooth_l1_loss(xy[known], target[known]).item())
+            results["loss"].append(xy_loss(xy, target).item())
             if has_tracks:  # every instruction replaced: does it find the object it is asked about?
                 rng = np.random.default_rng([12345, start])
                 results["referent_cell_hit"] += hits(data.batch(indices[start:start + cfg.batch_size],
@@ -235,11 +283,15 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
             b = len(batch["instruction"])
             shape = (b, loss_module.policy.cfg.horizon, loss_module.policy.cfg.action_dim)
             noise, t = torch.randn(shape, generator=gen), torch.rand(b, generator=gen) * 0.98 + 0.01
-            results["loss"].append(loss_module.policy.compute_loss(batch, noise, t).item())
+            flow, xy = loss_module.policy_losses(batch, noise, t)
+            results["loss"].append(flow.item())
+            if xy is not None:
+                results["err"] += object_error_m(xy, grounding_targets(batch))
     loss_module.train(was_training)
     out = {"val_loss": float(np.mean(results["loss"]))}
-    if results["hit"]:
-        out["grounding_acc"] = float(np.mean(results["hit"]))
+    if results["err"]:
+        out["grounding_acc"] = float(np.mean(np.array(results["err"]) < GROUNDING_TOLERANCE_M))
+        out["grounding_err_m"] = float(np.median(results["err"]))
     for key, name in (("cell_hit", "grounding_cell_acc"), ("referent_cell_hit", "referent_cell_acc")):
         if results[key]:
             out[name] = float(np.mean(results[key]))
@@ -276,7 +328,7 @@ class MetricsLog:
     """CSV of scalars (one row per log step) + a loss-curve PNG; rows past a resumed step are dropped."""
 
     FIELDS = ["step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "val_loss", "grounding_acc",
-              "grounding_cell_acc", "referent_cell_acc"]
+              "grounding_err_m", "grounding_cell_acc", "referent_cell_acc"]
 
     def __init__(self, out: Path, resume_step: int):
         self.path, self.rows = out / "metrics.csv", []
@@ -337,6 +389,8 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
         if cfg.delta_actions == "on" and mask is None:
             raise ValueError(f"delta_actions: preset {cfg.preset!r} defines no delta_action_mask")
         policy.set_delta_action_mask(mask)
+    if cfg.goal_token:  # a body module, like the action space: added when the body starts training
+        policy.add_goal_token()
     return policy
 
 
@@ -373,7 +427,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         cache, loaded = PrefixCache.load_or_build(policy, data, directory, progress=progress and rank == 0)
         if rank == 0:
             print("prefix cache: " + ("loaded (same config, frozen weights and frames)" if loaded else "built and saved"))
-    loss_module = StageLoss(policy, cfg.stage)  # same RNG stream on every rank: same head init
+    # Same RNG stream on every rank: same head init.
+    loss_module = StageLoss(policy, cfg.stage, body_grounding=cfg.body_grounding)
     params = [p for p in loss_module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -470,12 +525,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--routing", default=defaults.routing, choices=["mot", "dense"])
     p.add_argument("--prefix-mask", default=defaults.prefix_mask, choices=["blockwise", "bidirectional"])
     p.add_argument("--train-vision", action="store_true", help="ablation: unfreeze the vision expert in 'policy'")
+    p.add_argument("--goal-token", action="store_true",
+                   help="policy: a body token that sees text and images but not the state, trained by the "
+                        "--body-grounding loss to say where the instruction's object and pad are")
     p.add_argument("--delta-actions", choices=["on", "off"], default=None,
                    help="joint targets relative to the measured joints (on) or absolute (off); default: the "
                         "preset's for a new policy, the --init checkpoint's otherwise")
     for name in ("steps", "batch_size", "warmup", "log_every", "eval_every", "ckpt_every", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction", "referents"):
+    for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction", "referents",
+                 "body_grounding"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--save-dtype", default=defaults.save_dtype, choices=["float32", "float16", "bfloat16"],
                    help="storage dtype of OUT/checkpoint (training state stays float32)")

@@ -177,3 +177,16 @@ def test_bad_export_arguments_are_refused(tiny_policy, tmp_path):
         export_policy(tiny_policy, tmp_path, opset=13)
     with pytest.raises(ExportError, match=r"graphs: expected a subset"):
         export_policy(tiny_policy, tmp_path, graphs=("decoder",))
+
+
+def test_goal_token_policy_exports_with_its_longer_prefix_and_matches_torch(tmp_path):
+    torch.manual_seed(1)
+    policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny", goal_token=True)))
+    policy.save(tmp_path / "ckpt")
+    assert main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "onnx")]) == 0
+    policy = MoTPolicy.load(tmp_path / "ckpt")
+    assert policy.cfg.goal_token
+    batch = make_batch(policy.cfg, batch_size=2, seed=3, actions=False)
+    noise = torch.randn(2, policy.cfg.horizon, policy.cfg.action_dim)
+    want = policy.sample_actions(batch, noise=noise).numpy()
+    assert np.abs(_chunk_onnx(tmp_path / "onnx", policy, batch, noise) - want).max() <= 1e-4

@@ -13,7 +13,7 @@ import torch
 from policy import MoTPolicy, PolicyConfig
 from training.data import ChunkDataset, read_episodes
 from training.prefix_cache import PrefixCache, cache_key
-from training.train import TrainConfig, cell_targets, train
+from training.train import StageLoss, TrainConfig, cell_targets, train
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
@@ -33,6 +33,50 @@ def test_policy_stage_lowers_the_loss_and_writes_a_loadable_checkpoint(sim_datas
     policy = MoTPolicy.load(result["checkpoint"])
     assert not np.allclose(policy.norm_stats.action_std, 1.0), "normalisation stats come from the data"
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 40
+    assert 0.0 <= result["grounding_acc"] <= 1.0 and result["grounding_err_m"] >= 0.0  # the body's aux head
+    assert rows[-1]["grounding_err_m"] != ""
+
+
+def test_body_grounding_loss_reaches_the_body_through_the_state_token_only(sim_dataset, tmp_path):
+    _, episodes = read_episodes(sim_dataset)
+    torch.manual_seed(0)
+    policy = MoTPolicy(PolicyConfig.preset("tiny"))
+    policy.set_stage("policy")
+    data = ChunkDataset(episodes, ["front", "wrist"], policy.cfg.horizon)
+    batch = data.batch(np.linspace(0, len(data) - 1, 8).astype(int))
+    assert np.isfinite(batch["grounding"]["target_object_pos"]).all()
+
+    def grads(weight: float, policy=policy) -> tuple[dict, StageLoss]:
+        module = StageLoss(policy, "policy", body_grounding=weight)
+        policy.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same flow noise and times for both losses
+        module(batch).backward()
+        return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}, module
+
+    flow_only, plain = grads(0.0)
+    with_aux, aux = grads(1.0)
+    assert plain.body_head is None and aux.body_head is not None
+    assert set(flow_only) == set(with_aux) and not any(n.startswith(("image_embed", "text_embed")) for n in with_aux)
+    # The head reads the state token: the state embedding's gradient changes, the action read-out's
+    # (which the state token never passes through) does not.
+    assert not torch.allclose(flow_only["state_in.weight"], with_aux["state_in.weight"])
+    assert torch.allclose(flow_only["action_out.weight"], with_aux["action_out.weight"])
+    # With a goal token the head reads that token, which never sees the state: the state embedding's
+    # gradient is the flow loss's alone, the goal token's is not.
+    torch.manual_seed(0)
+    goal_policy = MoTPolicy(PolicyConfig.preset("tiny", goal_token=True))
+    goal_policy.set_stage("policy")
+    (flow_only, _), (with_aux, _) = grads(0.0, goal_policy), grads(1.0, goal_policy)
+    assert torch.allclose(flow_only["state_in.weight"], with_aux["state_in.weight"])
+    assert not torch.allclose(flow_only["goal_query"], with_aux["goal_query"])
+    # Without the head, training reports no grounding figures.
+    result = train(_cfg(sim_dataset, tmp_path / "flow_only", steps=2, eval_every=2, ckpt_every=2, body_grounding=0.0),
+                   progress=False)
+    assert "grounding_acc" not in result and "val_loss" in result
+    # `--goal-token` from a checkpoint without one (as from align's): the trained policy has it.
+    result = train(_cfg(sim_dataset, tmp_path / "goal", steps=2, eval_every=2, ckpt_every=2, goal_token=True,
+                        init=str(tmp_path / "flow_only" / "checkpoint")), progress=False)
+    assert MoTPolicy.load(result["checkpoint"]).cfg.goal_token and result["grounding_err_m"] >= 0.0
 
 
 def test_resume_continues_the_step_count_and_optimizer_state(sim_dataset, tmp_path, capsys):
@@ -95,6 +139,9 @@ def test_prefix_cache_on_disk_is_reused_only_for_the_same_frozen_prefix_and_fram
     assert loaded and torch.equal(again.images, built.images)
     idx = np.array([0, 7])
     assert torch.equal(again.prefix(idx).kv, built.prefix(idx).kv)
+    # A body-only change (a goal token) leaves the text/image K/V, and so the key, as they were.
+    policy.add_goal_token()
+    assert cache_key(policy, data) == built_key(tmp_path)
     # Other frozen weights (another align checkpoint) or other frames: another key, a fresh build.
     with torch.no_grad():
         next(p for n, p in policy.named_parameters() if n.startswith("image_embed")).add_(0.01)
