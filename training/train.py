@@ -243,12 +243,16 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
     """align: for the episodes' instructions, grounding accuracy (object xy within 3 cm), its median error
     and cell accuracy (the top-scored image token shows the object); where the data has scene tracks,
     cell accuracy for referring expressions to random objects too. policy: flow loss at fixed
-    noise/time, and with the body's grounding head the same accuracy and error of its object xy."""
+    noise/time, and with the body's grounding head the same accuracy and error of its object xy.
+
+    Both stages also report `start_grounding_err_m`: the median object xy error on the first frame of
+    each held-out episode, where the arm is at home and the wrist camera sees no close-up: the frame
+    where the target must be found from the scene, and the one a rollout starts from."""
     n = min(max_samples, len(data))
     indices = np.random.default_rng(12345).choice(len(data), n, replace=False)
     was_training = loss_module.training
     loss_module.eval()
-    results: dict[str, list] = {"loss": [], "err": [], "cell_hit": [], "referent_cell_hit": []}
+    results: dict[str, list] = {"loss": [], "err": [], "cell_hit": [], "referent_cell_hit": [], "start_err": []}
     gen = torch.Generator().manual_seed(0)
     has_tracks = any(ep.track is not None for ep in data.episodes)
     grid = loss_module.policy.cfg.feature_grid
@@ -287,11 +291,22 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
             results["loss"].append(flow.item())
             if xy is not None:
                 results["err"] += object_error_m(xy, grounding_targets(batch))
+    if cfg.stage == "align" or loss_module.body_head is not None:
+        starts = np.flatnonzero(data.index[:, 1] == 0)[:max_samples]
+        for start in range(0, len(starts), cfg.batch_size):
+            batch = data.batch(starts[start:start + cfg.batch_size])
+            if cfg.stage == "align":
+                xy = loss_module.grounding(batch)[1]
+            else:
+                xy = loss_module.policy_losses(batch)[1]
+            results["start_err"] += object_error_m(xy, grounding_targets(batch))
     loss_module.train(was_training)
     out = {"val_loss": float(np.mean(results["loss"]))}
     if results["err"]:
         out["grounding_acc"] = float(np.mean(np.array(results["err"]) < GROUNDING_TOLERANCE_M))
         out["grounding_err_m"] = float(np.median(results["err"]))
+    if results["start_err"]:
+        out["start_grounding_err_m"] = float(np.median(results["start_err"]))
     for key, name in (("cell_hit", "grounding_cell_acc"), ("referent_cell_hit", "referent_cell_acc")):
         if results[key]:
             out[name] = float(np.mean(results[key]))
@@ -328,7 +343,7 @@ class MetricsLog:
     """CSV of scalars (one row per log step) + a loss-curve PNG; rows past a resumed step are dropped."""
 
     FIELDS = ["step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "val_loss", "grounding_acc",
-              "grounding_err_m", "grounding_cell_acc", "referent_cell_acc"]
+              "grounding_err_m", "start_grounding_err_m", "grounding_cell_acc", "referent_cell_acc"]
 
     def __init__(self, out: Path, resume_step: int):
         self.path, self.rows = out / "metrics.csv", []

@@ -34,6 +34,7 @@ def test_policy_stage_lowers_the_loss_and_writes_a_loadable_checkpoint(sim_datas
     assert not np.allclose(policy.norm_stats.action_std, 1.0), "normalisation stats come from the data"
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 40
     assert 0.0 <= result["grounding_acc"] <= 1.0 and result["grounding_err_m"] >= 0.0  # the body's aux head
+    assert result["start_grounding_err_m"] >= 0.0  # on the held-out episodes' first frames
     assert rows[-1]["grounding_err_m"] != ""
 
 
@@ -99,6 +100,7 @@ def test_align_stage_trains_vision_only_and_reports_grounding(sim_dataset, tmp_p
     result = train(_cfg(sim_dataset, tmp_path / "align", stage="align", steps=4, eval_every=4, ckpt_every=4),
                    progress=False)
     assert 0.0 <= result["grounding_acc"] <= 1.0 and 0.0 <= result["referent_cell_acc"] <= 1.0
+    assert result["start_grounding_err_m"] >= 0.0
     rows = list(csv.DictReader(open(tmp_path / "align" / "metrics.csv")))
     assert rows[-1]["grounding_acc"] != "" and rows[-1]["referent_cell_acc"] != ""
     # Only the image projection and the vision expert moved (fresh model = same init seed, no training).
