@@ -247,12 +247,14 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
 
     Both stages also report `start_grounding_err_m`: the median object xy error on the first frame of
     each held-out episode, where the arm is at home and the wrist camera sees no close-up: the frame
-    where the target must be found from the scene, and the one a rollout starts from."""
+    where the target must be found from the scene, and the one a rollout starts from; next to it
+    `start_guess_err_m`, the same error for a constant guess (the mean position): no scene read at all."""
     n = min(max_samples, len(data))
     indices = np.random.default_rng(12345).choice(len(data), n, replace=False)
     was_training = loss_module.training
     loss_module.eval()
-    results: dict[str, list] = {"loss": [], "err": [], "cell_hit": [], "referent_cell_hit": [], "start_err": []}
+    results: dict[str, list] = {"loss": [], "err": [], "cell_hit": [], "referent_cell_hit": [], "start_err": [],
+                                "start_target": []}
     gen = torch.Generator().manual_seed(0)
     has_tracks = any(ep.track is not None for ep in data.episodes)
     grid = loss_module.policy.cfg.feature_grid
@@ -299,7 +301,9 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
                 xy = loss_module.grounding(batch)[1]
             else:
                 xy = loss_module.policy_losses(batch)[1]
-            results["start_err"] += object_error_m(xy, grounding_targets(batch))
+            target = grounding_targets(batch)
+            results["start_err"] += object_error_m(xy, target)
+            results["start_target"] += target[torch.isfinite(target[:, 0]), :2].tolist()
     loss_module.train(was_training)
     out = {"val_loss": float(np.mean(results["loss"]))}
     if results["err"]:
@@ -307,6 +311,8 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
         out["grounding_err_m"] = float(np.median(results["err"]))
     if results["start_err"]:
         out["start_grounding_err_m"] = float(np.median(results["start_err"]))
+        targets = np.array(results["start_target"])  # decimetres
+        out["start_guess_err_m"] = float(np.median(np.linalg.norm(targets - targets.mean(0), axis=1)) / 10)
     for key, name in (("cell_hit", "grounding_cell_acc"), ("referent_cell_hit", "referent_cell_acc")):
         if results[key]:
             out[name] = float(np.mean(results[key]))
@@ -343,7 +349,8 @@ class MetricsLog:
     """CSV of scalars (one row per log step) + a loss-curve PNG; rows past a resumed step are dropped."""
 
     FIELDS = ["step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "val_loss", "grounding_acc",
-              "grounding_err_m", "start_grounding_err_m", "grounding_cell_acc", "referent_cell_acc"]
+              "grounding_err_m", "start_grounding_err_m", "start_guess_err_m", "grounding_cell_acc",
+              "referent_cell_acc"]
 
     def __init__(self, out: Path, resume_step: int):
         self.path, self.rows = out / "metrics.csv", []
@@ -514,6 +521,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps or done == cfg.stop_at):
             save_training(out, loss_module, opt, done, ema, cfg)
             log.flush(title)
+    if rank == 0 and start >= cfg.steps:  # a finished run, resumed: evaluate what it saved (result.json)
+        last = evaluate_stage(loss_module, holdout, cfg)
+        print("evaluated the finished run: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
     result = {"stage": cfg.stage, "steps": cfg.steps, "checkpoint": str(out / "checkpoint"), "world_size": world,
               "train_samples": len(data), "holdout_samples": len(holdout), **last}
     if distributed:

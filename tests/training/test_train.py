@@ -34,7 +34,7 @@ def test_policy_stage_lowers_the_loss_and_writes_a_loadable_checkpoint(sim_datas
     assert not np.allclose(policy.norm_stats.action_std, 1.0), "normalisation stats come from the data"
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 40
     assert 0.0 <= result["grounding_acc"] <= 1.0 and result["grounding_err_m"] >= 0.0  # the body's aux head
-    assert result["start_grounding_err_m"] >= 0.0  # on the held-out episodes' first frames
+    assert result["start_grounding_err_m"] >= 0.0 and result["start_guess_err_m"] >= 0.0  # held-out first frames
     assert rows[-1]["grounding_err_m"] != ""
 
 
@@ -94,6 +94,11 @@ def test_resume_continues_the_step_count_and_optimizer_state(sim_dataset, tmp_pa
         assert torch.allclose(x, y, atol=1e-6), name
     steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "resumed" / "metrics.csv"))]
     assert steps == [2, 3, 4, 6]  # log_every 2, plus the eval step 3
+    # Resuming a finished run trains nothing and evaluates the saved state again.
+    again = train(_cfg(sim_dataset, tmp_path / "resumed", resume=True, ema=0.9), progress=False)
+    assert again["val_loss"] == pytest.approx(resumed["val_loss"], rel=1e-5)
+    assert MoTPolicy.load(again["checkpoint"]).state_dict()["action_out.weight"].equal(
+        b.state_dict()["action_out.weight"])
 
 
 def test_align_stage_trains_vision_only_and_reports_grounding(sim_dataset, tmp_path):
