@@ -128,13 +128,15 @@ class GroundingHead(nn.Module):
 
 class BodyGroundingHead(nn.Module):
     """Policy stage, training only: the instruction's object and pad (x, y in decimetres) read from the
-    body expert's state token.
+    body token `MoTPolicy.encode_state` hands back: the goal token when the config has one, else the
+    state token. Discarded after training.
 
     The flow loss alone lets the body infer its goal from the arm: mid-reach the joint angles already
-    point at the target, so most frames are predicted without looking at the scene, and the frames
-    where the goal must be read (the start, a recovery) are too few to teach it. The state token sees
-    the frozen, grounded prefix, and every action token attends to it: asking it where the referred
-    object and pad are gives the body a dense reason to read the prefix. Discarded after training.
+    point at the target, so most frames are predicted without looking at the scene. Every action token
+    attends to this token, so asking it where the referred object and pad are gives the body a dense
+    reason to read the prefix. Read from the state token, the head can answer from the arm's pose too;
+    the goal token never sees the state, so its error (and `start_grounding_err_m` in evaluate_stage,
+    on frames where the arm is at home) measures what the body gets from the words and pixels.
     """
 
     def __init__(self, width: int):
