@@ -146,8 +146,8 @@ class MoTPolicy(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         # The state token's adaLN condition: a learned "no time" vector, so state K/V are t-independent.
         self.state_cond = nn.Parameter(torch.zeros(cond_dim))
-        # The goal token's input: one learned vector (it shares the "no time" condition).
-        self.register_parameter("goal_query", nn.Parameter(torch.randn(body_width) * 0.02) if cfg.goal_token else None)
+        # The goal token's input: one learned vector (it shares the "no time" condition); see add_goal_token.
+        self.register_parameter("goal_query", None)
 
         # MoT layers: one ModuleDict of experts per layer; `route` maps a modality to its expert.
         def bert() -> BertExpert:
@@ -181,6 +181,8 @@ class MoTPolicy(nn.Module):
         self.set_delta_action_mask(cfg.delta_action_mask)
         self.set_norm_stats(stats)
         self.set_stage("policy")
+        if cfg.goal_token:
+            self.add_goal_token()
 
     # -- training stages and normalisation ---------------------------------------------------------
     def set_stage(self, stage: str, *, train_vision: bool = False) -> None:
@@ -230,7 +232,8 @@ class MoTPolicy(nn.Module):
                                        dtype=torch.float32)
 
     def add_goal_token(self) -> None:
-        """Give the body a goal token (config.goal_token) before it trains, e.g. from an align checkpoint."""
+        """Give the body a goal token (config.goal_token): at construction, or before the body trains
+        from a checkpoint without one (align's)."""
         if self.goal_query is None:
             self.cfg = dataclasses.replace(self.cfg, goal_token=True)
             self.goal_query = nn.Parameter(torch.randn(self.action_in.out_features) * 0.02)
@@ -418,7 +421,8 @@ class MoTPolicy(nn.Module):
                            return_state_hidden: bool = False):
         """The loss from a text + image prefix (computed here, or cached by training): state (B, S)
         and actions (B, horizon, A) in robot units. Only the body expert runs from here on.
-        return_state_hidden: return (loss, state token's final state (B, D_body)) instead."""
+        return_state_hidden: return (loss, final state (B, D_body) of the goal token, or of the state token
+        without one; see `encode_state`) instead."""
         actions = self.normalize_actions(actions, state)
         b = actions.shape[0]
         prefix, state_h = self.encode_state(self.normalize_state(state), prefix, return_hidden=True)
