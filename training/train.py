@@ -60,6 +60,11 @@ class TrainConfig:
     # align: chance per sample that the instruction becomes a referring expression for a random object
     # of the scene (training/data.py ChunkDataset.batch); needs datasets with per-frame scene tracks.
     referents: float = 0.5
+    # Share of every batch drawn from the first `early_window` frames of the episodes. There the arm is
+    # still at home: nothing but the words and pixels says where to go (later, the arm's pose and the
+    # gripper in the images do), so these are the frames that teach grounding. 0: uniform over frames.
+    early_fraction: float = 0.0
+    early_window: int = 3
     # policy: weight of the body's auxiliary grounding loss (BodyGroundingHead; 0 = flow loss only).
     body_grounding: float = 1.0
     # policy: give the body a goal token (PolicyConfig.goal_token) that the grounding loss then trains.
@@ -89,7 +94,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in ("align", "policy"):
             raise ValueError(f"stage: expected 'align' or 'policy', received {self.stage!r}")
-        for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every"):
+        for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every", "early_window"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected > 0, received {getattr(self, name)}")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
@@ -102,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"body_grounding: expected a weight >= 0, received {self.body_grounding}")
         if not 0.0 <= self.referents <= 1.0:
             raise ValueError(f"referents: expected a probability in [0, 1], received {self.referents}")
+        if not 0.0 <= self.early_fraction <= 1.0:
+            raise ValueError(f"early_fraction: expected a share of the batch in [0, 1], received {self.early_fraction}")
 
 
 class GroundingHead(nn.Module):
@@ -111,19 +118,24 @@ class GroundingHead(nn.Module):
     tokens); an MLP per target reads (x, y) in decimetres from its pool. Image tokens attend to the
     instruction (block-wise mask), so a token can only score high for the object the words name.
     Where the data says which cells show the object (SceneTrack pixels), the scores are supervised
-    directly: one label per token instead of one number per image. Discarded after the align stage.
+    directly: one label per token instead of one number per image, and the token that shows the
+    object must also say where in its cell it is (`offset`): a 4x4 grid cell of the front camera spans
+    ~15 cm of table, so without it the image tokens need not carry the object's position any finer.
+    Discarded after the align stage.
     """
 
     def __init__(self, width: int):
         super().__init__()
         self.score = nn.Linear(width, 2)
+        self.offset = nn.Linear(width, 4)  # (object, pad) x (du, dv), in cells from the cell's centre
         self.xy = nn.ModuleList([nn.Sequential(nn.Linear(width, 256), nn.GELU(), nn.Linear(256, 2)) for _ in range(2)])
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (B, N, W) -> token scores (B, N, 2), (object xy, pad xy) (B, 4)."""
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h (B, N, W) -> token scores (B, N, 2), token offsets (B, N, 2, 2), (object xy, pad xy) (B, 4)."""
         scores = self.score(h)
         pooled = torch.einsum("bnk,bnw->bkw", torch.softmax(scores, dim=1), h)
-        return scores, torch.cat([mlp(pooled[:, k]) for k, mlp in enumerate(self.xy)], dim=1)
+        offsets = self.offset(h).unflatten(-1, (2, 2))
+        return scores, offsets, torch.cat([mlp(pooled[:, k]) for k, mlp in enumerate(self.xy)], dim=1)
 
 
 class BodyGroundingHead(nn.Module):
@@ -154,18 +166,27 @@ def grounding_targets(batch: dict) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([g["target_object_pos"][:, :2], g["target_pad_pos"][:, :2]], 1) * 10)
 
 
+def pixel_cells(pixels: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Image positions (B, cams, 2) as (u, v) in [0, 1] -> where they fall among the image tokens:
+    (sample, camera) indices of the points inside an image, their token index (camera, row, column
+    order) and their (du, dv) offset from that cell's centre in cells, in [-0.5, 0.5)."""
+    with np.errstate(invalid="ignore"):
+        inside = ((pixels >= 0) & (pixels < 1)).all(-1)  # NaN (unknown) compares False: not inside
+    bi, ci = np.nonzero(inside)
+    scaled = pixels[bi, ci] * grid  # (n, 2) = (column, row) in cells
+    cell = scaled.astype(np.int64)
+    token = ci * grid * grid + cell[:, 1] * grid + cell[:, 0]
+    return bi, ci, token, (scaled - cell - 0.5).astype(np.float32)
+
+
 def cell_targets(pixels: np.ndarray, grid: int) -> torch.Tensor:
     """Image positions (B, cams, 2) in [0, 1] -> (B, cams * grid**2) target distribution over the image
     tokens (token order: camera, row, column), uniform over the cells that show the point in any
     camera; all zeros where none does (NaN, or outside the image)."""
     b, cams, _ = pixels.shape
-    target = np.zeros((b, cams, grid, grid), np.float32)
-    with np.errstate(invalid="ignore"):
-        inside = ((pixels >= 0) & (pixels < 1)).all(-1)
-    bi, ci = np.nonzero(inside)
-    col, row = (pixels[bi, ci] * grid).astype(np.int64).T
-    target[bi, ci, row, col] = 1.0
-    target = target.reshape(b, -1)
+    target = np.zeros((b, cams * grid * grid), np.float32)
+    bi, _, token, _ = pixel_cells(pixels, grid)
+    target[bi, token] = 1.0
     total = target.sum(1, keepdims=True)
     return torch.from_numpy(np.divide(target, total, out=np.zeros_like(target), where=total > 0))
 
@@ -191,8 +212,9 @@ class StageLoss(nn.Module):
         body_width = policy.action_in.out_features
         self.body_head = BodyGroundingHead(body_width) if stage == "policy" and body_grounding > 0 else None
 
-    def grounding(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> token scores (B, N_image, 2), (object xy, pad xy) in decimetres (B, 4)."""
+    def grounding(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> token scores (B, N_image, 2), token offsets (B, N_image, 2, 2), (object xy, pad xy) in
+        decimetres (B, 4)."""
         obs = validate_batch(batch, self.policy.cfg)
         with torch.no_grad():  # the language expert is frozen: its K/V need no graph
             text = self.policy.encode_text(*self.policy.tokenizer(obs.instruction))
@@ -216,14 +238,22 @@ class StageLoss(nn.Module):
             if xy is None:
                 return flow
             return flow + self.body_grounding * xy_loss(xy, grounding_targets(batch))
-        scores, xy = self.grounding(batch)
+        scores, offsets, xy = self.grounding(batch)
         loss = xy_loss(xy, grounding_targets(batch))
-        for k, key in enumerate(PIXEL_KEYS):  # cross-entropy of the token scores where cells are known
-            if key in batch["grounding"]:
-                dist = cell_targets(batch["grounding"][key], self.policy.cfg.feature_grid)
-                seen = dist.sum(1) > 0
-                if seen.any():
-                    loss = loss - (dist[seen] * torch.log_softmax(scores[seen, :, k], dim=1)).sum(1).mean()
+        grid = self.policy.cfg.feature_grid
+        for k, key in enumerate(PIXEL_KEYS):  # where the data says which cells show the object / pad:
+            if key not in batch["grounding"]:
+                continue
+            # cross-entropy of the token scores against the cells that show it,
+            dist = cell_targets(batch["grounding"][key], grid)
+            seen = dist.sum(1) > 0
+            if seen.any():
+                loss = loss - (dist[seen] * torch.log_softmax(scores[seen, :, k], dim=1)).sum(1).mean()
+            # and, for each of those tokens, where in its cell (smooth L1 in half-cells).
+            bi, _, token, offset = pixel_cells(batch["grounding"][key], grid)
+            if len(bi):
+                predicted = offsets[torch.from_numpy(bi), torch.from_numpy(token), k]
+                loss = loss + F.smooth_l1_loss(2 * predicted, 2 * torch.from_numpy(offset))
         return loss
 
 
@@ -235,8 +265,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def batch_indices(step: int, rank: int, cfg: TrainConfig, n: int) -> np.ndarray:
-    return np.random.default_rng([cfg.seed, step, rank]).integers(0, n, cfg.batch_size)
+def batch_indices(step: int, rank: int, cfg: TrainConfig, n: int, early: np.ndarray | None = None) -> np.ndarray:
+    """Sample indices (batch_size,) for this step and rank: uniform over the n samples, then the first
+    round(early_fraction * batch_size) replaced by draws from `early` (the samples of the episodes'
+    first early_window frames). Depends only on (seed, step, rank): a resumed run draws the same."""
+    rng = np.random.default_rng([cfg.seed, step, rank])
+    indices = rng.integers(0, n, cfg.batch_size)
+    n_early = int(round(cfg.early_fraction * cfg.batch_size))
+    if n_early and early is not None and len(early):
+        indices[:n_early] = early[rng.integers(0, len(early), n_early)]
+    return indices
 
 
 # -- evaluation during training --------------------------------------------------------------------
@@ -250,13 +288,14 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
     Both stages also report `start_grounding_err_m`: the median object xy error on the first frame of
     each held-out episode, where the arm is at home and the wrist camera sees no close-up: the frame
     where the target must be found from the scene, and the one a rollout starts from; next to it
-    `start_guess_err_m`, the same error for a constant guess (the mean position): no scene read at all."""
+    `start_guess_err_m`, the same error for a constant guess (the mean position): no scene read at all.
+    align adds `start_cell_acc`: on those frames, the top-scored token shows the object."""
     n = min(max_samples, len(data))
     indices = np.random.default_rng(12345).choice(len(data), n, replace=False)
     was_training = loss_module.training
     loss_module.eval()
     results: dict[str, list] = {"loss": [], "err": [], "cell_hit": [], "referent_cell_hit": [], "start_err": [],
-                                "start_target": []}
+                                "start_target": [], "start_cell_hit": []}
     gen = torch.Generator().manual_seed(0)
     has_tracks = any(ep.track is not None for ep in data.episodes)
     grid = loss_module.policy.cfg.feature_grid
@@ -268,7 +307,7 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
 
     def hits(batch: dict) -> tuple[list[float], list[bool], torch.Tensor, torch.Tensor]:
         """(object xy error in m, top-scored token shows the object) per sample where known."""
-        scores, xy = loss_module.grounding(batch)
+        scores, _, xy = loss_module.grounding(batch)
         target = grounding_targets(batch)
         dist = cell_targets(batch["grounding"]["target_object_pixels"], grid)
         seen = dist.sum(1) > 0
@@ -300,10 +339,10 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
         for start in range(0, len(starts), cfg.batch_size):
             batch = data.batch(starts[start:start + cfg.batch_size])
             if cfg.stage == "align":
-                xy = loss_module.grounding(batch)[1]
+                _, start_hits, xy, target = hits(batch)
+                results["start_cell_hit"] += start_hits
             else:
-                xy = loss_module.policy_losses(batch)[1]
-            target = grounding_targets(batch)
+                xy, target = loss_module.policy_losses(batch)[1], grounding_targets(batch)
             results["start_err"] += object_error_m(xy, target)
             results["start_target"] += target[torch.isfinite(target[:, 0]), :2].tolist()
     loss_module.train(was_training)
@@ -315,7 +354,8 @@ def evaluate_stage(loss_module: StageLoss, data: ChunkDataset, cfg: TrainConfig,
         out["start_grounding_err_m"] = float(np.median(results["start_err"]))
         targets = np.array(results["start_target"])  # decimetres
         out["start_guess_err_m"] = float(np.median(np.linalg.norm(targets - targets.mean(0), axis=1)) / 10)
-    for key, name in (("cell_hit", "grounding_cell_acc"), ("referent_cell_hit", "referent_cell_acc")):
+    for key, name in (("cell_hit", "grounding_cell_acc"), ("referent_cell_hit", "referent_cell_acc"),
+                      ("start_cell_hit", "start_cell_acc")):
         if results[key]:
             out[name] = float(np.mean(results[key]))
     return out
@@ -352,7 +392,7 @@ class MetricsLog:
 
     FIELDS = ["step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "val_loss", "grounding_acc",
               "grounding_err_m", "start_grounding_err_m", "start_guess_err_m", "grounding_cell_acc",
-              "referent_cell_acc"]
+              "referent_cell_acc", "start_cell_acc"]
 
     def __init__(self, out: Path, resume_step: int):
         self.path, self.rows = out / "metrics.csv", []
@@ -476,6 +516,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     title = f"{cfg.stage} stage ({policy.cfg.routing}, {cfg.preset})"
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.stage}",
                disable=not progress or rank != 0)
+    early = np.flatnonzero(data.index[:, 1] < cfg.early_window)  # samples of each episode's first frames
     model.train()
     t_start, t_window, samples_window = time.perf_counter(), time.perf_counter(), 0
     last: dict = {}
@@ -484,7 +525,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             break
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_at(step, cfg)
-        indices = batch_indices(step, rank, cfg, len(data))
+        indices = batch_indices(step, rank, cfg, len(data), early)
         # Flow noise and times come from the global torch RNG: seed it per (step, rank) so a resumed
         # run draws exactly what the uninterrupted run would have drawn.
         torch.manual_seed(int(np.random.default_rng([cfg.seed, step, rank, 1]).integers(2**62)))
@@ -558,10 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delta-actions", choices=["on", "off"], default=None,
                    help="joint targets relative to the measured joints (on) or absolute (off); default: the "
                         "preset's for a new policy, the --init checkpoint's otherwise")
-    for name in ("steps", "batch_size", "warmup", "log_every", "eval_every", "ckpt_every", "seed"):
+    for name in ("steps", "batch_size", "warmup", "log_every", "eval_every", "ckpt_every", "seed", "early_window"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction", "referents",
-                 "body_grounding"):
+                 "body_grounding", "early_fraction"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--save-dtype", default=defaults.save_dtype, choices=["float32", "float16", "bfloat16"],
                    help="storage dtype of OUT/checkpoint (training state stays float32)")

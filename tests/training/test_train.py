@@ -13,7 +13,7 @@ import torch
 from policy import MoTPolicy, PolicyConfig
 from training.data import ChunkDataset, read_episodes
 from training.prefix_cache import PrefixCache, cache_key
-from training.train import StageLoss, TrainConfig, cell_targets, train
+from training.train import StageLoss, TrainConfig, batch_indices, cell_targets, pixel_cells, train
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
@@ -186,6 +186,44 @@ def test_cell_targets_point_at_the_tokens_that_show_the_object():
     assert dist[0, 1 * 4 + 1] == 1.0 and dist[0].sum() == 1.0
     assert dist[1, 0 * 4 + 3] == 0.5 and dist[1, 16 + 3 * 4 + 0] == 0.5 and dist[1].sum() == 1.0
     assert dist[2].sum() == 0 and dist[3].sum() == 0
+    # The same points as (sample, camera, token) with their offset from the cell's centre, in cells.
+    bi, ci, token, offset = pixel_cells(pixels, grid=4)
+    assert bi.tolist() == [0, 1, 1] and ci.tolist() == [0, 0, 1] and token.tolist() == [5, 3, 28]
+    np.testing.assert_allclose(offset, [[-0.30, 0.34], [0.46, -0.46], [0.02, -0.30]], atol=1e-5)
+
+
+def test_early_fraction_draws_that_share_of_the_batch_from_the_first_frames(sim_dataset, tmp_path):
+    _, episodes = read_episodes(sim_dataset)
+    data = ChunkDataset(episodes, ["front", "wrist"], 8)
+    early = np.flatnonzero(data.index[:, 1] < 2)
+    uniform = _cfg(sim_dataset, tmp_path, batch_size=16)
+    mixed = _cfg(sim_dataset, tmp_path, batch_size=16, early_fraction=0.25, early_window=2)
+    frames = [data.index[batch_indices(step, 0, mixed, len(data), early), 1] for step in range(50)]
+    assert all((f[:4] < 2).all() for f in frames)  # 0.25 * 16 from each episode's first two frames
+    assert np.mean([(f[4:] >= 2).mean() for f in frames]) > 0.5  # the rest stays uniform over all frames
+    # Reproducible per (seed, step, rank), and without early_fraction the draw is what it always was.
+    np.testing.assert_array_equal(batch_indices(7, 1, mixed, len(data), early), batch_indices(7, 1, mixed, len(data), early))
+    np.testing.assert_array_equal(batch_indices(7, 1, uniform, len(data), early),
+                                  np.random.default_rng([0, 7, 1]).integers(0, len(data), 16))
+
+
+def test_align_head_learns_where_in_its_cell_the_object_is(sim_dataset):
+    """The offset term is part of the align loss: its gradient reaches the head's offset layer, and only
+    through the tokens that show the object."""
+    _, episodes = read_episodes(sim_dataset)
+    torch.manual_seed(0)
+    policy = MoTPolicy(PolicyConfig.preset("tiny"))
+    policy.set_stage("align")
+    data = ChunkDataset(episodes, ["front", "wrist"], policy.cfg.horizon)
+    batch = data.batch(np.arange(0, len(data), max(1, len(data) // 6))[:6])
+    assert len(pixel_cells(batch["grounding"]["target_object_pixels"], policy.cfg.feature_grid)[0]) > 0
+    module = StageLoss(policy, "align")
+    module(batch).backward()
+    assert module.head.offset.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # moving the offsets the loss reads changes the loss
+        before = module(batch).item()
+        module.head.offset.bias += 0.3
+        assert module(batch).item() != pytest.approx(before, abs=1e-6)
 
 
 def test_bad_train_config_is_refused(sim_dataset, tmp_path):
@@ -195,6 +233,10 @@ def test_bad_train_config_is_refused(sim_dataset, tmp_path):
         _cfg(sim_dataset, tmp_path, ema=1.5)
     with pytest.raises(ValueError, match=r"referents: expected a probability in \[0, 1\], received 2"):
         _cfg(sim_dataset, tmp_path, referents=2.0)
+    with pytest.raises(ValueError, match=r"early_fraction: expected a share of the batch in \[0, 1\], received -0.1"):
+        _cfg(sim_dataset, tmp_path, early_fraction=-0.1)
+    with pytest.raises(ValueError, match="early_window: expected > 0, received 0"):
+        _cfg(sim_dataset, tmp_path, early_window=0)
 
 
 def test_delta_actions_choose_the_action_space_of_the_trained_policy(sim_dataset, tmp_path):
