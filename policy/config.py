@@ -47,6 +47,12 @@ class PolicyConfig:
     # cells of 112 channels, 4x4 cells of 40): where in its cell a small object is, and its colour,
     # stay explicit, at no extra tokens (attention cost is unchanged).
     image_feature_strides: tuple[int, ...] = (32,)
+    # Output stride of the image tokens. 32: one token per 32x32-pixel cell (4x4 per camera at 128 px).
+    # 16: 8x8 per camera, so a ~10-pixel object mostly has a token of its own instead of sharing a cell
+    # with its neighbours; 4x the image tokens (vision expert, prefix cache and body attention grow
+    # with them). Maps finer than the token stride are stacked in (space-to-depth); the stride-32 map
+    # is repeated over the 2x2 tokens of its cell.
+    image_token_stride: int = 32
     # What of the vision expert trains in "align": "all" (LMFusion) or "attention" (q/k/v/out + norms;
     # the FFN stays the language copy, which checkpoints then do not store: smaller and faster).
     vision_trainable: str = "all"
@@ -94,9 +100,12 @@ class PolicyConfig:
         if 32 not in strides or not set(strides) <= set(TRUNK_CHANNELS) or sorted(set(strides)) != list(strides):
             raise ValueError(f"image_feature_strides: expected increasing strides from {tuple(TRUNK_CHANNELS)} ending "
                              f"in 32, received {self.image_feature_strides!r}")
-        if len(strides) > 1 and self.image_size % 32:
-            raise ValueError(f"image_size: expected a multiple of 32 with image_feature_strides {strides} (finer maps "
-                             f"must tile the stride-32 grid), received {self.image_size}")
+        if self.image_token_stride not in (16, 32):
+            raise ValueError(f"image_token_stride: expected 16 or 32, received {self.image_token_stride!r}")
+        if (len(strides) > 1 or self.image_token_stride != 32) and self.image_size % 32:
+            raise ValueError(f"image_size: expected a multiple of 32 with image_feature_strides {strides} and "
+                             f"image_token_stride {self.image_token_stride} (every map must tile the token grid), "
+                             f"received {self.image_size}")
         self.image_feature_strides = strides
         if self.max_text_tokens < 3:
             raise ValueError(f"max_text_tokens: expected >= 3 ([CLS] word [SEP]), received {self.max_text_tokens}")
@@ -118,14 +127,15 @@ class PolicyConfig:
 
     @property
     def feature_grid(self) -> int:
-        """Side of the trunk's feature map: tokens per camera = feature_grid ** 2."""
-        return -(-self.image_size // 32)
+        """Side of the image-token grid per camera: tokens per camera = feature_grid ** 2."""
+        return -(-self.image_size // self.image_token_stride)
 
     @property
     def image_feature_dim(self) -> int:
-        """Channels per image token: every tapped trunk map, space-to-depth into the stride-32 grid."""
-        return sum(self.vision_feature_dim if s == 32 else TRUNK_CHANNELS[s] * (32 // s) ** 2
-                   for s in self.image_feature_strides)
+        """Channels per image token: every tapped trunk map, space-to-depth into the token grid (finer
+        maps) or repeated over it (coarser)."""
+        channels = {**TRUNK_CHANNELS, 32: self.vision_feature_dim}
+        return sum(channels[s] * max(1, self.image_token_stride // s) ** 2 for s in self.image_feature_strides)
 
     @property
     def image_tokens(self) -> int:

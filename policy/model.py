@@ -137,7 +137,8 @@ class MoTPolicy(nn.Module):
         # Modality encoders.
         self.tokenizer = TextTokenizer(self.language_folder, cfg.max_text_tokens)
         self.text_embed = BertEmbeddings(dims)
-        self.trunk = EfficientNetTrunk(cfg.image_size, strides=cfg.image_feature_strides)
+        self.trunk = EfficientNetTrunk(cfg.image_size, strides=cfg.image_feature_strides,
+                                       token_stride=cfg.image_token_stride)
         self.image_embed = ImageTokenizer(len(cfg.cameras), cfg.feature_grid, cfg.image_feature_dim,
                                           dims.width, dims.eps)
         self.state_in = nn.Linear(cfg.state_dim, body_width)

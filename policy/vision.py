@@ -32,16 +32,20 @@ LAST_BLOCK_AT_STRIDE = {8: 4, 16: 10, 32: 15}
 
 
 class EfficientNetTrunk(nn.Module):
-    """EfficientNet-Lite0 without its head: (N, 3, S, S) float -> (N, C, S/32, S/32).
+    """EfficientNet-Lite0 without its head: (N, 3, S, S) float -> (N, C, S/T, S/T), T = token_stride.
 
-    strides=(32,): the final map, C = 320. With 16 and/or 8 too, the finer maps are folded into the
-    stride-32 grid by space-to-depth (each cell gets its 2x2 stride-16 and 4x4 stride-8 sub-cells as
-    channels) and concatenated, finest first: C = 40 * 16 + 112 * 4 + 320 for (8, 16, 32).
+    strides=(32,), token_stride=32: the final map, C = 320. With 16 and/or 8 too, the finer maps are
+    folded into the token grid by space-to-depth (with T = 32 each cell gets its 2x2 stride-16 and 4x4
+    stride-8 sub-cells as channels) and concatenated, finest first: C = 40 * 16 + 112 * 4 + 320 for
+    (8, 16, 32). With T = 16, the stride-32 map is repeated over the 2x2 tokens of each of its cells:
+    C = 40 * 4 + 112 + 320.
     """
 
-    def __init__(self, image_size: int, weights: Path | None = None, strides: tuple[int, ...] = (32,)):
+    def __init__(self, image_size: int, weights: Path | None = None, strides: tuple[int, ...] = (32,),
+                 token_stride: int = 32):
         super().__init__()
-        self.taps = {LAST_BLOCK_AT_STRIDE[s]: 32 // s for s in strides}  # block index -> space-to-depth factor
+        self.token_stride = token_stride
+        self.taps = {LAST_BLOCK_AT_STRIDE[s]: s for s in strides}  # block index -> output stride there
         from efficientnet_lite_pytorch import EfficientNet
 
         net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
@@ -64,8 +68,14 @@ class EfficientNetTrunk(nn.Module):
         for i, block in enumerate(self.blocks):  # drop-connect is a training-time regulariser: never used here
             h = block(h)
             if i in self.taps:
-                factor = self.taps[i]
-                maps.append(F.pixel_unshuffle(h, factor) if factor > 1 else h)
+                stride = self.taps[i]
+                if stride < self.token_stride:  # finer than the tokens: sub-cells become channels
+                    h_tap = F.pixel_unshuffle(h, self.token_stride // stride)
+                elif stride > self.token_stride:  # coarser: each cell's features go to all its tokens
+                    h_tap = F.interpolate(h, scale_factor=stride // self.token_stride, mode="nearest")
+                else:
+                    h_tap = h
+                maps.append(h_tap)
         return maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
 
 

@@ -57,6 +57,8 @@ class TrainConfig:
     routing: str = "mot"
     prefix_mask: str = "blockwise"
     train_vision: bool = False  # ablation: unfreeze the vision expert in the policy stage
+    # New policies only: PolicyConfig.image_token_stride (None: the preset's; 16 = 8x8 tokens per camera).
+    image_token_stride: int | None = None
     # align: chance per sample that the instruction becomes a referring expression for a random object
     # of the scene (training/data.py ChunkDataset.batch); needs datasets with per-frame scene tracks.
     referents: float = 0.5
@@ -444,8 +446,13 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
         if cfg.routing != policy.cfg.routing or cfg.prefix_mask != policy.cfg.prefix_mask:
             raise ValueError(f"init: checkpoint has routing={policy.cfg.routing!r} prefix_mask={policy.cfg.prefix_mask!r}, "
                              f"this run asks for routing={cfg.routing!r} prefix_mask={cfg.prefix_mask!r}")
+        if cfg.image_token_stride not in (None, policy.cfg.image_token_stride):
+            raise ValueError(f"image_token_stride: the init checkpoint's image tokens have stride "
+                             f"{policy.cfg.image_token_stride}, this run asks for {cfg.image_token_stride}")
     else:
-        policy = MoTPolicy(PolicyConfig.preset(cfg.preset, routing=cfg.routing, prefix_mask=cfg.prefix_mask))
+        overrides = {} if cfg.image_token_stride is None else {"image_token_stride": cfg.image_token_stride}
+        policy = MoTPolicy(PolicyConfig.preset(cfg.preset, routing=cfg.routing, prefix_mask=cfg.prefix_mask,
+                                               **overrides))
     if cfg.delta_actions is not None:
         # The action space belongs to the body expert: choose it when the body starts training
         # (e.g. from an align checkpoint, whose body never trained).
@@ -593,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--routing", default=defaults.routing, choices=["mot", "dense"])
     p.add_argument("--prefix-mask", default=defaults.prefix_mask, choices=["blockwise", "bidirectional"])
     p.add_argument("--train-vision", action="store_true", help="ablation: unfreeze the vision expert in 'policy'")
+    p.add_argument("--image-token-stride", type=int, choices=[16, 32], default=None,
+                   help="new policy: pixels per image token side (16: 8x8 tokens per camera at 128 px, 4x the "
+                        "tokens of the preset's 32)")
     p.add_argument("--goal-token", action="store_true",
                    help="policy: a body token that sees text and images but not the state, trained by the "
                         "--body-grounding loss to say where the instruction's object and pad are")

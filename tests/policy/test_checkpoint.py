@@ -107,6 +107,10 @@ def test_config_validation_names_the_field():
         PolicyConfig(cameras=("front", "front"))
     with pytest.raises(ValueError, match="preset: expected one of"):
         PolicyConfig.preset("huge")
+    with pytest.raises(ValueError, match="image_token_stride: expected 16 or 32, received 8"):
+        PolicyConfig(image_token_stride=8)
+    with pytest.raises(ValueError, match="image_size: expected a multiple of 32 .* image_token_stride 16"):
+        PolicyConfig(image_size=80, image_token_stride=16)
 
 
 def test_small_checkpoint_stays_small_and_float16_round_trips(tmp_path):

@@ -179,13 +179,15 @@ def test_bad_export_arguments_are_refused(tiny_policy, tmp_path):
         export_policy(tiny_policy, tmp_path, graphs=("decoder",))
 
 
-def test_goal_token_policy_exports_with_its_longer_prefix_and_matches_torch(tmp_path):
+@pytest.mark.parametrize("extra", [{"goal_token": True}, {"image_token_stride": 16}], ids=["goal_token", "token_stride16"])
+def test_longer_prefix_policies_export_and_match_torch(tmp_path, extra):
+    """A goal token or finer image tokens lengthen the prefix the graphs pass on: export, reload, compare."""
     torch.manual_seed(1)
-    policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny", goal_token=True)))
+    policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny", **extra)))
     policy.save(tmp_path / "ckpt")
     assert main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "onnx")]) == 0
     policy = MoTPolicy.load(tmp_path / "ckpt")
-    assert policy.cfg.goal_token
+    assert all(getattr(policy.cfg, k) == v for k, v in extra.items())
     batch = make_batch(policy.cfg, batch_size=2, seed=3, actions=False)
     noise = torch.randn(2, policy.cfg.horizon, policy.cfg.action_dim)
     want = policy.sample_actions(batch, noise=noise).numpy()

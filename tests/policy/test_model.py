@@ -53,10 +53,10 @@ def test_blockwise_text_kv_ignore_images_bidirectional_do_not(tiny_cfg):
 
 @pytest.mark.parametrize("prefix_mask", ["blockwise", "bidirectional"])
 @pytest.mark.parametrize("routing", ["mot", "dense"])
-@pytest.mark.parametrize("goal_token", [False, True])
-def test_cached_passes_equal_one_uncached_pass(prefix_mask, routing, goal_token):
-    policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny", prefix_mask=prefix_mask, routing=routing,
-                                                          goal_token=goal_token)))
+@pytest.mark.parametrize("extra", [{}, {"goal_token": True}, {"image_token_stride": 16}],
+                         ids=["plain", "goal_token", "token_stride16"])
+def test_cached_passes_equal_one_uncached_pass(prefix_mask, routing, extra):
+    policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny", prefix_mask=prefix_mask, routing=routing, **extra)))
     cfg = policy.cfg
     batch = make_batch(cfg, batch_size=3, actions=False)
     obs = validate_batch(batch, cfg)
@@ -211,3 +211,24 @@ def test_tiny_policy_overfits_a_small_set_of_chunks(tiny_cfg):
         opt.step()
     final = eval_loss()
     assert final <= initial / 10, f"loss {initial:.4f} -> {final:.4f}"
+
+
+def test_finer_image_tokens_see_each_cell_of_their_own():
+    """image_token_stride 16: 4x the image tokens, and each token's features come from its own 16-pixel
+    cell (stride-8 sub-cells as channels), plus the stride-32 features of the cell it lies in."""
+    coarse = MoTPolicy(PolicyConfig.preset("tiny"))
+    fine = MoTPolicy(PolicyConfig.preset("tiny", image_token_stride=16))
+    assert fine.cfg.image_tokens == 4 * coarse.cfg.image_tokens
+    assert fine.cfg.image_feature_dim == 40 * 4 + 112 + 320
+    images = torch.zeros(1, 3, 64, 64)
+    base = fine.trunk(images)
+    assert base.shape == (1, fine.cfg.image_feature_dim, 4, 4)
+    changed = images.clone()
+    changed[..., 0:16, 48:64] = 3.0  # paint the top-right 16x16 cell only
+    after = fine.trunk(changed)
+    # stride-8 and -16 channels: the painted cell's token changes most (row 0, column 3 of the 4x4 grid)
+    local = (after - base)[0, :40 * 4 + 112].abs().amax(dim=0)
+    assert local[0, 3] > 0 and local[0, 3] == local.max()
+    # the stride-32 channels are shared by the 2x2 tokens of one 32-pixel cell
+    top = after[0, 40 * 4 + 112:]
+    assert torch.equal(top[:, 0::2, 0::2], top[:, 1::2, 1::2]) and torch.equal(top[:, 0::2, 1::2], top[:, 1::2, 0::2])
