@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import datetime
 import io
 import json
 import math
@@ -468,7 +469,9 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        # Ranks wait at a barrier while rank 0 builds the prefix cache (tens of minutes for a large
+        # dataset): gloo's default 30-minute timeout would fail them.
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=3))
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -495,7 +498,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         directory = Path(cfg.prefix_cache_dir) if cfg.prefix_cache_dir else out / "prefix_cache"
         if rank == 0:
             print(f"frozen prefix of {len(data)} frames ({cache_bytes(policy, len(data)) / 2**30:.2f} GiB): {directory}")
-        cache, loaded = PrefixCache.load_or_build(policy, data, directory, progress=progress and rank == 0)
+        # Rank 0 builds (or loads) it; the other ranks then load what it saved instead of building it
+        # again side by side (same key: same config, frozen weights and frames on every rank).
+        if rank == 0:
+            cache, loaded = PrefixCache.load_or_build(policy, data, directory, progress=progress)
+        if distributed:
+            dist.barrier()
+        if rank != 0:
+            cache, loaded = PrefixCache.load_or_build(policy, data, directory, progress=False)
         if rank == 0:
             print("prefix cache: " + ("loaded (same config, frozen weights and frames)" if loaded else "built and saved"))
     # Same RNG stream on every rank: same head init.
