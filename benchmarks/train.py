@@ -1,6 +1,6 @@
 """Training throughput (prints one JSON object).
 
-    python benchmarks/train.py --json [--data DIR] [--preset small] [--batch-size 16] [--iters 5]
+    python benchmarks/train.py --json [--data DIR] [--preset small] [--image-token-stride 16] [--batch-size 16] [--iters 5]
 
 Figures, in samples/s (median over --iters timed optimizer steps after one warm-up step):
 - policy_cached_prefix:  the policy stage as `mot train` runs it (frozen text/image K/V cached)
@@ -61,12 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=None, help="dataset from `mot collect` (default: collect 8 episodes)")
     p.add_argument("--preset", default="small", choices=["tiny", "small"])
     p.add_argument("--episodes", type=int, default=8, help="episodes of --data to use (the cache is built over them)")
+    p.add_argument("--image-token-stride", type=int, choices=[16, 32], default=None,
+                   help="PolicyConfig.image_token_stride (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--json", action="store_true", help="(always JSON; kept for symmetry with the other benchmarks)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    cfg = PolicyConfig.preset(args.preset)
+    overrides = {} if args.image_token_stride is None else {"image_token_stride": args.image_token_stride}
+    cfg = PolicyConfig.preset(args.preset, **overrides)
     data_dir = args.data
     if data_dir is None:
         from training.collect import collect
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     idx = rng.integers(0, len(data), args.batch_size)
     batch = data.batch(idx)
     b = args.batch_size
-    out: dict = {"preset": args.preset, "batch_size": b, "frames": len(data), "torch_threads": torch.get_num_threads()}
+    out: dict = {"preset": args.preset, "image_token_stride": cfg.image_token_stride, "batch_size": b, "frames": len(data), "torch_threads": torch.get_num_threads()}
 
     out["data_loading"] = samples_per_s(lambda: data.batch(rng.integers(0, len(data), b)), b, args.iters)
 

@@ -262,11 +262,14 @@ def test_delta_actions_choose_the_action_space_of_the_trained_policy(sim_dataset
 
 
 def test_train_benchmark_prints_its_figures(sim_dataset):
-    """benchmarks/train.py runs end to end on the tiny preset and reports every figure (values not asserted)."""
+    """benchmarks/train.py runs end to end on the tiny preset (with 16-pixel image tokens, so every stage and
+    the prefix cache run at that grid too) and reports every figure (values not asserted)."""
     done = subprocess.run([sys.executable, "benchmarks/train.py", "--preset", "tiny", "--iters", "1", "--batch-size",
-                           "4", "--data", str(sim_dataset)], capture_output=True, text=True, timeout=600)
+                           "4", "--data", str(sim_dataset), "--image-token-stride", "16"],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout)
+    assert figures["image_token_stride"] == 16
     for key in ("data_loading", "policy_cached_prefix", "policy_frozen_prefix", "full_backprop", "align",
                 "ratio_cached_vs_full_backprop"):
         assert figures[key] > 0, key
