@@ -521,8 +521,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         with torch.no_grad():
             for name, value in state["params"].items():
                 named[name].copy_(value)
-        opt.load_state_dict(state["optimizer"])
         start, ema = state["step"], state["ema"]
+        if start < cfg.steps:  # a finished run is only re-evaluated: its optimizer state is not needed
+            opt.load_state_dict(state["optimizer"])
         if rank == 0:
             print(f"resuming {out} at step {start}")
     if cfg.ema > 0 and ema is None:
