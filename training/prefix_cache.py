@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +91,18 @@ class PrefixCache:
 
     @classmethod
     def from_dir(cls, path: Path, data: ChunkDataset) -> "PrefixCache":
-        """Memory-mapped (copy-on-write): frames are read from disk as batches need them."""
+        """Memory-mapped read-only: frames are read from disk as batches need them. (Not copy-on-write: a
+        private writable mapping counts in full against the kernel's commit limit, so a cache larger than
+        RAM, e.g. 37 GiB of 8x8 image tokens, would fail to map.)"""
         cache = cls.__new__(cls)
         cache.text = torch.load(path / "text.pt", weights_only=True)
-        cache.images = torch.from_numpy(np.load(path / "images.npy", mmap_mode="c"))
+        cache.images = np.load(path / "images.npy", mmap_mode="r")
+        # Batches read their frames with pread, and the kernel is told not to read ahead: a frame is one
+        # contiguous ~0.3-1.2 MB row at a random place, and read through the map, readahead pulled in
+        # ~4x the bytes a batch needed once the file outgrew the page cache.
+        cache._fd = os.open(path / "images.npy", os.O_RDONLY)
+        os.posix_fadvise(cache._fd, 0, 0, os.POSIX_FADV_RANDOM)
+        weakref.finalize(cache, os.close, cache._fd)
         if len(cache.images) != len(data) or len(cache.text) != len(data.episodes):
             raise ValueError(f"prefix cache {path}: expected {len(data)} frames of {len(data.episodes)} episodes, "
                              f"received {len(cache.images)} frames of {len(cache.text)}")
@@ -117,17 +126,30 @@ class PrefixCache:
             d = policy.dims
             shape = (n, len(policy.layers), 2, d.heads, policy.cfg.image_tokens, d.head_dim)
             mapped = None if images_file is None else np.lib.format.open_memmap(images_file, "w+", np.float16, shape)
-            self.images = torch.empty(shape, dtype=torch.float16) if mapped is None else torch.from_numpy(mapped)
+            self.images = np.empty(shape, dtype=np.float16) if mapped is None else mapped  # (N, layers, 2, heads, L_img, hd)
             for start in tqdm(range(0, n, batch_size), desc="cache prefix", unit="batch", disable=not progress):
                 idx = np.arange(start, min(n, start + batch_size))
                 obs = validate_batch(data.batch(idx), policy.cfg)
                 text = policy.encode_text(*policy.tokenizer(obs.instruction))
                 kv = policy.encode_images(obs.images, text).kv[..., text.kv.shape[4]:, :]
-                self.images[idx] = kv.permute(2, 0, 1, 3, 4, 5).half()
+                self.images[idx] = kv.permute(2, 0, 1, 3, 4, 5).half().numpy()
         if mapped is not None:
             mapped.flush()  # on disk before the folder is renamed into place
             torch.save(self.text, images_file.parent / "text.pt")
         self.episode_of = torch.from_numpy(data.index[:, 0])
+
+    def image_rows(self, indices: np.ndarray) -> np.ndarray:
+        """Image K/V of dataset samples (B,) -> (B, layers, 2, heads, N_image, head_dim) float16."""
+        if getattr(self, "_fd", None) is None:  # built in memory
+            return self.images[indices]
+        out = np.empty((len(indices),) + self.images.shape[1:], np.float16)
+        row = out[0].nbytes
+        buf = memoryview(out).cast("B")
+        for i, j in enumerate(indices):
+            got = os.preadv(self._fd, [buf[i * row:(i + 1) * row]], self.images.offset + int(j) * row)
+            if got != row:
+                raise OSError(f"prefix cache: frame {int(j)}: expected {row} bytes, read {got} (truncated file?)")
+        return out
 
     def prefix(self, indices: np.ndarray) -> Prefix:
         """Dataset sample indices (B,) -> Prefix over [text (padded to the longest) | images], float32."""
@@ -140,7 +162,7 @@ class PrefixCache:
         for i, t in enumerate(texts):
             text_kv[i, ..., : t.shape[3], :] = t
             valid[i, : t.shape[3]] = True
-        images = self.images[torch.as_tensor(indices)]
+        images = torch.from_numpy(self.image_rows(np.asarray(indices)))
         kv = torch.cat([text_kv, images], dim=4).permute(1, 2, 0, 3, 4, 5).float()
         valid = torch.cat([valid, torch.ones((b, images.shape[4]), dtype=torch.bool)], dim=1)
         return Prefix(kv.contiguous(), valid)
