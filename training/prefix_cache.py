@@ -118,6 +118,7 @@ class PrefixCache:
             raise ValueError("prefix cache: expected prefix_mask 'blockwise' (text K/V independent of images), "
                              f"received {policy.cfg.prefix_mask!r}")
         self.text: list[torch.Tensor] = []
+        self._fd = None  # in memory (from_dir opens the file on disk instead)
         with torch.no_grad():
             for ep in data.episodes:
                 text = policy.encode_text(*policy.tokenizer([ep.instruction]))
@@ -140,7 +141,7 @@ class PrefixCache:
 
     def image_rows(self, indices: np.ndarray) -> np.ndarray:
         """Image K/V of dataset samples (B,) -> (B, layers, 2, heads, N_image, head_dim) float16."""
-        if getattr(self, "_fd", None) is None:  # built in memory
+        if self._fd is None:  # built in memory
             return self.images[indices]
         out = np.empty((len(indices),) + self.images.shape[1:], np.float16)
         row = out[0].nbytes
