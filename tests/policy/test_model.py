@@ -226,9 +226,10 @@ def test_finer_image_tokens_see_each_cell_of_their_own():
     changed = images.clone()
     changed[..., 0:16, 48:64] = 3.0  # paint the top-right 16x16 cell only
     after = fine.trunk(changed)
-    # stride-8 and -16 channels: the painted cell's token changes most (row 0, column 3 of the 4x4 grid)
+    # stride-8 and -16 channels: the painted cell's token (row 0, column 3 of the 4x4 grid) changes about
+    # as much as any (receptive fields overlap its neighbour below), the opposite corner far less
     local = (after - base)[0, :40 * 4 + 112].abs().amax(dim=0)
-    assert local[0, 3] > 0 and local[0, 3] == local.max()
+    assert local[0, 3] > 0.9 * local.max() and local[0, 3] > 10 * local[3, 0]
     # the stride-32 channels are shared by the 2x2 tokens of one 32-pixel cell
     top = after[0, 40 * 4 + 112:]
     assert torch.equal(top[:, 0::2, 0::2], top[:, 1::2, 1::2]) and torch.equal(top[:, 0::2, 1::2], top[:, 1::2, 0::2])
