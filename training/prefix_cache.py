@@ -98,8 +98,8 @@ class PrefixCache:
         cache.text = torch.load(path / "text.pt", weights_only=True)
         cache.images = np.load(path / "images.npy", mmap_mode="r")
         # Batches read their frames with pread, and the kernel is told not to read ahead: a frame is one
-        # contiguous ~0.3-1.2 MB row at a random place, and read through the map, readahead pulled in
-        # ~4x the bytes a batch needed once the file outgrew the page cache.
+        # contiguous ~0.3-1.2 MB row at a random place, and read through the map, readahead pulls in
+        # bytes no batch asked for once the file outgrows the page cache.
         cache._fd = os.open(path / "images.npy", os.O_RDONLY)
         os.posix_fadvise(cache._fd, 0, 0, os.POSIX_FADV_RANDOM)
         weakref.finalize(cache, os.close, cache._fd)

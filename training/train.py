@@ -122,8 +122,8 @@ class GroundingHead(nn.Module):
     instruction (block-wise mask), so a token can only score high for the object the words name.
     Where the data says which cells show the object (SceneTrack pixels), the scores are supervised
     directly: one label per token instead of one number per image, and the token that shows the
-    object must also say where in its cell it is (`offset`): a 4x4 grid cell of the front camera spans
-    ~15 cm of table, so without it the image tokens need not carry the object's position any finer.
+    object must also say where in its cell it is (`offset`): a cell of the front camera spans several
+    centimetres of table, so without it the image tokens need not carry the object's position any finer.
     Discarded after the align stage.
     """
 
