@@ -67,6 +67,12 @@ class PolicyConfig:
     # pad are (training/train.py BodyGroundingHead). State and action tokens attend to it.
     goal_token: bool = False
 
+    # Sim-only upper bound (a diagnostic, never a robot policy): the state's last `privileged_dim` entries
+    # are where the instruction's object and pad appear in each camera, (u, v) from the simulator's ground
+    # truth, plus 1.0 when the task has a pad. It measures what the body does when grounding is solved.
+    # Set with `MoTPolicy.set_privileged_targets` (which widens state_dim); robot-facing loaders refuse it.
+    privileged_targets: bool = False
+
     # Ablation switches.
     prefix_mask: str = "blockwise"  # or "bidirectional": text and images attend to each other
     routing: str = "mot"  # or "dense": every modality shares one (trainable) expert
@@ -119,8 +125,9 @@ class PolicyConfig:
             raise ValueError(f"prefix_mask: expected one of {PREFIX_MASKS}, received {self.prefix_mask!r}")
         if self.routing not in ROUTINGS:
             raise ValueError(f"routing: expected one of {ROUTINGS}, received {self.routing!r}")
-        if not isinstance(self.goal_token, bool):
-            raise ValueError(f"goal_token: expected a bool, received {self.goal_token!r}")
+        for name in ("goal_token", "privileged_targets"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected a bool, received {getattr(self, name)!r}")
         if self.time_beta_alpha <= 0 or self.time_beta_beta <= 0:
             raise ValueError("time_beta_alpha/time_beta_beta: expected > 0, received "
                              f"{self.time_beta_alpha}/{self.time_beta_beta}")
@@ -140,6 +147,12 @@ class PolicyConfig:
     @property
     def image_tokens(self) -> int:
         return len(self.cameras) * self.feature_grid**2
+
+    @property
+    def privileged_dim(self) -> int:
+        """State entries a privileged (sim ground truth) target description takes: object and pad (u, v) per
+        camera, and a has-pad flag."""
+        return 4 * len(self.cameras) + 1
 
     @property
     def body_prefix_tokens(self) -> int:

@@ -240,6 +240,17 @@ class MoTPolicy(nn.Module):
             self.goal_query = nn.Parameter(torch.randn(self.action_in.out_features) * 0.02)
             self.set_stage(self.stage)
 
+    def set_privileged_targets(self) -> None:
+        """Widen the state by `cfg.privileged_dim` sim ground-truth target entries (config.privileged_targets),
+        before the body trains: a new state projection and identity norm stats (the caller sets real ones)."""
+        if self.cfg.privileged_targets:
+            return
+        self.cfg = dataclasses.replace(self.cfg, privileged_targets=True,
+                                       state_dim=self.cfg.state_dim + self.cfg.privileged_dim)
+        self.state_in = nn.Linear(self.cfg.state_dim, self.state_in.out_features)
+        self.set_norm_stats(NormStats.identity(self.cfg.state_dim, self.cfg.action_dim))
+        self.set_stage(self.stage)
+
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
         return (state - self.state_mean) / self.state_std
 

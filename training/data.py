@@ -216,6 +216,32 @@ def read_episodes(directory: str | Path, warn: bool = True) -> tuple[dict, list[
     return manifest, episodes
 
 
+# -- privileged targets (sim ground truth in the state: PolicyConfig.privileged_targets) --------------
+def privileged_vector(object_pixels: np.ndarray, pad_pixels: np.ndarray) -> np.ndarray:
+    """Where the instruction's object and pad appear per camera, (C, 2) each (pad: NaN when the task has
+    none) -> float32 (4C + 1,): object (u, v) per camera, pad (u, v) per camera (0 without a pad), has-pad.
+
+    (u, v) are clipped to [-1, 2]: off-image points keep their direction, a point near a camera's plane
+    does not blow up.
+    """
+    has_pad = not np.isnan(pad_pixels).any()
+    pad = np.clip(pad_pixels, -1.0, 2.0) if has_pad else np.zeros_like(pad_pixels)
+    return np.concatenate([np.clip(object_pixels, -1.0, 2.0).ravel(), pad.ravel(), [float(has_pad)]]).astype(np.float32)
+
+
+def pixels_from_info(info: dict, cameras: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The env's `info` -> (object pixels, pad pixels), (C, 2) each in `cameras` order; NaN pad without one."""
+    def find(items: list[dict], name: str | None, key: str) -> np.ndarray:
+        for item in items or []:
+            if item["name"] == name:
+                return np.array([item["pixels"][c] for c in cameras], np.float32)
+        if name is None:
+            return np.full((len(cameras), 2), np.nan, np.float32)
+        raise ValueError(f"info: expected {key!r} to list {name!r} with pixels, received {[i['name'] for i in items or []]}")
+
+    return find(info.get("objects"), info["target_object"], "objects"), find(info.get("pads"), info.get("target_pad"), "pads")
+
+
 # -- the training dataset --------------------------------------------------------------------------
 class ChunkDataset:
     """(observation at t, action chunk t .. t + horizon - 1) samples from in-memory episodes.
@@ -224,10 +250,18 @@ class ChunkDataset:
     pads action chunks. Frames stay JPEG in memory and are decoded per batch.
     """
 
-    def __init__(self, episodes: list[Episode], cameras: list[str], horizon: int):
+    def __init__(self, episodes: list[Episode], cameras: list[str], horizon: int, privileged_targets: bool = False):
+        """privileged_targets: append `privileged_vector` (the sim's ground truth of where the instruction's
+        object and pad appear) to every state (PolicyConfig.privileged_targets); needs scene tracks with pixels."""
         if not episodes:
             raise ValueError("dataset: expected at least one readable episode, received none")
+        if privileged_targets:
+            missing = [ep.seed for ep in episodes if ep.track is None or ep.track.object_pixels is None]
+            if missing:
+                raise ValueError(f"privileged_targets: expected scene tracks with pixels in every episode, "
+                                 f"{len(missing)} have none (seeds {missing[:5]}...); collect with the current `mot collect`")
         self.episodes, self.cameras, self.horizon = episodes, list(cameras), horizon
+        self.privileged_targets = privileged_targets
         self.index = np.array([(e, t) for e, ep in enumerate(episodes) for t in range(ep.steps)], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -264,9 +298,14 @@ class ChunkDataset:
                 template = REFERRING_TEMPLATES[int(rng.integers(len(REFERRING_TEMPLATES)))]
                 instructions[i] = template.format(ep.track.object_names[k])
                 targets[i] = self.grounding(ep, t, obj=k, pad=-1)
+        state = np.stack([ep.states[t] for ep, (_, t) in zip(eps, rows)]).astype(np.float32)
+        if self.privileged_targets:  # the instruction's own targets (never a referring expression's)
+            own = [self.grounding(ep, t) for ep, (_, t) in zip(eps, rows)]
+            state = np.concatenate([state, np.stack([privileged_vector(g["target_object_pixels"], g["target_pad_pixels"])
+                                                     for g in own])], axis=1)
         return {
             "images": frames,
-            "state": np.stack([ep.states[t] for ep, (_, t) in zip(eps, rows)]).astype(np.float32),
+            "state": state,
             "instruction": instructions,
             "actions": np.stack([self.chunk(ep, t) for ep, (_, t) in zip(eps, rows)]).astype(np.float32),
             "grounding": {k: np.stack([g[k] for g in targets]) for k in targets[0]},

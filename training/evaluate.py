@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from policy.runtime import PolicyRunner
-from training.data import atomic_write_bytes
+from training.data import atomic_write_bytes, pixels_from_info, privileged_vector
 from training.video import compose, write_video
 
 EVAL_SEED_BASE = 1_000_000
@@ -89,9 +89,12 @@ class ChunkedPolicy:
         if self.frames is not None:
             self.frames.append(compose(obs["images"], obs["instruction"]))
         if not self.queue:
-            noise = self.rng.standard_normal((self.runner.config.horizon, self.runner.config.action_dim))
-            chunk = self.runner.infer(obs["images"], np.asarray(obs["state"], np.float32), obs["instruction"],
-                                      noise=noise.astype(np.float32))
+            cfg = self.runner.config
+            noise = self.rng.standard_normal((cfg.horizon, cfg.action_dim))
+            state = np.asarray(obs["state"], np.float32)
+            if cfg.privileged_targets:  # sim ground truth, as the training states carried it
+                state = np.concatenate([state, privileged_vector(*pixels_from_info(info, list(cfg.cameras)))])
+            chunk = self.runner.infer(obs["images"], state, obs["instruction"], noise=noise.astype(np.float32))
             self.queue = list(chunk[: self.execute_steps])
         return self.queue.pop(0)
 
@@ -183,7 +186,8 @@ def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdou
 
     _, episodes = read_episodes(data_dir)
     train_eps, hold_eps = split_episodes(episodes, holdout_fraction, seed)
-    data = ChunkDataset(hold_eps or train_eps, list(policy.cfg.cameras), policy.cfg.horizon)
+    data = ChunkDataset(hold_eps or train_eps, list(policy.cfg.cameras), policy.cfg.horizon,
+                        privileged_targets=policy.cfg.privileged_targets)
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(data), size=min(samples, len(data)), replace=False)
     generator = torch.Generator().manual_seed(seed)
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         print(text if args.json else f"open loop: joint MAE {result['joint_mae_rad']} rad vs "
               f"{result['hold_still_joint_mae_rad']} holding still (ratio {result['joint_mae_over_hold_still']})")
         return 0
-    runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend)
+    # A privileged (sim ground truth) checkpoint runs here only: the sim provides what its state needs.
+    runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend, allow_privileged=True)
     families = list(sim.TASK_FAMILIES) if args.tasks == "all" else args.tasks.split(",")
     splits = ["train", "heldout"] if args.split == "both" else [args.split]
     execute = args.execute_steps or max(1, runner.config.horizon // 2)

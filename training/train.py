@@ -72,6 +72,10 @@ class TrainConfig:
     body_grounding: float = 1.0
     # policy: give the body a goal token (PolicyConfig.goal_token) that the grounding loss then trains.
     goal_token: bool = False
+    # policy, sim-only diagnostic: the state also carries where the instruction's object and pad appear
+    # (the simulator's ground truth, PolicyConfig.privileged_targets): the body's success with grounding
+    # solved. The checkpoint runs in `mot eval` only.
+    privileged_targets: bool = False
     # "on": joint targets relative to the measured joints (the preset's delta_action_mask); "off":
     # absolute; None: the preset's choice for a new policy, the --init checkpoint's otherwise.
     delta_actions: str | None = None
@@ -110,6 +114,9 @@ class TrainConfig:
             raise ValueError(f"body_grounding: expected a weight >= 0, received {self.body_grounding}")
         if not 0.0 <= self.referents <= 1.0:
             raise ValueError(f"referents: expected a probability in [0, 1], received {self.referents}")
+        if self.privileged_targets and self.stage != "policy":
+            raise ValueError("privileged_targets: expected stage 'policy' (it widens the body's state), "
+                             f"received stage {self.stage!r}")
         if not 0.0 <= self.early_fraction <= 1.0:
             raise ValueError(f"early_fraction: expected a share of the batch in [0, 1], received {self.early_fraction}")
 
@@ -463,6 +470,8 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
         policy.set_delta_action_mask(mask)
     if cfg.goal_token:  # a body module, like the action space: added when the body starts training
         policy.add_goal_token()
+    if cfg.privileged_targets:
+        policy.set_privileged_targets()
     return policy
 
 
@@ -484,8 +493,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     cameras = list(policy.cfg.cameras)
     if sorted(cameras) != sorted(manifest["cameras"]):
         raise ValueError(f"data: expected cameras {cameras} (the policy's), received {manifest['cameras']}")
-    data = ChunkDataset(train_eps, cameras, policy.cfg.horizon)
-    holdout = ChunkDataset(hold_eps or train_eps, cameras, policy.cfg.horizon)
+    privileged = policy.cfg.privileged_targets
+    data = ChunkDataset(train_eps, cameras, policy.cfg.horizon, privileged_targets=privileged)
+    holdout = ChunkDataset(hold_eps or train_eps, cameras, policy.cfg.horizon, privileged_targets=privileged)
     if cfg.stage == "policy" or not cfg.init:
         policy.set_norm_stats(NormStats.from_arrays(*data.all_states_chunks(), policy.cfg.delta_action_mask))
     policy.set_stage(cfg.stage, train_vision=cfg.train_vision)
@@ -617,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--goal-token", action="store_true",
                    help="policy: a body token that sees text and images but not the state, trained by the "
                         "--body-grounding loss to say where the instruction's object and pad are")
+    p.add_argument("--privileged-targets", action="store_true",
+                   help="policy, sim-only diagnostic: the state also carries where the instruction's object and pad "
+                        "appear in each camera (simulator ground truth); only `mot eval` runs the checkpoint")
     p.add_argument("--delta-actions", choices=["on", "off"], default=None,
                    help="joint targets relative to the measured joints (on) or absolute (off); default: the "
                         "preset's for a new policy, the --init checkpoint's otherwise")

@@ -146,3 +146,42 @@ def test_action_noise_perturbs_the_executed_commands_not_the_stored_labels(tmp_p
         collect(tmp_path / "toy", episodes=2, tasks=["reach"], image_size=32, progress=False, **TOY)
     with pytest.raises(ValueError, match="action_noise: expected a finite std >= 0"):
         collect(tmp_path / "other", episodes=1, tasks=["reach"], image_size=32, progress=False, action_noise=-1, **TOY)
+
+
+def test_privileged_vector_from_live_info_matches_the_recorded_track():
+    """What `mot eval` hands a privileged policy (from the env's info) is what it trained on (the track)."""
+    import gymnasium as gym
+
+    import sim  # noqa: F401
+    from training.data import ChunkDataset, Episode, SceneTrack, pixels_from_info, privileged_vector
+
+    env = gym.make("mot/Tabletop-v0", task="place", image_size=64, render_mode="rgb_array")
+    expert = sim.make_expert(env)
+    obs, info = env.reset(seed=3)
+    infos, states, actions = [], [], []
+    for _ in range(6):
+        action = expert(obs, info)
+        infos.append(info)
+        states.append(obs["state"])
+        actions.append(action)
+        obs, _, _, _, info = env.step(action)
+    env.close()
+    cameras = ["wrist", "front"]  # not the env's order: both paths must follow the policy's camera order
+    track = SceneTrack.from_infos(infos)
+    ep = Episode(np.array(states), np.array(actions), {c: [b""] * 6 for c in cameras}, infos[0]["instruction"],
+                 "place", 3, {}, track)
+    data = ChunkDataset([ep], cameras, horizon=4, privileged_targets=True)
+    recorded = data.batch(np.arange(6), images=False)["state"][:, 7:]
+    live = np.stack([privileged_vector(*pixels_from_info(i, cameras)) for i in infos])
+    np.testing.assert_allclose(recorded, live, atol=1e-6)
+    assert np.all(live[:, -1] == 1.0) and np.isfinite(live).all()
+    assert not np.allclose(live[0, :2], live[0, 2:4])  # the wrist and front views differ
+
+
+def test_privileged_vector_clips_far_points_and_zeroes_a_missing_pad():
+    from training.data import privileged_vector
+
+    obj = np.array([[0.5, 0.25], [-7.0, 40.0]], np.float32)
+    v = privileged_vector(obj, np.full((2, 2), np.nan, np.float32))
+    np.testing.assert_array_equal(v, [0.5, 0.25, -1.0, 2.0, 0, 0, 0, 0, 0.0])
+    assert privileged_vector(obj, np.zeros((2, 2), np.float32))[-1] == 1.0

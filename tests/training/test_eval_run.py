@@ -108,3 +108,20 @@ def test_episode_trace_tells_a_wrong_object_from_a_near_miss():
     assert "object_to_pad_m" not in w and np.isclose(n["object_to_pad_m"], 0.1)
     summary = diagnostics([w, n])
     assert summary["went_to_target_rate"] == 0.5 and summary["median_object_to_pad_m"] == 0.1
+
+
+def test_privileged_checkpoint_runs_in_sim_eval_only(tmp_path):
+    from policy.runtime import PolicyRunner
+
+    policy = MoTPolicy(PolicyConfig.preset("tiny"))
+    policy.set_privileged_targets()
+    ckpt = policy.save(tmp_path / "privileged")
+    with pytest.raises(ValueError, match="privileged_targets"):
+        PolicyRunner.from_checkpoint(ckpt)
+    done = _mot("run", "pick up the red cube", "--checkpoint", ckpt)
+    assert done.returncode != 0 and "privileged_targets" in done.stderr
+    # `mot eval` hands it the sim's ground truth from info every time it plans (state width 7 + 9).
+    done = _mot("eval", "--checkpoint", ckpt, "--episodes", "1", "--tasks", "place", "--split", "train",
+                "--execute-steps", "8", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["splits"]["train"]["per_family"]["place"]["episodes"] == 1
