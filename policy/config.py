@@ -17,6 +17,7 @@ PREFIX_MASKS = ("blockwise", "bidirectional")
 ROUTINGS = ("mot", "dense")
 STAGES = ("align", "policy")
 VISION_TRAINABLE = ("all", "attention")
+TARGET_POINTS = (None, "sim")  # where a policy's target points come from at inference (PolicyConfig.target_points)
 # EfficientNet-Lite0's channels at the end of each output stride the image tokens can tap.
 TRUNK_CHANNELS = {8: 40, 16: 112, 32: 320}
 
@@ -67,11 +68,12 @@ class PolicyConfig:
     # pad are (training/train.py BodyGroundingHead). State and action tokens attend to it.
     goal_token: bool = False
 
-    # Sim-only upper bound (a diagnostic, never a robot policy): the state's last `privileged_dim` entries
-    # are where the instruction's object and pad appear in each camera, (u, v) from the simulator's ground
-    # truth, plus 1.0 when the task has a pad. It measures what the body does when grounding is solved.
-    # Set with `MoTPolicy.set_privileged_targets` (which widens state_dim); robot-facing loaders refuse it.
-    privileged_targets: bool = False
+    # Target points: the state's last `target_point_dim` entries say where the instruction's object and pad
+    # appear in each camera, (u, v) in [0, 1]. The body trains on the simulator's ground truth (scene tracks);
+    # at inference they come from `target_points`: "sim" (the simulator's info: an upper bound for `mot eval`,
+    # which robot-facing loaders refuse) or None (no points). Set with `MoTPolicy.set_target_points`
+    # (which widens state_dim).
+    target_points: str | None = None
 
     # Ablation switches.
     prefix_mask: str = "blockwise"  # or "bidirectional": text and images attend to each other
@@ -125,9 +127,10 @@ class PolicyConfig:
             raise ValueError(f"prefix_mask: expected one of {PREFIX_MASKS}, received {self.prefix_mask!r}")
         if self.routing not in ROUTINGS:
             raise ValueError(f"routing: expected one of {ROUTINGS}, received {self.routing!r}")
-        for name in ("goal_token", "privileged_targets"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: expected a bool, received {getattr(self, name)!r}")
+        if not isinstance(self.goal_token, bool):
+            raise ValueError(f"goal_token: expected a bool, received {self.goal_token!r}")
+        if self.target_points not in TARGET_POINTS:
+            raise ValueError(f"target_points: expected one of {TARGET_POINTS}, received {self.target_points!r}")
         if self.time_beta_alpha <= 0 or self.time_beta_beta <= 0:
             raise ValueError("time_beta_alpha/time_beta_beta: expected > 0, received "
                              f"{self.time_beta_alpha}/{self.time_beta_beta}")
@@ -149,10 +152,9 @@ class PolicyConfig:
         return len(self.cameras) * self.feature_grid**2
 
     @property
-    def privileged_dim(self) -> int:
-        """State entries a privileged (sim ground truth) target description takes: object and pad (u, v) per
-        camera, and a has-pad flag."""
-        return 4 * len(self.cameras) + 1
+    def target_point_dim(self) -> int:
+        """State entries the target points take: object and pad (u, v) per camera."""
+        return 4 * len(self.cameras)
 
     @property
     def body_prefix_tokens(self) -> int:

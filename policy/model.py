@@ -240,13 +240,13 @@ class MoTPolicy(nn.Module):
             self.goal_query = nn.Parameter(torch.randn(self.action_in.out_features) * 0.02)
             self.set_stage(self.stage)
 
-    def set_privileged_targets(self) -> None:
-        """Widen the state by `cfg.privileged_dim` sim ground-truth target entries (config.privileged_targets),
-        before the body trains: a new state projection and identity norm stats (the caller sets real ones)."""
-        if self.cfg.privileged_targets:
-            return
-        self.cfg = dataclasses.replace(self.cfg, privileged_targets=True,
-                                       state_dim=self.cfg.state_dim + self.cfg.privileged_dim)
+    def set_target_points(self, source: str) -> None:
+        """Widen the state by `cfg.target_point_dim` target-point entries (config.target_points) before the
+        body trains: a new state projection and identity norm stats (the caller sets real ones)."""
+        if self.cfg.target_points is not None:
+            raise ValueError(f"target_points: this policy already has them (source {self.cfg.target_points!r})")
+        self.cfg = dataclasses.replace(self.cfg, target_points=source,
+                                       state_dim=self.cfg.state_dim + self.cfg.target_point_dim)
         self.state_in = nn.Linear(self.cfg.state_dim, self.state_in.out_features)
         self.set_norm_stats(NormStats.identity(self.cfg.state_dim, self.cfg.action_dim))
         self.set_stage(self.stage)

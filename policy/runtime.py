@@ -78,10 +78,10 @@ def make_backend(name: str, policy: MoTPolicy, checkpoint_dir: Path | None, **op
 class PolicyRunner:
     def __init__(self, policy: MoTPolicy, backend: str = "torch", checkpoint_dir: str | Path | None = None,
                  text_cache_size: int = 32, allow_privileged: bool = False, **backend_options):
-        if policy.cfg.privileged_targets and not allow_privileged:
+        if policy.cfg.target_points == "sim" and not allow_privileged:
             # Its state carries the simulator's ground truth of where the target is: no robot has that input.
-            raise ValueError("checkpoint: trained with privileged_targets (simulator ground truth in the state), "
-                             "a diagnostic that cannot run on a robot; evaluate it with `mot eval` in sim")
+            raise ValueError("checkpoint: target_points='sim' (simulator ground truth in the state), a diagnostic "
+                             "that cannot run on a robot; evaluate it with `mot eval` in sim")
         self.policy = policy.eval()
         self.cfg: PolicyConfig = policy.cfg
         self.backend = make_backend(backend, policy, Path(checkpoint_dir) if checkpoint_dir else None,

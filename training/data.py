@@ -216,17 +216,17 @@ def read_episodes(directory: str | Path, warn: bool = True) -> tuple[dict, list[
     return manifest, episodes
 
 
-# -- privileged targets (sim ground truth in the state: PolicyConfig.privileged_targets) --------------
-def privileged_vector(object_pixels: np.ndarray, pad_pixels: np.ndarray) -> np.ndarray:
-    """Where the instruction's object and pad appear per camera, (C, 2) each (pad: NaN when the task has
-    none) -> float32 (4C + 1,): object (u, v) per camera, pad (u, v) per camera (0 without a pad), has-pad.
+# -- target points (PolicyConfig.target_points) ------------------------------------------------------
+def target_point_vector(object_pixels: np.ndarray, pad_pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Where the instruction's object and pad appear per camera, (C, 2) each as (u, v) (pad: NaN when the
+    task names none) -> float32 (4C,): object (u, v) per camera, then pad (u, v) per camera.
 
-    (u, v) are clipped to [-1, 2]: off-image points keep their direction, a point near a camera's plane
-    does not blow up.
+    Points are clipped into the image, [0, 1]: off-image, the nearest edge, which is as much as a pointing
+    head can say. Without a pad the pad slot holds a random point (from `rng`): the body must learn to
+    read it only when the words name a pad, and so ignores whatever a head points at for "pick up ...".
     """
-    has_pad = not np.isnan(pad_pixels).any()
-    pad = np.clip(pad_pixels, -1.0, 2.0) if has_pad else np.zeros_like(pad_pixels)
-    return np.concatenate([np.clip(object_pixels, -1.0, 2.0).ravel(), pad.ravel(), [float(has_pad)]]).astype(np.float32)
+    pad = rng.uniform(0.0, 1.0, pad_pixels.shape) if np.isnan(pad_pixels).any() else np.clip(pad_pixels, 0.0, 1.0)
+    return np.concatenate([np.clip(object_pixels, 0.0, 1.0).ravel(), pad.ravel()]).astype(np.float32)
 
 
 def pixels_from_info(info: dict, cameras: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -250,18 +250,18 @@ class ChunkDataset:
     pads action chunks. Frames stay JPEG in memory and are decoded per batch.
     """
 
-    def __init__(self, episodes: list[Episode], cameras: list[str], horizon: int, privileged_targets: bool = False):
-        """privileged_targets: append `privileged_vector` (the sim's ground truth of where the instruction's
-        object and pad appear) to every state (PolicyConfig.privileged_targets); needs scene tracks with pixels."""
+    def __init__(self, episodes: list[Episode], cameras: list[str], horizon: int, target_points: bool = False):
+        """target_points: append `target_point_vector` (the sim's ground truth of where the instruction's
+        object and pad appear) to every state (PolicyConfig.target_points); needs scene tracks with pixels."""
         if not episodes:
             raise ValueError("dataset: expected at least one readable episode, received none")
-        if privileged_targets:
+        if target_points:
             missing = [ep.seed for ep in episodes if ep.track is None or ep.track.object_pixels is None]
             if missing:
-                raise ValueError(f"privileged_targets: expected scene tracks with pixels in every episode, "
+                raise ValueError(f"target_points: expected scene tracks with pixels in every episode, "
                                  f"{len(missing)} have none (seeds {missing[:5]}...); collect with the current `mot collect`")
         self.episodes, self.cameras, self.horizon = episodes, list(cameras), horizon
-        self.privileged_targets = privileged_targets
+        self.target_points = target_points
         self.index = np.array([(e, t) for e, ep in enumerate(episodes) for t in range(ep.steps)], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -299,10 +299,12 @@ class ChunkDataset:
                 instructions[i] = template.format(ep.track.object_names[k])
                 targets[i] = self.grounding(ep, t, obj=k, pad=-1)
         state = np.stack([ep.states[t] for ep, (_, t) in zip(eps, rows)]).astype(np.float32)
-        if self.privileged_targets:  # the instruction's own targets (never a referring expression's)
+        if self.target_points:  # the instruction's own targets (never a referring expression's)
             own = [self.grounding(ep, t) for ep, (_, t) in zip(eps, rows)]
-            state = np.concatenate([state, np.stack([privileged_vector(g["target_object_pixels"], g["target_pad_pixels"])
-                                                     for g in own])], axis=1)
+            # The random pad point of a task without one is fixed per frame (seeded by episode and step).
+            points = [target_point_vector(g["target_object_pixels"], g["target_pad_pixels"],
+                                          np.random.default_rng([ep.seed, int(t)])) for g, ep, (_, t) in zip(own, eps, rows)]
+            state = np.concatenate([state, np.stack(points)], axis=1)
         return {
             "images": frames,
             "state": state,

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from policy.runtime import PolicyRunner
-from training.data import atomic_write_bytes, pixels_from_info, privileged_vector
+from training.data import atomic_write_bytes, pixels_from_info, target_point_vector
 from training.video import compose, write_video
 
 EVAL_SEED_BASE = 1_000_000
@@ -34,6 +34,8 @@ class EpisodeTrace:
     closest_target_m      smallest TCP-to-target-object distance of the episode (m)
     went_to_target        at the TCP's closest approach to *any* object (xy), that object was the target
     object_to_pad_m       last target-object-to-target-pad distance in xy (push / place only, m)
+    first_point_err_px    target points from a head: its object point's distance from the truth in the first
+                          camera at the first plan (pixels)
     """
 
     def __init__(self) -> None:
@@ -41,6 +43,7 @@ class EpisodeTrace:
         self.closest_any = np.inf
         self.closest_is_target = False
         self.object_to_pad: float | None = None
+        self.first_point_err_px: float | None = None  # set by ChunkedPolicy (target points from a head)
 
     def observe(self, info: dict) -> None:
         tcp = np.asarray(info["tcp_pos"], np.float64)
@@ -57,6 +60,8 @@ class EpisodeTrace:
         out = {"closest_target_m": self.closest_target, "went_to_target": self.closest_is_target}
         if self.object_to_pad is not None:
             out["object_to_pad_m"] = self.object_to_pad
+        if self.first_point_err_px is not None:
+            out["first_point_err_px"] = self.first_point_err_px
         return out
 
 
@@ -67,7 +72,70 @@ def diagnostics(traces: list[dict]) -> dict:
     pads = [t["object_to_pad_m"] for t in traces if "object_to_pad_m" in t]
     if pads:
         out["median_object_to_pad_m"] = round(float(np.median(pads)), 4)
+    points = [t["first_point_err_px"] for t in traces if "first_point_err_px" in t]
+    if points:  # where the head pointed for the object on the first frame, in the first camera
+        out["median_first_point_err_px"] = round(float(np.median(points)), 2)
+        out["first_point_within_8px_rate"] = round(float(np.mean(np.array(points) <= 8.0)), 3)
     return out
+
+
+class SimTargetPoints:
+    """Target points from the simulator's `info` (its ground truth): what a target_points policy trained on."""
+
+    def __init__(self, cameras: list[str], rng_seed: int = 0):
+        self.cameras = cameras
+        self.rng = np.random.default_rng(rng_seed)  # the random pad point of a task without a pad
+
+    def __call__(self, obs: dict, info: dict) -> np.ndarray:
+        return target_point_vector(*pixels_from_info(info, self.cameras), self.rng)
+
+
+class HeadTargetPoints:
+    """Target points from an align run's grounding head on the policy's own image tokens: what a robot,
+    which has no simulator to ask, would hand the body (policy/pointing.py `pointed_uv`).
+
+    The head was trained on the align run's vision expert, so the policy's (frozen since) must be the same:
+    checked tensor by tensor. Align runs from before the head's in-cell offsets point at cell centres.
+    """
+
+    def __init__(self, policy, align_run: Path):
+        import torch
+
+        from policy.pointing import GroundingHead
+
+        path = Path(align_run) / "train_state.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"points_from: expected an align run directory with train_state.pt, {path} is missing")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["config"]["stage"] != "align":
+            raise ValueError(f"points_from: expected an align run, {align_run} ran stage {state['config']['stage']!r}")
+        params = {**state["params"], **(state["ema"] or {})}  # the checkpoint it saved carries the EMA
+        own = dict(policy.named_parameters())
+        for name, value in params.items():
+            if name.startswith("policy."):
+                mine = own[name.removeprefix("policy.")].detach()
+                if not torch.allclose(mine, value.to(mine.dtype), rtol=2e-3, atol=2e-3 * float(value.abs().max()) + 1e-6):
+                    raise ValueError(f"points_from: {name} of the align run differs from the checkpoint's; the head "
+                                     f"reads the vision expert it was trained with (policy stage --init {align_run}/checkpoint)")
+        self.policy, self.head = policy, GroundingHead(policy.dims.width)
+        head = {k.removeprefix("head."): v for k, v in params.items() if k.startswith("head.")}
+        missing = self.head.load_state_dict(head, strict=False).missing_keys
+        self.use_offsets = not any(k.startswith("offset.") for k in missing)
+        self.head.eval()
+
+    def __call__(self, obs: dict, info: dict) -> np.ndarray:
+        import torch
+
+        from policy.pointing import pointed_uv
+
+        cfg = self.policy.cfg
+        images = torch.from_numpy(np.stack([obs["images"][c] for c in cfg.cameras])[None])
+        with torch.no_grad():
+            text = self.policy.encode_text(*self.policy.tokenizer([obs["instruction"]]))
+            _, hidden = self.policy.encode_images(images, text, return_hidden=True)
+            scores, offsets, _ = self.head(hidden)
+            uv = pointed_uv(scores, offsets if self.use_offsets else None, len(cfg.cameras), cfg.feature_grid)
+        return uv[0].numpy()
 
 
 class ChunkedPolicy:
@@ -75,10 +143,15 @@ class ChunkedPolicy:
 
     `trace` follows the episode through the infos it is handed (see `EpisodeTrace`)."""
 
-    def __init__(self, runner: PolicyRunner, execute_steps: int, record: bool = False, rng_seed: int = 0):
+    def __init__(self, runner: PolicyRunner, execute_steps: int, record: bool = False, rng_seed: int = 0,
+                 points=None):
+        """points: fn(obs, info) -> target points (PolicyConfig.target_points; default the simulator's)."""
         if not 1 <= execute_steps <= runner.config.horizon:
             raise ValueError(f"execute_steps: expected 1..{runner.config.horizon}, received {execute_steps}")
         self.runner, self.execute_steps = runner, execute_steps
+        if runner.config.target_points is not None and points is None:
+            points = SimTargetPoints(list(runner.config.cameras), rng_seed)
+        self.points = points
         self.queue: list[np.ndarray] = []
         self.frames: list[np.ndarray] = [] if record else None
         self.rng = np.random.default_rng(rng_seed)  # sampling noise: reproducible episodes
@@ -92,8 +165,12 @@ class ChunkedPolicy:
             cfg = self.runner.config
             noise = self.rng.standard_normal((cfg.horizon, cfg.action_dim))
             state = np.asarray(obs["state"], np.float32)
-            if cfg.privileged_targets:  # sim ground truth, as the training states carried it
-                state = np.concatenate([state, privileged_vector(*pixels_from_info(info, list(cfg.cameras)))])
+            if self.points is not None:
+                points = self.points(obs, info)
+                if self.trace.first_point_err_px is None and not isinstance(self.points, SimTargetPoints):
+                    truth = target_point_vector(*pixels_from_info(info, list(cfg.cameras)), self.rng)
+                    self.trace.first_point_err_px = float(np.linalg.norm(points[:2] - truth[:2]) * cfg.image_size)
+                state = np.concatenate([state, points])
             chunk = self.runner.infer(obs["images"], state, obs["instruction"], noise=noise.astype(np.float32))
             self.queue = list(chunk[: self.execute_steps])
         return self.queue.pop(0)
@@ -109,10 +186,21 @@ def make_env(task: str, split: str, runner: PolicyRunner):
 
 
 def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: list[str], execute_steps: int,
-             video: Path | None = None, progress: bool = True) -> dict:
+             video: Path | None = None, progress: bool = True, points_from: Path | None = None) -> dict:
+    """points_from: an align run whose grounding head gives a target_points policy its points (default:
+    the simulator's ground truth)."""
     from sim import rollout
 
+    head = None
+    if points_from is not None:
+        if runner.config.target_points is None:
+            raise ValueError("points_from: expected a checkpoint trained with target points (mot train "
+                             "--target-points), this one has none")
+        head = HeadTargetPoints(runner.policy, points_from)
+
     results: dict = {"episodes_per_family": episodes, "execute_steps": execute_steps, "splits": {}}
+    if runner.config.target_points is not None:
+        results["target_points"] = f"head of {points_from}" if head is not None else "simulator"
     frames: list[np.ndarray] = []
     t0 = time.perf_counter()
     bar = tqdm(total=episodes * len(families) * len(splits), desc="eval", unit="ep", disable=not progress)
@@ -123,7 +211,7 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
             wins, traces = 0, []
             for i in range(episodes):
                 record = video is not None and i == 0  # one video episode per family and split
-                fn = ChunkedPolicy(runner, execute_steps, record=record, rng_seed=i)
+                fn = ChunkedPolicy(runner, execute_steps, record=record, rng_seed=i, points=head)
                 result = rollout(env, fn, seed=EVAL_SEED_BASE + i)
                 wins += int(result.success)
                 fn.trace.observe(result.info)  # the last step's info never reaches the policy
@@ -187,7 +275,7 @@ def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdou
     _, episodes = read_episodes(data_dir)
     train_eps, hold_eps = split_episodes(episodes, holdout_fraction, seed)
     data = ChunkDataset(hold_eps or train_eps, list(policy.cfg.cameras), policy.cfg.horizon,
-                        privileged_targets=policy.cfg.privileged_targets)
+                        target_points=policy.cfg.target_points is not None)
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(data), size=min(samples, len(data)), replace=False)
     generator = torch.Generator().manual_seed(seed)
@@ -225,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--open-loop", type=Path, default=None, metavar="DATA",
                    help="instead of rollouts: action error on DATA's held-out demonstrations vs holding still")
     p.add_argument("--samples", type=int, default=256, help="frames for --open-loop")
+    p.add_argument("--points-from", type=Path, default=None, metavar="ALIGN_RUN",
+                   help="a --target-points checkpoint reads its target points from this align run's grounding head "
+                        "(on the policy's own image tokens, as a robot would) instead of the simulator")
     args = p.parse_args(argv)
     if args.open_loop is not None:
         from policy import MoTPolicy
@@ -237,13 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         print(text if args.json else f"open loop: joint MAE {result['joint_mae_rad']} rad vs "
               f"{result['hold_still_joint_mae_rad']} holding still (ratio {result['joint_mae_over_hold_still']})")
         return 0
-    # A privileged (sim ground truth) checkpoint runs here only: the sim provides what its state needs.
+    # A target_points="sim" checkpoint runs here only: the simulator provides the ground truth it reads.
     runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend, allow_privileged=True)
     families = list(sim.TASK_FAMILIES) if args.tasks == "all" else args.tasks.split(",")
     splits = ["train", "heldout"] if args.split == "both" else [args.split]
     execute = args.execute_steps or max(1, runner.config.horizon // 2)
     results = {"checkpoint": str(args.checkpoint), "backend": args.backend,
-               **evaluate(runner, args.episodes, splits, families, execute, args.video)}
+               **evaluate(runner, args.episodes, splits, families, execute, args.video, points_from=args.points_from)}
     summary = args.summary or ((args.video or args.out or Path("eval.json")).with_suffix(".png"))
     results["summary_png"] = str(summary_png(results, summary))
     text = json.dumps(results, indent=2)

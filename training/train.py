@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from policy import MoTPolicy, NormStats, PolicyConfig
 from policy.inputs import validate_batch
+from policy.pointing import GroundingHead
 from training.data import ChunkDataset, atomic_write_bytes, read_episodes, split_episodes
 
 GROUNDING_TOLERANCE_M = 0.03
@@ -72,10 +73,10 @@ class TrainConfig:
     body_grounding: float = 1.0
     # policy: give the body a goal token (PolicyConfig.goal_token) that the grounding loss then trains.
     goal_token: bool = False
-    # policy, sim-only diagnostic: the state also carries where the instruction's object and pad appear
-    # (the simulator's ground truth, PolicyConfig.privileged_targets): the body's success with grounding
-    # solved. The checkpoint runs in `mot eval` only.
-    privileged_targets: bool = False
+    # policy: the state also carries where the instruction's object and pad appear (PolicyConfig.target_points;
+    # trained on the simulator's ground truth). "sim": at inference too, from the simulator's info (an upper
+    # bound: the body's success with grounding solved; the checkpoint runs in `mot eval` only).
+    target_points: str | None = None
     # "on": joint targets relative to the measured joints (the preset's delta_action_mask); "off":
     # absolute; None: the preset's choice for a new policy, the --init checkpoint's otherwise.
     delta_actions: str | None = None
@@ -114,38 +115,11 @@ class TrainConfig:
             raise ValueError(f"body_grounding: expected a weight >= 0, received {self.body_grounding}")
         if not 0.0 <= self.referents <= 1.0:
             raise ValueError(f"referents: expected a probability in [0, 1], received {self.referents}")
-        if self.privileged_targets and self.stage != "policy":
-            raise ValueError("privileged_targets: expected stage 'policy' (it widens the body's state), "
+        if self.target_points is not None and self.stage != "policy":
+            raise ValueError("target_points: expected stage 'policy' (it widens the body's state), "
                              f"received stage {self.stage!r}")
         if not 0.0 <= self.early_fraction <= 1.0:
             raise ValueError(f"early_fraction: expected a share of the batch in [0, 1], received {self.early_fraction}")
-
-
-class GroundingHead(nn.Module):
-    """Which image tokens show the instruction's object / pad, and where on the table they are.
-
-    A score per image token and target (object, pad) pools the final image-token states (softmax over
-    tokens); an MLP per target reads (x, y) in decimetres from its pool. Image tokens attend to the
-    instruction (block-wise mask), so a token can only score high for the object the words name.
-    Where the data says which cells show the object (SceneTrack pixels), the scores are supervised
-    directly: one label per token instead of one number per image, and the token that shows the
-    object must also say where in its cell it is (`offset`): a cell of the front camera spans several
-    centimetres of table, so without it the image tokens need not carry the object's position any finer.
-    Discarded after the align stage.
-    """
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.score = nn.Linear(width, 2)
-        self.offset = nn.Linear(width, 4)  # (object, pad) x (du, dv), in cells from the cell's centre
-        self.xy = nn.ModuleList([nn.Sequential(nn.Linear(width, 256), nn.GELU(), nn.Linear(256, 2)) for _ in range(2)])
-
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """h (B, N, W) -> token scores (B, N, 2), token offsets (B, N, 2, 2), (object xy, pad xy) (B, 4)."""
-        scores = self.score(h)
-        pooled = torch.einsum("bnk,bnw->bkw", torch.softmax(scores, dim=1), h)
-        offsets = self.offset(h).unflatten(-1, (2, 2))
-        return scores, offsets, torch.cat([mlp(pooled[:, k]) for k, mlp in enumerate(self.xy)], dim=1)
 
 
 class BodyGroundingHead(nn.Module):
@@ -470,8 +444,8 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
         policy.set_delta_action_mask(mask)
     if cfg.goal_token:  # a body module, like the action space: added when the body starts training
         policy.add_goal_token()
-    if cfg.privileged_targets:
-        policy.set_privileged_targets()
+    if cfg.target_points is not None:
+        policy.set_target_points(cfg.target_points)
     return policy
 
 
@@ -493,9 +467,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     cameras = list(policy.cfg.cameras)
     if sorted(cameras) != sorted(manifest["cameras"]):
         raise ValueError(f"data: expected cameras {cameras} (the policy's), received {manifest['cameras']}")
-    privileged = policy.cfg.privileged_targets
-    data = ChunkDataset(train_eps, cameras, policy.cfg.horizon, privileged_targets=privileged)
-    holdout = ChunkDataset(hold_eps or train_eps, cameras, policy.cfg.horizon, privileged_targets=privileged)
+    points = policy.cfg.target_points is not None
+    data = ChunkDataset(train_eps, cameras, policy.cfg.horizon, target_points=points)
+    holdout = ChunkDataset(hold_eps or train_eps, cameras, policy.cfg.horizon, target_points=points)
     if cfg.stage == "policy" or not cfg.init:
         policy.set_norm_stats(NormStats.from_arrays(*data.all_states_chunks(), policy.cfg.delta_action_mask))
     policy.set_stage(cfg.stage, train_vision=cfg.train_vision)
@@ -627,9 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--goal-token", action="store_true",
                    help="policy: a body token that sees text and images but not the state, trained by the "
                         "--body-grounding loss to say where the instruction's object and pad are")
-    p.add_argument("--privileged-targets", action="store_true",
-                   help="policy, sim-only diagnostic: the state also carries where the instruction's object and pad "
-                        "appear in each camera (simulator ground truth); only `mot eval` runs the checkpoint")
+    p.add_argument("--target-points", choices=["sim"], default=None,
+                   help="policy: the state also carries where the instruction's object and pad appear in each camera, "
+                        "trained on the simulator's ground truth; 'sim': read from the simulator at inference too "
+                        "(an upper bound; only `mot eval` runs the checkpoint)")
     p.add_argument("--delta-actions", choices=["on", "off"], default=None,
                    help="joint targets relative to the measured joints (on) or absolute (off); default: the "
                         "preset's for a new policy, the --init checkpoint's otherwise")

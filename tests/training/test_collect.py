@@ -148,12 +148,12 @@ def test_action_noise_perturbs_the_executed_commands_not_the_stored_labels(tmp_p
         collect(tmp_path / "other", episodes=1, tasks=["reach"], image_size=32, progress=False, action_noise=-1, **TOY)
 
 
-def test_privileged_vector_from_live_info_matches_the_recorded_track():
-    """What `mot eval` hands a privileged policy (from the env's info) is what it trained on (the track)."""
+def test_target_points_from_live_info_match_the_recorded_track():
+    """What `mot eval` hands a target_points="sim" policy (from the env's info) is what it trained on (the track)."""
     import gymnasium as gym
 
     import sim  # noqa: F401
-    from training.data import ChunkDataset, Episode, SceneTrack, pixels_from_info, privileged_vector
+    from training.data import ChunkDataset, Episode, SceneTrack, pixels_from_info, target_point_vector
 
     env = gym.make("mot/Tabletop-v0", task="place", image_size=64, render_mode="rgb_array")
     expert = sim.make_expert(env)
@@ -170,18 +170,21 @@ def test_privileged_vector_from_live_info_matches_the_recorded_track():
     track = SceneTrack.from_infos(infos)
     ep = Episode(np.array(states), np.array(actions), {c: [b""] * 6 for c in cameras}, infos[0]["instruction"],
                  "place", 3, {}, track)
-    data = ChunkDataset([ep], cameras, horizon=4, privileged_targets=True)
+    data = ChunkDataset([ep], cameras, horizon=4, target_points=True)
     recorded = data.batch(np.arange(6), images=False)["state"][:, 7:]
-    live = np.stack([privileged_vector(*pixels_from_info(i, cameras)) for i in infos])
+    rng = np.random.default_rng(0)  # unused: "place" names a pad
+    live = np.stack([target_point_vector(*pixels_from_info(i, cameras), rng) for i in infos])
     np.testing.assert_allclose(recorded, live, atol=1e-6)
-    assert np.all(live[:, -1] == 1.0) and np.isfinite(live).all()
     assert not np.allclose(live[0, :2], live[0, 2:4])  # the wrist and front views differ
+    assert not np.allclose(live[0, :4], live[0, 4:])  # object and pad differ
 
 
-def test_privileged_vector_clips_far_points_and_zeroes_a_missing_pad():
-    from training.data import privileged_vector
+def test_target_point_vector_clips_into_the_image_and_draws_a_missing_pad():
+    from training.data import target_point_vector
 
     obj = np.array([[0.5, 0.25], [-7.0, 40.0]], np.float32)
-    v = privileged_vector(obj, np.full((2, 2), np.nan, np.float32))
-    np.testing.assert_array_equal(v, [0.5, 0.25, -1.0, 2.0, 0, 0, 0, 0, 0.0])
-    assert privileged_vector(obj, np.zeros((2, 2), np.float32))[-1] == 1.0
+    v = target_point_vector(obj, np.full((2, 2), np.nan, np.float32), np.random.default_rng(1))
+    np.testing.assert_array_equal(v[:4], [0.5, 0.25, 0.0, 1.0])
+    assert np.all((v[4:] >= 0) & (v[4:] <= 1))
+    assert not np.array_equal(v[4:], target_point_vector(obj, np.full((2, 2), np.nan), np.random.default_rng(2))[4:])
+    np.testing.assert_array_equal(target_point_vector(obj, np.zeros((2, 2)), np.random.default_rng(1))[4:], 0.0)

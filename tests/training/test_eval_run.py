@@ -110,18 +110,46 @@ def test_episode_trace_tells_a_wrong_object_from_a_near_miss():
     assert summary["went_to_target_rate"] == 0.5 and summary["median_object_to_pad_m"] == 0.1
 
 
-def test_privileged_checkpoint_runs_in_sim_eval_only(tmp_path):
+def test_sim_target_points_checkpoint_runs_in_sim_eval_only(tmp_path):
     from policy.runtime import PolicyRunner
 
     policy = MoTPolicy(PolicyConfig.preset("tiny"))
-    policy.set_privileged_targets()
-    ckpt = policy.save(tmp_path / "privileged")
-    with pytest.raises(ValueError, match="privileged_targets"):
+    policy.set_target_points("sim")
+    ckpt = policy.save(tmp_path / "sim_points")
+    with pytest.raises(ValueError, match="target_points='sim'"):
         PolicyRunner.from_checkpoint(ckpt)
     done = _mot("run", "pick up the red cube", "--checkpoint", ckpt)
-    assert done.returncode != 0 and "privileged_targets" in done.stderr
-    # `mot eval` hands it the sim's ground truth from info every time it plans (state width 7 + 9).
+    assert done.returncode != 0 and "target_points='sim'" in done.stderr
+    # `mot eval` hands it the sim's ground truth from info every time it plans (state width 7 + 8).
     done = _mot("eval", "--checkpoint", ckpt, "--episodes", "1", "--tasks", "place", "--split", "train",
                 "--execute-steps", "8", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["splits"]["train"]["per_family"]["place"]["episodes"] == 1
+
+
+def test_points_from_an_align_run_feed_the_body_what_its_head_points_at(sim_dataset, tmp_path):
+    """align -> policy (--target-points sim) -> `mot eval --points-from ALIGN_RUN`: the head, on the policy's own
+    image tokens, replaces the simulator's ground truth; a policy from another align run is refused."""
+    from training.train import TrainConfig, train
+
+    def run(out, **kw):
+        cfg = dict(data=str(sim_dataset), out=str(tmp_path / out), preset="tiny", steps=2, batch_size=4, warmup=1,
+                   log_every=1, eval_every=2, ckpt_every=2)
+        return train(TrainConfig(**{**cfg, **kw}), progress=False)["checkpoint"]
+
+    align = run("align", stage="align")
+    policy = run("policy", stage="policy", init=align, target_points="sim")
+    done = _mot("eval", "--checkpoint", policy, "--episodes", "1", "--tasks", "reach", "--split", "train",
+                "--points-from", tmp_path / "align", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["target_points"] == f"head of {tmp_path / 'align'}"
+    diag = result["splits"]["train"]["per_family"]["reach"]["diagnostics"]
+    assert 0.0 <= diag["median_first_point_err_px"] <= 64 * 2**0.5 and diag["first_point_within_8px_rate"] in (0.0, 1.0)
+
+    other = run("other", stage="policy", init=run("align2", stage="align", seed=1), target_points="sim")
+    done = _mot("eval", "--checkpoint", other, "--episodes", "1", "--tasks", "reach", "--split", "train",
+                "--points-from", tmp_path / "align")
+    assert done.returncode != 0 and "differs from the checkpoint's" in done.stderr
+    done = _mot("eval", "--checkpoint", align, "--episodes", "1", "--tasks", "reach", "--points-from", tmp_path / "align")
+    assert done.returncode != 0 and "this one has none" in done.stderr

@@ -278,29 +278,37 @@ def test_train_benchmark_prints_its_figures(sim_dataset):
         assert figures[key] > 0, key
 
 
-def test_privileged_targets_widen_the_state_with_the_sims_ground_truth(sim_dataset, tmp_path):
-    from training.data import privileged_vector
+def test_target_points_widen_the_state_with_the_sims_ground_truth(sim_dataset, tmp_path):
+    from training.data import target_point_vector
 
-    with pytest.raises(ValueError, match="privileged_targets: expected stage 'policy'"):
-        _cfg(sim_dataset, tmp_path, stage="align", privileged_targets=True)
-    result = train(_cfg(sim_dataset, tmp_path / "run", steps=2, eval_every=2, ckpt_every=2, privileged_targets=True),
+    with pytest.raises(ValueError, match="target_points: expected stage 'policy'"):
+        _cfg(sim_dataset, tmp_path, stage="align", target_points="sim")
+    result = train(_cfg(sim_dataset, tmp_path / "run", steps=2, eval_every=2, ckpt_every=2, target_points="sim"),
                    progress=False)
     policy = MoTPolicy.load(result["checkpoint"])
     cams = len(policy.cfg.cameras)
-    assert policy.cfg.privileged_targets and policy.cfg.state_dim == 7 + 4 * cams + 1
+    assert policy.cfg.target_points == "sim" and policy.cfg.state_dim == 7 + 4 * cams
     assert policy.state_in.in_features == policy.cfg.state_dim
     assert policy.norm_stats.state_mean.shape == (policy.cfg.state_dim,)
+    with pytest.raises(ValueError, match="already has them"):
+        policy.set_target_points("sim")
     # The extra entries are the instruction's own object/pad pixels of that very frame.
     _, episodes = read_episodes(sim_dataset)
-    data = ChunkDataset(episodes, list(policy.cfg.cameras), policy.cfg.horizon, privileged_targets=True)
+    data = ChunkDataset(episodes, list(policy.cfg.cameras), policy.cfg.horizon, target_points=True)
     batch = data.batch(np.arange(len(data)), images=False)
     plain = ChunkDataset(episodes, list(policy.cfg.cameras), policy.cfg.horizon).batch(np.arange(len(data)), images=False)
     np.testing.assert_array_equal(batch["state"][:, :7], plain["state"])
-    for i, (e, t) in enumerate(data.index[::7]):
-        g = data.grounding(episodes[e], t)
-        np.testing.assert_array_equal(batch["state"][i * 7, 7:], privileged_vector(g["target_object_pixels"],
-                                                                                   g["target_pad_pixels"]))
-    has_pad = batch["state"][:, -1]
+    points = batch["state"][:, 7:]
+    assert points.min() >= 0.0 and points.max() <= 1.0
     tasks = np.array([episodes[e].task for e, _ in data.index])
-    np.testing.assert_array_equal(has_pad == 1.0, np.isin(tasks, ["push", "place"]))
-    assert np.all(batch["state"][has_pad == 0, 7 + 2 * cams:-1] == 0.0)  # no pad: zeros, not NaN
+    with_pad = np.isin(tasks, ["push", "place"])
+    for i in range(0, len(data), 7):
+        e, t = data.index[i]
+        g = data.grounding(episodes[e], t)
+        np.testing.assert_allclose(points[i, : 2 * cams], np.clip(g["target_object_pixels"], 0, 1).ravel())
+        if with_pad[i]:
+            np.testing.assert_allclose(points[i, 2 * cams:], np.clip(g["target_pad_pixels"], 0, 1).ravel())
+    # Without a pad the slot holds a random point, fixed per frame: the same on a second draw, not constant.
+    again = data.batch(np.arange(len(data)), images=False)["state"][:, 7:]
+    np.testing.assert_array_equal(again, points)
+    assert np.std(points[~with_pad, 2 * cams:], axis=0).min() > 0.1
