@@ -91,16 +91,17 @@ class SimTargetPoints:
 
 
 class HeadTargetPoints:
-    """Target points from an align run's grounding head on the policy's own image tokens: what a robot,
-    which has no simulator to ask, would hand the body (policy/pointing.py `pointed_uv`).
-
-    The head was trained on the align run's vision expert, so the policy's (frozen since) must be the same:
-    checked tensor by tensor. Align runs from before the head's in-cell offsets point at cell centres.
+    """Target points from an align run's model: its vision expert and grounding head on the current images
+    and words, which is what a robot, with no simulator to ask, can hand the body (policy/pointing.py
+    `pointed_uv`). The pointer is its own model: it need not be the align run the body's prefix came from
+    (e.g. 8x8 image tokens to point with, 4x4 in the body's prefix). Align runs from before the head's
+    in-cell offsets point at cell centres.
     """
 
-    def __init__(self, policy, align_run: Path):
+    def __init__(self, cameras: list[str], align_run: Path):
         import torch
 
+        from policy import MoTPolicy
         from policy.pointing import GroundingHead
 
         path = Path(align_run) / "train_state.pt"
@@ -109,15 +110,12 @@ class HeadTargetPoints:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state["config"]["stage"] != "align":
             raise ValueError(f"points_from: expected an align run, {align_run} ran stage {state['config']['stage']!r}")
-        params = {**state["params"], **(state["ema"] or {})}  # the checkpoint it saved carries the EMA
-        own = dict(policy.named_parameters())
-        for name, value in params.items():
-            if name.startswith("policy."):
-                mine = own[name.removeprefix("policy.")].detach()
-                if not torch.allclose(mine, value.to(mine.dtype), rtol=2e-3, atol=2e-3 * float(value.abs().max()) + 1e-6):
-                    raise ValueError(f"points_from: {name} of the align run differs from the checkpoint's; the head "
-                                     f"reads the vision expert it was trained with (policy stage --init {align_run}/checkpoint)")
-        self.policy, self.head = policy, GroundingHead(policy.dims.width)
+        self.model = MoTPolicy.load(Path(align_run) / "checkpoint").eval()
+        if list(self.model.cfg.cameras) != list(cameras):
+            raise ValueError(f"points_from: expected an align run with the policy's cameras {list(cameras)}, "
+                             f"{align_run} has {list(self.model.cfg.cameras)}")
+        params = {**state["params"], **(state["ema"] or {})}  # its checkpoint carries the EMA, when there is one
+        self.head = GroundingHead(self.model.dims.width)
         head = {k.removeprefix("head."): v for k, v in params.items() if k.startswith("head.")}
         missing = self.head.load_state_dict(head, strict=False).missing_keys
         self.use_offsets = not any(k.startswith("offset.") for k in missing)
@@ -128,11 +126,11 @@ class HeadTargetPoints:
 
         from policy.pointing import pointed_uv
 
-        cfg = self.policy.cfg
+        cfg = self.model.cfg
         images = torch.from_numpy(np.stack([obs["images"][c] for c in cfg.cameras])[None])
         with torch.no_grad():
-            text = self.policy.encode_text(*self.policy.tokenizer([obs["instruction"]]))
-            _, hidden = self.policy.encode_images(images, text, return_hidden=True)
+            text = self.model.encode_text(*self.model.tokenizer([obs["instruction"]]))
+            _, hidden = self.model.encode_images(images, text, return_hidden=True)
             scores, offsets, _ = self.head(hidden)
             uv = pointed_uv(scores, offsets if self.use_offsets else None, len(cfg.cameras), cfg.feature_grid)
         return uv[0].numpy()
@@ -196,7 +194,7 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
         if runner.config.target_points is None:
             raise ValueError("points_from: expected a checkpoint trained with target points (mot train "
                              "--target-points), this one has none")
-        head = HeadTargetPoints(runner.policy, points_from)
+        head = HeadTargetPoints(list(runner.config.cameras), points_from)
 
     results: dict = {"episodes_per_family": episodes, "execute_steps": execute_steps, "splits": {}}
     if runner.config.target_points is not None:
