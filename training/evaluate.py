@@ -35,7 +35,7 @@ class EpisodeTrace:
     went_to_target        at the TCP's closest approach to *any* object (xy), that object was the target
     object_to_pad_m       last target-object-to-target-pad distance in xy (push / place only, m)
     first_point_err_px    target points from a head: its object point's distance from the truth in the first
-                          camera at the first plan (pixels)
+                          camera at the first plan (pixels); first_pad_point_err_px the same for the pad
     """
 
     def __init__(self) -> None:
@@ -44,6 +44,7 @@ class EpisodeTrace:
         self.closest_is_target = False
         self.object_to_pad: float | None = None
         self.first_point_err_px: float | None = None  # set by ChunkedPolicy (target points from a head)
+        self.first_pad_point_err_px: float | None = None
 
     def observe(self, info: dict) -> None:
         tcp = np.asarray(info["tcp_pos"], np.float64)
@@ -62,6 +63,8 @@ class EpisodeTrace:
             out["object_to_pad_m"] = self.object_to_pad
         if self.first_point_err_px is not None:
             out["first_point_err_px"] = self.first_point_err_px
+        if self.first_pad_point_err_px is not None:
+            out["first_pad_point_err_px"] = self.first_pad_point_err_px
         return out
 
 
@@ -76,6 +79,10 @@ def diagnostics(traces: list[dict]) -> dict:
     if points:  # where the head pointed for the object on the first frame, in the first camera
         out["median_first_point_err_px"] = round(float(np.median(points)), 2)
         out["first_point_within_8px_rate"] = round(float(np.mean(np.array(points) <= 8.0)), 3)
+    pad_points = [t["first_pad_point_err_px"] for t in traces if "first_pad_point_err_px" in t]
+    if pad_points:
+        out["median_first_pad_point_err_px"] = round(float(np.median(pad_points)), 2)
+        out["first_pad_point_within_8px_rate"] = round(float(np.mean(np.array(pad_points) <= 8.0)), 3)
     return out
 
 
@@ -166,8 +173,13 @@ class ChunkedPolicy:
             if self.points is not None:
                 points = self.points(obs, info)
                 if self.trace.first_point_err_px is None and not isinstance(self.points, SimTargetPoints):
-                    truth = target_point_vector(*pixels_from_info(info, list(cfg.cameras)), self.rng)
-                    self.trace.first_point_err_px = float(np.linalg.norm(points[:2] - truth[:2]) * cfg.image_size)
+                    # How far the pointer is from the truth, first camera, first plan (pad: push / place only).
+                    obj, pad = pixels_from_info(info, list(cfg.cameras))
+                    pad_at = 2 * len(cfg.cameras)  # target_point_vector: object (u, v) per camera, then pad
+                    self.trace.first_point_err_px = float(np.linalg.norm(points[:2] - obj[0]) * cfg.image_size)
+                    if not np.isnan(pad).any():
+                        self.trace.first_pad_point_err_px = float(np.linalg.norm(points[pad_at:pad_at + 2] - pad[0])
+                                                                  * cfg.image_size)
                 state = np.concatenate([state, points])
             chunk = self.runner.infer(obs["images"], state, obs["instruction"], noise=noise.astype(np.float32))
             self.queue = list(chunk[: self.execute_steps])

@@ -146,11 +146,14 @@ def test_points_from_an_align_run_feed_the_body_what_its_head_points_at(sim_data
     assert result["target_points"] == f"head of {tmp_path / 'align'}"
     diag = result["splits"]["train"]["per_family"]["reach"]["diagnostics"]
     assert 0.0 <= diag["median_first_point_err_px"] <= 64 * 2**0.5 and diag["first_point_within_8px_rate"] in (0.0, 1.0)
+    assert "median_first_pad_point_err_px" not in diag  # reach names no pad
 
     other = run("other", stage="policy", init=run("align2", stage="align", seed=1), target_points="sim")
-    done = _mot("eval", "--checkpoint", other, "--episodes", "1", "--tasks", "reach", "--split", "train",
+    done = _mot("eval", "--checkpoint", other, "--episodes", "1", "--tasks", "place", "--split", "train",
                 "--points-from", tmp_path / "align", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
+    diag = json.loads(done.stdout)["splits"]["train"]["per_family"]["place"]["diagnostics"]
+    assert 0.0 <= diag["median_first_pad_point_err_px"] <= 64 * 2**0.5
     done = _mot("eval", "--checkpoint", other, "--episodes", "1", "--tasks", "reach", "--points-from", tmp_path / "other")
     assert done.returncode != 0 and "expected an align run, " in done.stderr
     done = _mot("eval", "--checkpoint", align, "--episodes", "1", "--tasks", "reach", "--points-from", tmp_path / "align")
