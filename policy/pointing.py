@@ -8,6 +8,9 @@ then pad per camera.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,7 +25,7 @@ class GroundingHead(nn.Module):
     directly: one label per token instead of one number per image, and the token that shows the
     object must also say where in its cell it is (`offset`): a cell of the front camera spans several
     centimetres of table, so without it the image tokens need not carry the object's position any finer.
-    Kept in the align run's train_state.pt; `mot eval --points-from` reads it there (target_points).
+    Kept in the align run's train_state.pt, where `Pointer.from_align_run` reads it.
     """
 
     def __init__(self, width: int):
@@ -61,3 +64,49 @@ def pointed_uv(scores: torch.Tensor, offsets: torch.Tensor | None, cameras: int,
             uv = uv + torch.gather(offsets[:, :, k], 1, token[..., None].expand(-1, -1, 2))
         points.append((uv / grid).clamp(0.0, 1.0).reshape(b, 2 * cameras))
     return torch.cat(points, dim=1)
+
+
+class Pointer:
+    """Target points for a policy with `target_points` from an align run's own model: its vision expert and
+    grounding head on the current images and words (what a robot, with no simulator to ask, can hand the
+    body). It is a model of its own, so it need not be the align run the body's prefix came from (e.g. 8x8
+    image tokens to point with, 4x4 in the body's prefix). Align runs from before the head's in-cell
+    offsets point at cell centres.
+
+        pointer = Pointer.from_align_run("runs/align_s16", cameras=("front", "wrist"))
+        points = pointer(images, "pick up the red cube")   # float32 (4 * cameras,)
+    """
+
+    def __init__(self, model, head: GroundingHead, use_offsets: bool, source: str):
+        self.model, self.head, self.use_offsets, self.source = model.eval(), head.eval(), use_offsets, source
+
+    @classmethod
+    def from_align_run(cls, align_run: str | Path, cameras: tuple[str, ...] | list[str]) -> "Pointer":
+        from policy.model import MoTPolicy
+
+        path = Path(align_run) / "train_state.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"points_from: expected an align run directory with train_state.pt, {path} is missing")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["config"]["stage"] != "align":
+            raise ValueError(f"points_from: expected an align run, {align_run} ran stage {state['config']['stage']!r}")
+        model = MoTPolicy.load(Path(align_run) / "checkpoint")
+        if list(model.cfg.cameras) != list(cameras):
+            raise ValueError(f"points_from: expected an align run with the policy's cameras {list(cameras)}, "
+                             f"{align_run} has {list(model.cfg.cameras)}")
+        params = {**state["params"], **(state["ema"] or {})}  # its checkpoint carries the EMA, when there is one
+        head = GroundingHead(model.dims.width)
+        missing = head.load_state_dict({k.removeprefix("head."): v for k, v in params.items() if k.startswith("head.")},
+                                       strict=False).missing_keys
+        return cls(model, head, not any(k.startswith("offset.") for k in missing), str(align_run))
+
+    @torch.no_grad()
+    def __call__(self, images: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+        """{camera: uint8 (H, W, 3)}, instruction -> float32 (4 * cameras,) target points."""
+        cfg = self.model.cfg
+        frames = torch.from_numpy(np.stack([np.asarray(images[c]) for c in cfg.cameras])[None])
+        text = self.model.encode_text(*self.model.tokenizer([instruction]))
+        _, hidden = self.model.encode_images(frames, text, return_hidden=True)
+        scores, offsets, _ = self.head(hidden)
+        uv = pointed_uv(scores, offsets if self.use_offsets else None, len(cfg.cameras), cfg.feature_grid)
+        return uv[0].numpy().astype(np.float32)

@@ -77,11 +77,19 @@ def make_backend(name: str, policy: MoTPolicy, checkpoint_dir: Path | None, **op
 
 class PolicyRunner:
     def __init__(self, policy: MoTPolicy, backend: str = "torch", checkpoint_dir: str | Path | None = None,
-                 text_cache_size: int = 32, allow_privileged: bool = False, **backend_options):
-        if policy.cfg.target_points == "sim" and not allow_privileged:
-            # Its state carries the simulator's ground truth of where the target is: no robot has that input.
-            raise ValueError("checkpoint: target_points='sim' (simulator ground truth in the state), a diagnostic "
-                             "that cannot run on a robot; evaluate it with `mot eval` in sim")
+                 text_cache_size: int = 32, allow_privileged: bool = False, pointer=None, **backend_options):
+        """pointer: a `policy.pointing.Pointer` that gives a target_points policy its points on every call (the
+        caller then passes the robot's state alone). allow_privileged: run a target_points policy without one:
+        the caller appends the simulator's ground truth to the state (`mot eval`)."""
+        if pointer is not None and policy.cfg.target_points is None:
+            raise ValueError("pointer: expected a checkpoint trained with target points (mot train --target-points), "
+                             "this one has none")
+        if policy.cfg.target_points == "sim" and pointer is None and not allow_privileged:
+            # Its state carries where the target is: no robot has that input unless a pointer provides it.
+            raise ValueError("checkpoint: target_points='sim' (the body reads where the target is) needs a pointer "
+                             "(--points-from ALIGN_RUN); without one only `mot eval` runs it, on the simulator's truth")
+        self.pointer = pointer
+        self.last_points: np.ndarray | None = None  # what the pointer said on the latest call
         self.policy = policy.eval()
         self.cfg: PolicyConfig = policy.cfg
         self.backend = make_backend(backend, policy, Path(checkpoint_dir) if checkpoint_dir else None,
@@ -124,6 +132,12 @@ class PolicyRunner:
             raise TypeError(f"state: expected a numpy float32 array ({self.cfg.state_dim},), received {type(state).__name__}")
         if not isinstance(instruction, str):
             raise TypeError(f"instruction: expected str, received {type(instruction).__name__}")
+        if self.pointer is not None:  # the body's state = the robot's state + where the target is
+            if state.shape != (self.robot_state_dim,):
+                raise ValueError(f"state: expected the robot's state ({self.robot_state_dim},) (the pointer adds the "
+                                 f"target points), received {state.shape}")
+            self.last_points = self.pointer(images, instruction)
+            state = np.concatenate([state.astype(np.float32), self.last_points])
         batch = {"images": {k: v[None] if isinstance(v, np.ndarray) else v for k, v in images.items()},
                  "state": state[None], "instruction": [instruction]}
         obs = validate_batch(batch, self.cfg)  # the same checks and messages as MoTPolicy
@@ -152,4 +166,9 @@ class PolicyRunner:
         size = self.cfg.image_size
         images = {cam: np.zeros((size, size, 3), np.uint8) for cam in self.cfg.cameras}
         for _ in range(iterations):
-            self.infer(images, np.zeros(self.cfg.state_dim, np.float32), instruction)
+            self.infer(images, np.zeros(self.robot_state_dim, np.float32), instruction)
+
+    @property
+    def robot_state_dim(self) -> int:
+        """What `infer` takes as `state`: the config's, less the target points a pointer appends."""
+        return self.cfg.state_dim - (self.cfg.target_point_dim if self.pointer is not None else 0)

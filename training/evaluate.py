@@ -97,66 +97,18 @@ class SimTargetPoints:
         return target_point_vector(*pixels_from_info(info, self.cameras), self.rng)
 
 
-class HeadTargetPoints:
-    """Target points from an align run's model: its vision expert and grounding head on the current images
-    and words, which is what a robot, with no simulator to ask, can hand the body (policy/pointing.py
-    `pointed_uv`). The pointer is its own model: it need not be the align run the body's prefix came from
-    (e.g. 8x8 image tokens to point with, 4x4 in the body's prefix). Align runs from before the head's
-    in-cell offsets point at cell centres.
-    """
-
-    def __init__(self, cameras: list[str], align_run: Path):
-        import torch
-
-        from policy import MoTPolicy
-        from policy.pointing import GroundingHead
-
-        path = Path(align_run) / "train_state.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"points_from: expected an align run directory with train_state.pt, {path} is missing")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["config"]["stage"] != "align":
-            raise ValueError(f"points_from: expected an align run, {align_run} ran stage {state['config']['stage']!r}")
-        self.model = MoTPolicy.load(Path(align_run) / "checkpoint").eval()
-        if list(self.model.cfg.cameras) != list(cameras):
-            raise ValueError(f"points_from: expected an align run with the policy's cameras {list(cameras)}, "
-                             f"{align_run} has {list(self.model.cfg.cameras)}")
-        params = {**state["params"], **(state["ema"] or {})}  # its checkpoint carries the EMA, when there is one
-        self.head = GroundingHead(self.model.dims.width)
-        head = {k.removeprefix("head."): v for k, v in params.items() if k.startswith("head.")}
-        missing = self.head.load_state_dict(head, strict=False).missing_keys
-        self.use_offsets = not any(k.startswith("offset.") for k in missing)
-        self.head.eval()
-
-    def __call__(self, obs: dict, info: dict) -> np.ndarray:
-        import torch
-
-        from policy.pointing import pointed_uv
-
-        cfg = self.model.cfg
-        images = torch.from_numpy(np.stack([obs["images"][c] for c in cfg.cameras])[None])
-        with torch.no_grad():
-            text = self.model.encode_text(*self.model.tokenizer([obs["instruction"]]))
-            _, hidden = self.model.encode_images(images, text, return_hidden=True)
-            scores, offsets, _ = self.head(hidden)
-            uv = pointed_uv(scores, offsets if self.use_offsets else None, len(cfg.cameras), cfg.feature_grid)
-        return uv[0].numpy()
-
-
 class ChunkedPolicy:
     """fn(obs, info) -> action, re-planning every `execute_steps`; optionally records annotated frames.
 
     `trace` follows the episode through the infos it is handed (see `EpisodeTrace`)."""
 
-    def __init__(self, runner: PolicyRunner, execute_steps: int, record: bool = False, rng_seed: int = 0,
-                 points=None):
-        """points: fn(obs, info) -> target points (PolicyConfig.target_points; default the simulator's)."""
+    def __init__(self, runner: PolicyRunner, execute_steps: int, record: bool = False, rng_seed: int = 0):
         if not 1 <= execute_steps <= runner.config.horizon:
             raise ValueError(f"execute_steps: expected 1..{runner.config.horizon}, received {execute_steps}")
         self.runner, self.execute_steps = runner, execute_steps
-        if runner.config.target_points is not None and points is None:
-            points = SimTargetPoints(list(runner.config.cameras), rng_seed)
-        self.points = points
+        # A target_points policy without a pointer in its runner reads the simulator's ground truth.
+        self.sim_points = SimTargetPoints(list(runner.config.cameras), rng_seed) \
+            if runner.config.target_points is not None and runner.pointer is None else None
         self.queue: list[np.ndarray] = []
         self.frames: list[np.ndarray] = [] if record else None
         self.rng = np.random.default_rng(rng_seed)  # sampling noise: reproducible episodes
@@ -170,20 +122,22 @@ class ChunkedPolicy:
             cfg = self.runner.config
             noise = self.rng.standard_normal((cfg.horizon, cfg.action_dim))
             state = np.asarray(obs["state"], np.float32)
-            if self.points is not None:
-                points = self.points(obs, info)
-                if self.trace.first_point_err_px is None and not isinstance(self.points, SimTargetPoints):
-                    # How far the pointer is from the truth, first camera, first plan (pad: push / place only).
-                    obj, pad = pixels_from_info(info, list(cfg.cameras))
-                    pad_at = 2 * len(cfg.cameras)  # target_point_vector: object (u, v) per camera, then pad
-                    self.trace.first_point_err_px = float(np.linalg.norm(points[:2] - obj[0]) * cfg.image_size)
-                    if not np.isnan(pad).any():
-                        self.trace.first_pad_point_err_px = float(np.linalg.norm(points[pad_at:pad_at + 2] - pad[0])
-                                                                  * cfg.image_size)
-                state = np.concatenate([state, points])
+            if self.sim_points is not None:
+                state = np.concatenate([state, self.sim_points(obs, info)])
             chunk = self.runner.infer(obs["images"], state, obs["instruction"], noise=noise.astype(np.float32))
+            if self.runner.pointer is not None and self.trace.first_point_err_px is None:
+                self.trace_pointer(self.runner.last_points, info)
             self.queue = list(chunk[: self.execute_steps])
         return self.queue.pop(0)
+
+    def trace_pointer(self, points: np.ndarray, info: dict) -> None:
+        """How far the pointer's object (and pad) point is from the truth in the first camera."""
+        cfg = self.runner.config
+        obj, pad = pixels_from_info(info, list(cfg.cameras))
+        pad_at = 2 * len(cfg.cameras)  # target_point_vector: object (u, v) per camera, then pad
+        self.trace.first_point_err_px = float(np.linalg.norm(points[:2] - obj[0]) * cfg.image_size)
+        if not np.isnan(pad).any():  # push / place
+            self.trace.first_pad_point_err_px = float(np.linalg.norm(points[pad_at:pad_at + 2] - pad[0]) * cfg.image_size)
 
 
 def make_env(task: str, split: str, runner: PolicyRunner):
@@ -196,21 +150,12 @@ def make_env(task: str, split: str, runner: PolicyRunner):
 
 
 def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: list[str], execute_steps: int,
-             video: Path | None = None, progress: bool = True, points_from: Path | None = None) -> dict:
-    """points_from: an align run whose grounding head gives a target_points policy its points (default:
-    the simulator's ground truth)."""
+             video: Path | None = None, progress: bool = True) -> dict:
     from sim import rollout
-
-    head = None
-    if points_from is not None:
-        if runner.config.target_points is None:
-            raise ValueError("points_from: expected a checkpoint trained with target points (mot train "
-                             "--target-points), this one has none")
-        head = HeadTargetPoints(list(runner.config.cameras), points_from)
 
     results: dict = {"episodes_per_family": episodes, "execute_steps": execute_steps, "splits": {}}
     if runner.config.target_points is not None:
-        results["target_points"] = f"head of {points_from}" if head is not None else "simulator"
+        results["target_points"] = f"pointer {runner.pointer.source}" if runner.pointer is not None else "simulator"
     frames: list[np.ndarray] = []
     t0 = time.perf_counter()
     bar = tqdm(total=episodes * len(families) * len(splits), desc="eval", unit="ep", disable=not progress)
@@ -221,7 +166,7 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
             wins, traces = 0, []
             for i in range(episodes):
                 record = video is not None and i == 0  # one video episode per family and split
-                fn = ChunkedPolicy(runner, execute_steps, record=record, rng_seed=i, points=head)
+                fn = ChunkedPolicy(runner, execute_steps, record=record, rng_seed=i)
                 result = rollout(env, fn, seed=EVAL_SEED_BASE + i)
                 wins += int(result.success)
                 fn.trace.observe(result.info)  # the last step's info never reaches the policy
@@ -306,6 +251,16 @@ def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdou
             "gripper_mae": round(float(err[..., -1].mean()), 5)}
 
 
+def load_pointer(align_run: Path | None, checkpoint: Path):
+    """`--points-from ALIGN_RUN` -> a Pointer for the checkpoint's cameras (None without the flag)."""
+    if align_run is None:
+        return None
+    from policy import PolicyConfig
+    from policy.pointing import Pointer
+
+    return Pointer.from_align_run(align_run, PolicyConfig.from_json(Path(checkpoint) / "config.json").cameras)
+
+
 def main(argv: list[str] | None = None) -> int:
     import sim
 
@@ -324,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of rollouts: action error on DATA's held-out demonstrations vs holding still")
     p.add_argument("--samples", type=int, default=256, help="frames for --open-loop")
     p.add_argument("--points-from", type=Path, default=None, metavar="ALIGN_RUN",
-                   help="a --target-points checkpoint reads its target points from this align run's grounding head "
-                        "(on the policy's own image tokens, as a robot would) instead of the simulator")
+                   help="a --target-points checkpoint reads its target points from this align run's model (vision "
+                        "expert + grounding head, as a robot would) instead of the simulator")
     args = p.parse_args(argv)
     if args.open_loop is not None:
         from policy import MoTPolicy
@@ -338,13 +293,15 @@ def main(argv: list[str] | None = None) -> int:
         print(text if args.json else f"open loop: joint MAE {result['joint_mae_rad']} rad vs "
               f"{result['hold_still_joint_mae_rad']} holding still (ratio {result['joint_mae_over_hold_still']})")
         return 0
-    # A target_points="sim" checkpoint runs here only: the simulator provides the ground truth it reads.
-    runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend, allow_privileged=True)
+    # A target_points checkpoint reads its points from the align run's pointer (--points-from) or, here
+    # only, from the simulator's ground truth.
+    runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend, allow_privileged=True,
+                                          pointer=load_pointer(args.points_from, args.checkpoint))
     families = list(sim.TASK_FAMILIES) if args.tasks == "all" else args.tasks.split(",")
     splits = ["train", "heldout"] if args.split == "both" else [args.split]
     execute = args.execute_steps or max(1, runner.config.horizon // 2)
     results = {"checkpoint": str(args.checkpoint), "backend": args.backend,
-               **evaluate(runner, args.episodes, splits, families, execute, args.video, points_from=args.points_from)}
+               **evaluate(runner, args.episodes, splits, families, execute, args.video)}
     summary = args.summary or ((args.video or args.out or Path("eval.json")).with_suffix(".png"))
     results["summary_png"] = str(summary_png(results, summary))
     text = json.dumps(results, indent=2)

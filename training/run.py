@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     p.add_argument("--execute-steps", type=int, default=None)
+    p.add_argument("--points-from", type=Path, default=None, metavar="ALIGN_RUN",
+                   help="for a --target-points checkpoint: the align run whose model points at the target")
     p.add_argument("--video", type=Path, default=None, help="default: outputs/run_<time>.mp4")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -40,10 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from policy.runtime import PolicyRunner
-    from training.evaluate import ChunkedPolicy, make_env
+    from training.evaluate import ChunkedPolicy, load_pointer, make_env
     from training.video import write_video
 
-    runner = PolicyRunner.from_checkpoint(checkpoint, backend=args.backend)
+    try:
+        runner = PolicyRunner.from_checkpoint(checkpoint, backend=args.backend,
+                                              pointer=load_pointer(args.points_from, checkpoint))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"mot run: {e}", file=sys.stderr)
+        return 2
     env = make_env("multi", "train", runner)
     fn = ChunkedPolicy(runner, args.execute_steps or max(1, runner.config.horizon // 2), record=True,
                        rng_seed=args.seed)

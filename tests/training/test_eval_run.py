@@ -143,10 +143,26 @@ def test_points_from_an_align_run_feed_the_body_what_its_head_points_at(sim_data
                 "--points-from", tmp_path / "align", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
-    assert result["target_points"] == f"head of {tmp_path / 'align'}"
+    assert result["target_points"] == f"pointer {tmp_path / 'align'}"
     diag = result["splits"]["train"]["per_family"]["reach"]["diagnostics"]
     assert 0.0 <= diag["median_first_point_err_px"] <= 64 * 2**0.5 and diag["first_point_within_8px_rate"] in (0.0, 1.0)
     assert "median_first_pad_point_err_px" not in diag  # reach names no pad
+
+    # The main job and the runner API: the pointer appends the points, the caller passes the robot's state.
+    done = _mot("run", "pick up the red cube", "--checkpoint", policy, "--points-from", tmp_path / "align",
+                "--video", tmp_path / "run.mp4", "--json")
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    from policy.pointing import Pointer
+    from policy.runtime import PolicyRunner
+
+    runner = PolicyRunner.from_checkpoint(policy, pointer=Pointer.from_align_run(tmp_path / "align", ("front", "wrist")))
+    images = {c: np.zeros((64, 64, 3), np.uint8) for c in ("front", "wrist")}
+    assert runner.infer(images, np.zeros(7, np.float32), "pick up the red cube").shape == (8, 7)
+    assert runner.last_points.shape == (8,) and ((runner.last_points >= 0) & (runner.last_points <= 1)).all()
+    with pytest.raises(ValueError, match=r"state: expected the robot's state \(7,\) \(the pointer adds"):
+        runner.infer(images, np.zeros(15, np.float32), "pick up the red cube")
+    with pytest.raises(ValueError, match="this one has none"):
+        PolicyRunner.from_checkpoint(align, pointer=runner.pointer)
 
     other = run("other", stage="policy", init=run("align2", stage="align", seed=1), target_points="sim")
     done = _mot("eval", "--checkpoint", other, "--episodes", "1", "--tasks", "place", "--split", "train",
@@ -156,5 +172,3 @@ def test_points_from_an_align_run_feed_the_body_what_its_head_points_at(sim_data
     assert 0.0 <= diag["median_first_pad_point_err_px"] <= 64 * 2**0.5
     done = _mot("eval", "--checkpoint", other, "--episodes", "1", "--tasks", "reach", "--points-from", tmp_path / "other")
     assert done.returncode != 0 and "expected an align run, " in done.stderr
-    done = _mot("eval", "--checkpoint", align, "--episodes", "1", "--tasks", "reach", "--points-from", tmp_path / "align")
-    assert done.returncode != 0 and "this one has none" in done.stderr
