@@ -45,6 +45,7 @@ from ros_nodes.safety import SafetyGuard, SafetyLimits
 PARAMETERS: dict[str, Any] = {
     "checkpoint": "",  # checkpoint directory (policy.MoTPolicy.save); required unless a runner is passed in
     "backend": "torch",  # torch | onnxruntime | tensorrt
+    "points_from": "",  # align run whose model points at the target, for a checkpoint with target_points
     "cameras": Parameter.Type.STRING_ARRAY,  # unset: the checkpoint's cameras
     "camera_topic": "camera/{camera}/image_raw",
     "image_size": 0,  # frames are resized to (image_size, image_size); 0: the checkpoint's size
@@ -83,10 +84,16 @@ class PolicyNode(Node):
         if runner is None:
             if not p["checkpoint"]:
                 raise ValueError("checkpoint: expected a checkpoint directory parameter, received ''")
-            from policy.runtime import PolicyRunner  # torch is imported only by the node that runs it
+            from policy import PolicyConfig  # torch is imported only by the node that runs it
+            from policy.pointing import Pointer
+            from policy.runtime import PolicyRunner
 
             self.get_logger().info(f"loading {p['checkpoint']} (backend {p['backend']})")
-            runner = PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"])
+            pointer = None
+            if p["points_from"]:
+                cameras = PolicyConfig.from_json(f"{p['checkpoint']}/config.json").cameras
+                pointer = Pointer.from_align_run(p["points_from"], cameras)
+            runner = PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"], pointer=pointer)
         self.runner = runner
         if p["lock_memory"]:  # after loading: the weights and the backend's code are resident now
             lock_process_memory(self.get_logger().warning)
@@ -96,8 +103,10 @@ class PolicyNode(Node):
         for name in ("joint_names", "position_lower", "position_upper"):
             if not p[name]:
                 raise ValueError(f"{name}: expected a non-empty list parameter (the safety layer needs it), received none")
-        if model is not None and not (model.state_dim == model.action_dim == len(joint_names)):
-            raise ValueError(f"joint_names: expected {model.state_dim} names (the checkpoint's state/action dim), "
+        # The robot's state: the checkpoint's, less the target points a pointer appends (PolicyRunner).
+        state_dim = getattr(runner, "robot_state_dim", model.state_dim if model is not None else 0)
+        if model is not None and not (state_dim == model.action_dim == len(joint_names)):
+            raise ValueError(f"joint_names: expected {state_dim} names (the checkpoint's state/action dim), "
                              f"received {len(joint_names)}")
         if model is not None and set(cameras) != set(model.cameras):
             raise ValueError(f"cameras: expected the checkpoint's cameras {list(model.cameras)}, received {list(cameras)}")

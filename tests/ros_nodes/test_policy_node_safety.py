@@ -189,3 +189,29 @@ def test_dry_run_publishes_no_command(ros, tiny_checkpoint):
     robot.cameras_on = False
     ros.wait_for(lambda: node.controller.mode == "hold", 5, "a (logged) hold")
     assert trajectories == []
+
+
+def test_a_target_points_checkpoint_plans_with_its_pointer_and_is_refused_without(ros, tmp_path):
+    """points_from: the node hands the runner the robot's 7 joints, the pointer adds where the target is."""
+    import pytest
+    import torch
+
+    from policy import MoTPolicy, PolicyConfig
+    from policy.pointing import GroundingHead
+
+    body = MoTPolicy(PolicyConfig.preset("tiny"))
+    body.set_target_points("sim")
+    checkpoint = body.save(tmp_path / "body")
+    align = MoTPolicy(PolicyConfig.preset("tiny"))  # an align run's layout: its checkpoint + head in train_state
+    align.save(tmp_path / "align" / "checkpoint")
+    head = {f"head.{k}": v for k, v in GroundingHead(align.dims.width).state_dict().items()}
+    torch.save({"config": {"stage": "align"}, "params": head, "ema": None}, tmp_path / "align" / "train_state.pt")
+
+    with pytest.raises(ValueError, match="needs a pointer"):
+        start(ros, checkpoint)
+    node, robot, instruction = start(ros, checkpoint, points_from=str(tmp_path / "align"))
+    trajectories = ros.collect(JointTrajectory, "joint_trajectory")
+    instruction.publish(String(data="put the red cube on the blue pad"))
+    ros.wait_for(lambda: len(chunks(trajectories)) >= 2, 30, "planned chunks")
+    assert node.runner.last_points.shape == (8,)
+    assert_safe(trajectories)
