@@ -4,6 +4,7 @@
     mot bench sim ...                                  -> benchmarks/sim.py
     mot bench train ...                                -> benchmarks/train.py
     mot bench ros ...                                  -> benchmarks/ros_latency.py
+    mot bench language --json                          -> benchmarks/language.py
 
 benchmarks/ is a folder of scripts, not a package: each script is loaded by path.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 from training.cli import pick
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = {"inference": "inference.py", "sim": "sim.py", "train": "train.py", "ros": "ros_latency.py"}
+SCRIPTS = {"inference": "inference.py", "sim": "sim.py", "train": "train.py", "ros": "ros_latency.py",
+           "language": "language.py"}
 
 
 def load_script(name: str):

@@ -53,3 +53,18 @@ def test_user_bert_folder_loads_through_the_same_interface(tmp_path):
 def test_bad_language_folder_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="language_model"):
         MoTPolicy(PolicyConfig.preset("tiny", language_model=str(tmp_path)))
+
+
+def test_language_benchmark_scores_held_out_synonyms_against_the_train_words():
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "training.cli", "bench", "language", "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["colour_words"] == 16 and result["phrases"] == 64 and result["chance_colour"] == 0.125
+    for key in ("colour_word_nn_acc", "shape_word_nn_acc", "phrase_colour_nn_acc", "phrase_both_nn_acc"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["phrase_both_nn_acc"] <= result["phrase_colour_nn_acc"]  # both right implies the colour is
