@@ -34,7 +34,7 @@ class EpisodeTrace:
     closest_target_m      smallest TCP-to-target-object distance of the episode (m)
     went_to_target        at the TCP's closest approach to *any* object (xy), that object was the target
     object_to_pad_m       last target-object-to-target-pad distance in xy (push / place only, m)
-    first_point_err_px    target points from a head: its object point's distance from the truth in the first
+    first_point_err_px    target points from a pointer: its object point's distance from the truth in the first
                           camera at the first plan (pixels); first_pad_point_err_px the same for the pad
     """
 
@@ -43,7 +43,7 @@ class EpisodeTrace:
         self.closest_any = np.inf
         self.closest_is_target = False
         self.object_to_pad: float | None = None
-        self.first_point_err_px: float | None = None  # set by ChunkedPolicy (target points from a head)
+        self.first_point_err_px: float | None = None  # set by ChunkedPolicy (target points from a pointer)
         self.first_pad_point_err_px: float | None = None
 
     def observe(self, info: dict) -> None:
@@ -76,7 +76,7 @@ def diagnostics(traces: list[dict]) -> dict:
     if pads:
         out["median_object_to_pad_m"] = round(float(np.median(pads)), 4)
     points = [t["first_point_err_px"] for t in traces if "first_point_err_px" in t]
-    if points:  # where the head pointed for the object on the first frame, in the first camera
+    if points:  # where the pointer put the object on the first frame, in the first camera
         out["median_first_point_err_px"] = round(float(np.median(points)), 2)
         out["first_point_within_8px_rate"] = round(float(np.mean(np.array(points) <= 8.0)), 3)
     pad_points = [t["first_pad_point_err_px"] for t in traces if "first_pad_point_err_px" in t]
