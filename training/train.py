@@ -77,6 +77,9 @@ class TrainConfig:
     # trained on the simulator's ground truth). "sim": at inference too, from the simulator's info (an upper
     # bound: the body's success with grounding solved; the checkpoint runs in `mot eval` only).
     target_points: str | None = None
+    # policy: std of Gaussian noise added to the training target points, in image fractions (0.02 = 2.6 px at
+    # 128 px): a body trained on the simulator's exact points then tolerates a pointer's error.
+    point_noise: float = 0.0
     # "on": joint targets relative to the measured joints (the preset's delta_action_mask); "off":
     # absolute; None: the preset's choice for a new policy, the --init checkpoint's otherwise.
     delta_actions: str | None = None
@@ -115,6 +118,9 @@ class TrainConfig:
             raise ValueError(f"body_grounding: expected a weight >= 0, received {self.body_grounding}")
         if not 0.0 <= self.referents <= 1.0:
             raise ValueError(f"referents: expected a probability in [0, 1], received {self.referents}")
+        if self.point_noise < 0 or (self.point_noise > 0 and self.target_points is None):
+            raise ValueError(f"point_noise: expected >= 0, and target_points set when > 0; received {self.point_noise} "
+                             f"with target_points {self.target_points!r}")
         if self.target_points is not None and self.stage != "policy":
             raise ValueError("target_points: expected stage 'policy' (it widens the body's state), "
                              f"received stage {self.stage!r}")
@@ -239,6 +245,14 @@ class StageLoss(nn.Module):
                 predicted = offsets[torch.from_numpy(bi), torch.from_numpy(token), k]
                 loss = loss + F.smooth_l1_loss(2 * predicted, 2 * torch.from_numpy(offset))
         return loss
+
+
+def jitter_points(state: np.ndarray, dims: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Training states (B, S) whose last `dims` entries are target points -> the same with Gaussian noise of
+    std `sigma` on the points, clipped into the image [0, 1] (the joints are untouched)."""
+    out = state.copy()
+    out[:, -dims:] = np.clip(out[:, -dims:] + rng.normal(0.0, sigma, (len(out), dims)), 0.0, 1.0)
+    return out
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -444,8 +458,8 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
         policy.set_delta_action_mask(mask)
     if cfg.goal_token:  # a body module, like the action space: added when the body starts training
         policy.add_goal_token()
-    if cfg.target_points is not None:
-        policy.set_target_points(cfg.target_points)
+    if cfg.target_points is not None and policy.cfg.target_points != cfg.target_points:
+        policy.set_target_points(cfg.target_points)  # (an --init checkpoint trained with them keeps its own)
     return policy
 
 
@@ -538,6 +552,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             batch = data.batch(indices, referent_prob=cfg.referents, rng=np.random.default_rng([cfg.seed, step, rank, 2]))
         else:
             batch = data.batch(indices)
+        if cfg.point_noise > 0:
+            batch["state"] = jitter_points(batch["state"], policy.cfg.target_point_dim, cfg.point_noise,
+                                           np.random.default_rng([cfg.seed, step, rank, 3]))
         loss = model(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -611,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("steps", "batch_size", "warmup", "log_every", "eval_every", "ckpt_every", "seed", "early_window"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction", "referents",
-                 "body_grounding", "early_fraction"):
+                 "body_grounding", "early_fraction", "point_noise"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--save-dtype", default=defaults.save_dtype, choices=["float32", "float16", "bfloat16"],
                    help="storage dtype of OUT/checkpoint (training state stays float32)")

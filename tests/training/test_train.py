@@ -312,3 +312,22 @@ def test_target_points_widen_the_state_with_the_sims_ground_truth(sim_dataset, t
     again = data.batch(np.arange(len(data)), images=False)["state"][:, 7:]
     np.testing.assert_array_equal(again, points)
     assert np.std(points[~with_pad, 2 * cams:], axis=0).min() > 0.1
+
+
+def test_point_noise_jitters_the_training_points_only(sim_dataset, tmp_path):
+    from training.train import jitter_points
+
+    with pytest.raises(ValueError, match="point_noise: expected >= 0, and target_points set"):
+        _cfg(sim_dataset, tmp_path, point_noise=0.02)
+    state = np.concatenate([np.full((4000, 7), 0.3, np.float32), np.full((4000, 8), 0.5, np.float32)], axis=1)
+    noisy = jitter_points(state, 8, 0.02, np.random.default_rng(0))
+    np.testing.assert_array_equal(noisy[:, :7], state[:, :7])
+    assert noisy[:, 7:].std() == pytest.approx(0.02, rel=0.05) and state[0, 7] == 0.5  # a copy
+    edge = jitter_points(np.zeros((100, 9), np.float32), 2, 0.5, np.random.default_rng(1))
+    assert edge.min() == 0.0 and edge[:, -2:].max() <= 1.0 and (edge[:, -2:] > 0).any()
+    # From a checkpoint that has target points already, the run keeps them (no second widening).
+    first = train(_cfg(sim_dataset, tmp_path / "a", steps=2, eval_every=2, ckpt_every=2, target_points="sim"),
+                  progress=False)["checkpoint"]
+    again = train(_cfg(sim_dataset, tmp_path / "b", steps=2, eval_every=2, ckpt_every=2, target_points="sim",
+                       init=first, point_noise=0.02), progress=False)["checkpoint"]
+    assert MoTPolicy.load(again).cfg.state_dim == MoTPolicy.load(first).cfg.state_dim == 7 + 8
