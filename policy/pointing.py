@@ -100,6 +100,13 @@ class Pointer:
                                        strict=False).missing_keys
         return cls(model, head, not any(k.startswith("offset.") for k in missing), str(align_run))
 
+    @classmethod
+    def for_checkpoint(cls, align_run: str | Path, checkpoint: str | Path) -> "Pointer":
+        """`from_align_run` with the cameras of the policy checkpoint it will feed."""
+        from policy.config import PolicyConfig
+
+        return cls.from_align_run(align_run, PolicyConfig.from_json(Path(checkpoint) / "config.json").cameras)
+
     @torch.no_grad()
     def __call__(self, images: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         """{camera: uint8 (H, W, 3)}, instruction -> float32 (4 * cameras,) target points."""

@@ -84,15 +84,11 @@ class PolicyNode(Node):
         if runner is None:
             if not p["checkpoint"]:
                 raise ValueError("checkpoint: expected a checkpoint directory parameter, received ''")
-            from policy import PolicyConfig  # torch is imported only by the node that runs it
-            from policy.pointing import Pointer
+            from policy.pointing import Pointer  # torch is imported only by the node that runs it
             from policy.runtime import PolicyRunner
 
             self.get_logger().info(f"loading {p['checkpoint']} (backend {p['backend']})")
-            pointer = None
-            if p["points_from"]:
-                cameras = PolicyConfig.from_json(f"{p['checkpoint']}/config.json").cameras
-                pointer = Pointer.from_align_run(p["points_from"], cameras)
+            pointer = Pointer.for_checkpoint(p["points_from"], p["checkpoint"]) if p["points_from"] else None
             runner = PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"], pointer=pointer)
         self.runner = runner
         if p["lock_memory"]:  # after loading: the weights and the backend's code are resident now

@@ -253,12 +253,9 @@ def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdou
 
 def load_pointer(align_run: Path | None, checkpoint: Path):
     """`--points-from ALIGN_RUN` -> a Pointer for the checkpoint's cameras (None without the flag)."""
-    if align_run is None:
-        return None
-    from policy import PolicyConfig
     from policy.pointing import Pointer
 
-    return Pointer.from_align_run(align_run, PolicyConfig.from_json(Path(checkpoint) / "config.json").cameras)
+    return None if align_run is None else Pointer.for_checkpoint(align_run, checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
