@@ -72,8 +72,11 @@ class PolicyConfig:
     # appear in each camera, (u, v) in [0, 1]. The body trains on the simulator's ground truth (scene tracks);
     # at inference they come from `target_points`: "sim" (the simulator's info: an upper bound for `mot eval`,
     # which robot-facing loaders refuse) or None (no points). Set with `MoTPolicy.set_target_points`
-    # (which widens state_dim).
+    # (which widens state_dim). `point_cameras` names the cameras whose points the state carries (None: all
+    # of `cameras`): a camera that moves with the arm loses the target from view for most of an episode,
+    # where the simulator can still project it (off-image, the edge nearest to it) but a pointer cannot.
     target_points: str | None = None
+    point_cameras: tuple[str, ...] | None = None
 
     # Ablation switches.
     prefix_mask: str = "blockwise"  # or "bidirectional": text and images attend to each other
@@ -131,6 +134,12 @@ class PolicyConfig:
             raise ValueError(f"goal_token: expected a bool, received {self.goal_token!r}")
         if self.target_points not in TARGET_POINTS:
             raise ValueError(f"target_points: expected one of {TARGET_POINTS}, received {self.target_points!r}")
+        if self.point_cameras is not None:
+            self.point_cameras = tuple(self.point_cameras)
+            if not self.point_cameras or len(set(self.point_cameras)) != len(self.point_cameras) \
+                    or not set(self.point_cameras) <= set(self.cameras):
+                raise ValueError(f"point_cameras: expected unique names among cameras {list(self.cameras)}, "
+                                 f"received {list(self.point_cameras)!r}")
         if self.time_beta_alpha <= 0 or self.time_beta_beta <= 0:
             raise ValueError("time_beta_alpha/time_beta_beta: expected > 0, received "
                              f"{self.time_beta_alpha}/{self.time_beta_beta}")
@@ -152,9 +161,14 @@ class PolicyConfig:
         return len(self.cameras) * self.feature_grid**2
 
     @property
+    def target_point_cameras(self) -> tuple[str, ...]:
+        """The cameras whose target points the state carries, in `cameras` order."""
+        return tuple(c for c in self.cameras if self.point_cameras is None or c in self.point_cameras)
+
+    @property
     def target_point_dim(self) -> int:
-        """State entries the target points take: object and pad (u, v) per camera."""
-        return 4 * len(self.cameras)
+        """State entries the target points take: object and pad (u, v) per pointing camera."""
+        return 4 * len(self.target_point_cameras)
 
     @property
     def body_prefix_tokens(self) -> int:
@@ -183,6 +197,8 @@ class PolicyConfig:
         d = dataclasses.asdict(self)
         d["cameras"] = list(self.cameras)
         d["image_feature_strides"] = list(self.image_feature_strides)
+        if self.point_cameras is not None:
+            d["point_cameras"] = list(self.point_cameras)
         if self.delta_action_mask is not None:
             d["delta_action_mask"] = list(self.delta_action_mask)
         return d

@@ -240,13 +240,14 @@ class MoTPolicy(nn.Module):
             self.goal_query = nn.Parameter(torch.randn(self.action_in.out_features) * 0.02)
             self.set_stage(self.stage)
 
-    def set_target_points(self, source: str) -> None:
-        """Widen the state by `cfg.target_point_dim` target-point entries (config.target_points) before the
-        body trains: a new state projection and identity norm stats (the caller sets real ones)."""
+    def set_target_points(self, source: str, cameras: tuple[str, ...] | list[str] | None = None) -> None:
+        """Widen the state by `cfg.target_point_dim` target-point entries (config.target_points, of `cameras`:
+        config.point_cameras, None for all) before the body trains: a new state projection and identity norm
+        stats (the caller sets real ones)."""
         if self.cfg.target_points is not None:
             raise ValueError(f"target_points: this policy already has them (source {self.cfg.target_points!r})")
-        self.cfg = dataclasses.replace(self.cfg, target_points=source,
-                                       state_dim=self.cfg.state_dim + self.cfg.target_point_dim)
+        self.cfg = dataclasses.replace(self.cfg, target_points=source, point_cameras=cameras)
+        self.cfg = dataclasses.replace(self.cfg, state_dim=self.cfg.state_dim + self.cfg.target_point_dim)
         self.state_in = nn.Linear(self.cfg.state_dim, self.state_in.out_features)
         self.set_norm_stats(NormStats.identity(self.cfg.state_dim, self.cfg.action_dim))
         self.set_stage(self.stage)

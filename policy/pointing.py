@@ -74,14 +74,24 @@ class Pointer:
     offsets point at cell centres.
 
         pointer = Pointer.from_align_run("runs/align_s16", cameras=("front", "wrist"))
-        points = pointer(images, "pick up the red cube")   # float32 (4 * cameras,)
+        points = pointer(images, "pick up the red cube")   # float32 (4 * point cameras,)
     """
 
-    def __init__(self, model, head: GroundingHead, use_offsets: bool, source: str):
+    def __init__(self, model, head: GroundingHead, use_offsets: bool, source: str,
+                 point_cameras: tuple[str, ...] | list[str] | None = None):
+        """point_cameras: the cameras whose points are handed out (PolicyConfig.point_cameras; None: all)."""
         self.model, self.head, self.use_offsets, self.source = model.eval(), head.eval(), use_offsets, source
+        cameras = list(model.cfg.cameras)
+        unknown = sorted(set(point_cameras or ()) - set(cameras))
+        if unknown:
+            raise ValueError(f"point_cameras: expected names among the pointer's cameras {cameras}, received {unknown}")
+        # indices of the chosen cameras' (u, v) pairs in pointed_uv's layout: object per camera, then pad per camera
+        keep = [i for i, c in enumerate(cameras) if point_cameras is None or c in point_cameras]
+        self.pairs = np.array([target * len(cameras) + i for target in (0, 1) for i in keep])
 
     @classmethod
-    def from_align_run(cls, align_run: str | Path, cameras: tuple[str, ...] | list[str]) -> "Pointer":
+    def from_align_run(cls, align_run: str | Path, cameras: tuple[str, ...] | list[str],
+                       point_cameras: tuple[str, ...] | list[str] | None = None) -> "Pointer":
         from policy.model import MoTPolicy
 
         path = Path(align_run) / "train_state.pt"
@@ -98,22 +108,23 @@ class Pointer:
         head = GroundingHead(model.dims.width)
         missing = head.load_state_dict({k.removeprefix("head."): v for k, v in params.items() if k.startswith("head.")},
                                        strict=False).missing_keys
-        return cls(model, head, not any(k.startswith("offset.") for k in missing), str(align_run))
+        return cls(model, head, not any(k.startswith("offset.") for k in missing), str(align_run), point_cameras)
 
     @classmethod
     def for_checkpoint(cls, align_run: str | Path, checkpoint: str | Path) -> "Pointer":
-        """`from_align_run` with the cameras of the policy checkpoint it will feed."""
+        """`from_align_run` with the cameras (and pointing cameras) of the policy checkpoint it will feed."""
         from policy.config import PolicyConfig
 
-        return cls.from_align_run(align_run, PolicyConfig.from_json(Path(checkpoint) / "config.json").cameras)
+        cfg = PolicyConfig.from_json(Path(checkpoint) / "config.json")
+        return cls.from_align_run(align_run, cfg.cameras, cfg.target_point_cameras)
 
     @torch.no_grad()
     def __call__(self, images: dict[str, np.ndarray], instruction: str) -> np.ndarray:
-        """{camera: uint8 (H, W, 3)}, instruction -> float32 (4 * cameras,) target points."""
+        """{camera: uint8 (H, W, 3)}, instruction -> float32 (4 * point cameras,) target points."""
         cfg = self.model.cfg
         frames = torch.from_numpy(np.stack([np.asarray(images[c]) for c in cfg.cameras])[None])
         text = self.model.encode_text(*self.model.tokenizer([instruction]))
         _, hidden = self.model.encode_images(frames, text, return_hidden=True)
         scores, offsets, _ = self.head(hidden)
         uv = pointed_uv(scores, offsets if self.use_offsets else None, len(cfg.cameras), cfg.feature_grid)
-        return uv[0].numpy().astype(np.float32)
+        return uv[0].reshape(-1, 2)[self.pairs].reshape(-1).numpy().astype(np.float32)

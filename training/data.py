@@ -250,9 +250,11 @@ class ChunkDataset:
     pads action chunks. Frames stay JPEG in memory and are decoded per batch.
     """
 
-    def __init__(self, episodes: list[Episode], cameras: list[str], horizon: int, target_points: bool = False):
+    def __init__(self, episodes: list[Episode], cameras: list[str], horizon: int, target_points: bool = False,
+                 point_cameras: list[str] | tuple[str, ...] | None = None):
         """target_points: append `target_point_vector` (the sim's ground truth of where the instruction's
-        object and pad appear) to every state (PolicyConfig.target_points); needs scene tracks with pixels."""
+        object and pad appear) to every state (PolicyConfig.target_points); needs scene tracks with pixels.
+        point_cameras: the cameras whose points are appended, in `cameras` order (None: all of them)."""
         if not episodes:
             raise ValueError("dataset: expected at least one readable episode, received none")
         if target_points:
@@ -262,6 +264,11 @@ class ChunkDataset:
                                  f"{len(missing)} have none (seeds {missing[:5]}...); collect with the current `mot collect`")
         self.episodes, self.cameras, self.horizon = episodes, list(cameras), horizon
         self.target_points = target_points
+        unknown = sorted(set(point_cameras or ()) - set(self.cameras))
+        if unknown:
+            raise ValueError(f"point_cameras: expected names among the dataset's cameras {self.cameras}, received {unknown}")
+        # rows of the tracks' (cameras, 2) pixels that the points carry
+        self.point_rows = [i for i, c in enumerate(self.cameras) if point_cameras is None or c in point_cameras]
         self.index = np.array([(e, t) for e, ep in enumerate(episodes) for t in range(ep.steps)], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -302,7 +309,7 @@ class ChunkDataset:
         if self.target_points:  # the instruction's own targets (never a referring expression's)
             own = [self.grounding(ep, t) for ep, (_, t) in zip(eps, rows)]
             # The random pad point of a task without one is fixed per frame (seeded by episode and step).
-            points = [target_point_vector(g["target_object_pixels"], g["target_pad_pixels"],
+            points = [target_point_vector(g["target_object_pixels"][self.point_rows], g["target_pad_pixels"][self.point_rows],
                                           np.random.default_rng([ep.seed, int(t)])) for g, ep, (_, t) in zip(own, eps, rows)]
             state = np.concatenate([state, np.stack(points)], axis=1)
         return {

@@ -107,7 +107,7 @@ class ChunkedPolicy:
             raise ValueError(f"execute_steps: expected 1..{runner.config.horizon}, received {execute_steps}")
         self.runner, self.execute_steps = runner, execute_steps
         # A target_points policy without a pointer in its runner reads the simulator's ground truth.
-        self.sim_points = SimTargetPoints(list(runner.config.cameras), rng_seed) \
+        self.sim_points = SimTargetPoints(list(runner.config.target_point_cameras), rng_seed) \
             if runner.config.target_points is not None and runner.pointer is None else None
         self.queue: list[np.ndarray] = []
         self.frames: list[np.ndarray] = [] if record else None
@@ -131,10 +131,10 @@ class ChunkedPolicy:
         return self.queue.pop(0)
 
     def trace_pointer(self, points: np.ndarray, info: dict) -> None:
-        """How far the pointer's object (and pad) point is from the truth in the first camera."""
+        """How far the pointer's object (and pad) point is from the truth in the first pointing camera."""
         cfg = self.runner.config
-        obj, pad = pixels_from_info(info, list(cfg.cameras))
-        pad_at = 2 * len(cfg.cameras)  # target_point_vector: object (u, v) per camera, then pad
+        obj, pad = pixels_from_info(info, list(cfg.target_point_cameras))
+        pad_at = 2 * len(cfg.target_point_cameras)  # target_point_vector: object (u, v) per camera, then pad
         self.trace.first_point_err_px = float(np.linalg.norm(points[:2] - obj[0]) * cfg.image_size)
         if not np.isnan(pad).any():  # push / place
             self.trace.first_pad_point_err_px = float(np.linalg.norm(points[pad_at:pad_at + 2] - pad[0]) * cfg.image_size)
@@ -230,7 +230,8 @@ def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdou
     _, episodes = read_episodes(data_dir)
     train_eps, hold_eps = split_episodes(episodes, holdout_fraction, seed)
     data = ChunkDataset(hold_eps or train_eps, list(policy.cfg.cameras), policy.cfg.horizon,
-                        target_points=policy.cfg.target_points is not None)
+                        target_points=policy.cfg.target_points is not None,
+                        point_cameras=policy.cfg.target_point_cameras)
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(data), size=min(samples, len(data)), replace=False)
     generator = torch.Generator().manual_seed(seed)

@@ -77,6 +77,8 @@ class TrainConfig:
     # trained on the simulator's ground truth). "sim": at inference too, from the simulator's info (an upper
     # bound: the body's success with grounding solved; the checkpoint runs in `mot eval` only).
     target_points: str | None = None
+    # policy: the cameras whose target points the state carries (PolicyConfig.point_cameras; None: all).
+    point_cameras: list[str] | None = None
     # policy: std of Gaussian noise added to the training target points, in image fractions (0.02 = 2.6 px at
     # 128 px): a body trained on the simulator's exact points then tolerates a pointer's error.
     point_noise: float = 0.0
@@ -121,6 +123,9 @@ class TrainConfig:
         if self.point_noise < 0 or (self.point_noise > 0 and self.target_points is None):
             raise ValueError(f"point_noise: expected >= 0, and target_points set when > 0; received {self.point_noise} "
                              f"with target_points {self.target_points!r}")
+        if self.point_cameras is not None and self.target_points is None:
+            raise ValueError(f"point_cameras: expected target_points set with it, received point_cameras "
+                             f"{self.point_cameras} and target_points None")
         if self.target_points is not None and self.stage != "policy":
             raise ValueError("target_points: expected stage 'policy' (it widens the body's state), "
                              f"received stage {self.stage!r}")
@@ -459,7 +464,7 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
     if cfg.goal_token:  # a body module, like the action space: added when the body starts training
         policy.add_goal_token()
     if cfg.target_points is not None and policy.cfg.target_points != cfg.target_points:
-        policy.set_target_points(cfg.target_points)  # (an --init checkpoint trained with them keeps its own)
+        policy.set_target_points(cfg.target_points, cfg.point_cameras)  # (an --init checkpoint trained with them keeps its own)
     return policy
 
 
@@ -481,9 +486,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     cameras = list(policy.cfg.cameras)
     if sorted(cameras) != sorted(manifest["cameras"]):
         raise ValueError(f"data: expected cameras {cameras} (the policy's), received {manifest['cameras']}")
-    points = policy.cfg.target_points is not None
-    data = ChunkDataset(train_eps, cameras, policy.cfg.horizon, target_points=points)
-    holdout = ChunkDataset(hold_eps or train_eps, cameras, policy.cfg.horizon, target_points=points)
+    points = {"target_points": policy.cfg.target_points is not None, "point_cameras": policy.cfg.target_point_cameras}
+    data = ChunkDataset(train_eps, cameras, policy.cfg.horizon, **points)
+    holdout = ChunkDataset(hold_eps or train_eps, cameras, policy.cfg.horizon, **points)
     if cfg.stage == "policy" or not cfg.init:
         policy.set_norm_stats(NormStats.from_arrays(*data.all_states_chunks(), policy.cfg.delta_action_mask))
     policy.set_stage(cfg.stage, train_vision=cfg.train_vision)
@@ -622,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="policy: the state also carries where the instruction's object and pad appear in each camera, "
                         "trained on the simulator's ground truth; 'sim': read from the simulator at inference too "
                         "(an upper bound; only `mot eval` runs the checkpoint)")
+    p.add_argument("--point-cameras", nargs="+", default=None, metavar="CAMERA",
+                   help="policy, with --target-points: only these cameras' points (default: every camera's); e.g. "
+                        "'front': a wrist camera loses the target from view, where a pointer has nothing to point at")
     p.add_argument("--delta-actions", choices=["on", "off"], default=None,
                    help="joint targets relative to the measured joints (on) or absolute (off); default: the "
                         "preset's for a new policy, the --init checkpoint's otherwise")

@@ -164,7 +164,13 @@ def test_points_from_an_align_run_feed_the_body_what_its_head_points_at(sim_data
     with pytest.raises(ValueError, match="this one has none"):
         PolicyRunner.from_checkpoint(align, pointer=runner.pointer)
 
-    other = run("other", stage="policy", init=run("align2", stage="align", seed=1), target_points="sim")
+    # A body that reads the front camera's points only: the pointer hands out that camera's (u, v) pairs.
+    other = run("other", stage="policy", init=run("align2", stage="align", seed=1), target_points="sim",
+                point_cameras=["front"])
+    assert MoTPolicy.load(other).cfg.state_dim == 7 + 4
+    front = Pointer.for_checkpoint(tmp_path / "align", other)
+    both = runner.pointer(images, "put the red cube on the blue pad")  # object front, wrist; pad front, wrist
+    np.testing.assert_array_equal(front(images, "put the red cube on the blue pad"), both[[0, 1, 4, 5]])
     done = _mot("eval", "--checkpoint", other, "--episodes", "1", "--tasks", "place", "--split", "train",
                 "--points-from", tmp_path / "align", "--json")
     assert done.returncode == 0, done.stderr[-2000:]

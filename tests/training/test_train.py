@@ -314,6 +314,30 @@ def test_target_points_widen_the_state_with_the_sims_ground_truth(sim_dataset, t
     assert np.std(points[~with_pad, 2 * cams:], axis=0).min() > 0.1
 
 
+def test_point_cameras_keep_only_those_cameras_points(sim_dataset, tmp_path):
+    with pytest.raises(ValueError, match="point_cameras: expected target_points set with it"):
+        _cfg(sim_dataset, tmp_path, point_cameras=["front"])
+    with pytest.raises(ValueError, match=r"point_cameras: expected unique names among cameras \['front', 'wrist'\]"):
+        PolicyConfig.preset("tiny", target_points="sim", point_cameras=["top"])
+    result = train(_cfg(sim_dataset, tmp_path / "run", steps=2, eval_every=2, ckpt_every=2, target_points="sim",
+                        point_cameras=["wrist"]), progress=False)
+    policy = MoTPolicy.load(result["checkpoint"])
+    assert policy.cfg.point_cameras == ("wrist",) and policy.cfg.state_dim == 7 + 4
+    _, episodes = read_episodes(sim_dataset)
+    cameras = list(policy.cfg.cameras)
+    every = ChunkDataset(episodes, cameras, 4, target_points=True)
+    every = every.batch(np.arange(len(every)), images=False)["state"]
+    wrist = ChunkDataset(episodes, cameras, 4, target_points=True, point_cameras=["wrist"])
+    kept = wrist.batch(np.arange(len(wrist)), images=False)["state"]
+    # target_point_vector layout: object (u, v) per camera, then pad (u, v) per camera; wrist is camera 1
+    np.testing.assert_array_equal(kept[:, :9], every[:, [0, 1, 2, 3, 4, 5, 6, 9, 10]])
+    with_pad = np.isin([episodes[e].task for e, _ in wrist.index], ["push", "place"])
+    assert with_pad.any()
+    np.testing.assert_array_equal(kept[with_pad, 9:], every[with_pad][:, 13:15])
+    with pytest.raises(ValueError, match=r"point_cameras: expected names among the dataset's cameras"):
+        ChunkDataset(episodes, cameras, 4, target_points=True, point_cameras=["top"])
+
+
 def test_point_noise_jitters_the_training_points_only(sim_dataset, tmp_path):
     from training.train import jitter_points
 
