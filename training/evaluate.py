@@ -36,6 +36,10 @@ class EpisodeTrace:
     object_to_pad_m       last target-object-to-target-pad distance in xy (push / place only, m)
     first_point_err_px    target points from a pointer: its object point's distance from the truth in the first
                           camera at the first plan (pixels); first_pad_point_err_px the same for the pad
+    first_point_on_target the scene object nearest that point is the instruction's (a wrong object, not an
+                          imprecise point, when false)
+    point_err_px          per pointing camera, the median over the episode's plans of the object point's error
+                          (a camera that moves with the arm loses the object from view)
     """
 
     def __init__(self) -> None:
@@ -45,6 +49,8 @@ class EpisodeTrace:
         self.object_to_pad: float | None = None
         self.first_point_err_px: float | None = None  # set by ChunkedPolicy (target points from a pointer)
         self.first_pad_point_err_px: float | None = None
+        self.first_point_on_target: bool | None = None
+        self.point_errs_px: dict[str, list[float]] = {}
 
     def observe(self, info: dict) -> None:
         tcp = np.asarray(info["tcp_pos"], np.float64)
@@ -65,6 +71,10 @@ class EpisodeTrace:
             out["first_point_err_px"] = self.first_point_err_px
         if self.first_pad_point_err_px is not None:
             out["first_pad_point_err_px"] = self.first_pad_point_err_px
+        if self.first_point_on_target is not None:
+            out["first_point_on_target"] = self.first_point_on_target
+        if self.point_errs_px:
+            out["point_err_px"] = {c: float(np.median(e)) for c, e in self.point_errs_px.items()}
         return out
 
 
@@ -83,6 +93,12 @@ def diagnostics(traces: list[dict]) -> dict:
     if pad_points:
         out["median_first_pad_point_err_px"] = round(float(np.median(pad_points)), 2)
         out["first_pad_point_within_8px_rate"] = round(float(np.mean(np.array(pad_points) <= 8.0)), 3)
+    on_target = [t["first_point_on_target"] for t in traces if "first_point_on_target" in t]
+    if on_target:
+        out["first_point_on_target_rate"] = round(float(np.mean(on_target)), 3)
+    along = [t["point_err_px"] for t in traces if "point_err_px" in t]
+    if along:  # per camera: median over episodes of each episode's median error along the way
+        out["median_point_err_px"] = {c: round(float(np.median([a[c] for a in along])), 2) for c in along[0]}
     return out
 
 
@@ -125,19 +141,29 @@ class ChunkedPolicy:
             if self.sim_points is not None:
                 state = np.concatenate([state, self.sim_points(obs, info)])
             chunk = self.runner.infer(obs["images"], state, obs["instruction"], noise=noise.astype(np.float32))
-            if self.runner.pointer is not None and self.trace.first_point_err_px is None:
+            if self.runner.pointer is not None:
                 self.trace_pointer(self.runner.last_points, info)
             self.queue = list(chunk[: self.execute_steps])
         return self.queue.pop(0)
 
     def trace_pointer(self, points: np.ndarray, info: dict) -> None:
-        """How far the pointer's object (and pad) point is from the truth in the first pointing camera."""
-        cfg = self.runner.config
-        obj, pad = pixels_from_info(info, list(cfg.target_point_cameras))
-        pad_at = 2 * len(cfg.target_point_cameras)  # target_point_vector: object (u, v) per camera, then pad
-        self.trace.first_point_err_px = float(np.linalg.norm(points[:2] - obj[0]) * cfg.image_size)
+        """How far the pointer's object point is from the truth per pointing camera on this plan; on the first
+        plan also the pad's, and which scene object the first camera's point is nearest to."""
+        cfg, trace = self.runner.config, self.trace
+        cameras = list(cfg.target_point_cameras)
+        obj, pad = pixels_from_info(info, cameras)
+        # target_point_vector: object (u, v) per camera, then pad (u, v) per camera; truth clipped as trained
+        errs = np.linalg.norm(points[: 2 * len(cameras)].reshape(-1, 2) - np.clip(obj, 0, 1), axis=1) * cfg.image_size
+        for camera, err in zip(cameras, errs):
+            trace.point_errs_px.setdefault(camera, []).append(float(err))
+        if trace.first_point_err_px is not None:
+            return
+        trace.first_point_err_px = float(errs[0])
+        nearest = min(info["objects"], key=lambda o: np.linalg.norm(np.asarray(o["pixels"][cameras[0]]) - points[:2]))
+        trace.first_point_on_target = nearest["name"] == info["target_object"]
+        pad_at = 2 * len(cameras)
         if not np.isnan(pad).any():  # push / place
-            self.trace.first_pad_point_err_px = float(np.linalg.norm(points[pad_at:pad_at + 2] - pad[0]) * cfg.image_size)
+            trace.first_pad_point_err_px = float(np.linalg.norm(points[pad_at:pad_at + 2] - pad[0]) * cfg.image_size)
 
 
 def make_env(task: str, split: str, runner: PolicyRunner):

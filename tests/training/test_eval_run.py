@@ -110,6 +110,40 @@ def test_episode_trace_tells_a_wrong_object_from_a_near_miss():
     assert summary["went_to_target_rate"] == 0.5 and summary["median_object_to_pad_m"] == 0.1
 
 
+def test_pointer_trace_tells_a_wrong_object_from_an_imprecise_point():
+    """ChunkedPolicy.trace_pointer on hand-made infos: per-camera errors along the episode, the first plan's
+    object (and pad) error, and whether the first camera's point landed nearest the instruction's object."""
+    from types import SimpleNamespace
+
+    from training.evaluate import ChunkedPolicy, diagnostics
+
+    config = PolicyConfig.preset("tiny", target_points="sim")  # cameras front, wrist; 64-px images
+    size = config.image_size
+
+    def info(red_front):
+        pixels = {"red cube": {"front": red_front, "wrist": [0.5, 0.5]}, "blue cube": {"front": [0.8, 0.2], "wrist": [0.1, 0.9]}}
+        return {"target_object": "red cube", "target_pad": "green pad",
+                "objects": [{"name": n, "pixels": p} for n, p in pixels.items()],
+                "pads": [{"name": "green pad", "pixels": {"front": [0.2, 0.8], "wrist": [1.4, 0.5]}}]}
+
+    traces = []
+    # object front, wrist; pad front, wrist. Episode 1: near the red cube (2 px off); episode 2: on the blue one.
+    for first_front in ([0.3 + 2 / size, 0.3], [0.8, 0.2]):
+        policy = ChunkedPolicy(SimpleNamespace(config=config, pointer=object()), execute_steps=1)
+        policy.trace_pointer(np.array([*first_front, 0.5, 0.5, 0.2, 0.8, 1.0, 0.5], np.float32), info([0.3, 0.3]))
+        # later, the red cube has moved and the wrist point is 4 px off
+        policy.trace_pointer(np.array([0.4, 0.3, 0.5, 0.5 + 4 / size, 0.2, 0.8, 1.0, 0.5], np.float32), info([0.4, 0.3]))
+        traces.append(policy.trace.summary())
+    near, wrong = traces
+    assert near["first_point_on_target"] and not wrong["first_point_on_target"]
+    assert near["first_point_err_px"] == pytest.approx(2.0, abs=1e-3)
+    assert near["first_pad_point_err_px"] == pytest.approx(0.0, abs=1e-3)  # truth clipped into the image: wrist pad at 1.0
+    assert near["point_err_px"] == pytest.approx({"front": 1.0, "wrist": 2.0}, abs=1e-3)  # medians of (2, 0), (0, 4)
+    summary = diagnostics([{"closest_target_m": 0.1, "went_to_target": True, **t} for t in traces])
+    assert summary["first_point_on_target_rate"] == 0.5
+    assert set(summary["median_point_err_px"]) == {"front", "wrist"}
+
+
 def test_sim_target_points_checkpoint_runs_in_sim_eval_only(tmp_path):
     from policy.runtime import PolicyRunner
 
@@ -176,5 +210,6 @@ def test_points_from_an_align_run_feed_the_body_what_its_head_points_at(sim_data
     assert done.returncode == 0, done.stderr[-2000:]
     diag = json.loads(done.stdout)["splits"]["train"]["per_family"]["place"]["diagnostics"]
     assert 0.0 <= diag["median_first_pad_point_err_px"] <= 64 * 2**0.5
+    assert list(diag["median_point_err_px"]) == ["front"] and diag["first_point_on_target_rate"] in (0.0, 1.0)
     done = _mot("eval", "--checkpoint", other, "--episodes", "1", "--tasks", "reach", "--points-from", tmp_path / "other")
     assert done.returncode != 0 and "expected an align run, " in done.stderr
