@@ -38,6 +38,8 @@ JPEG_QUALITY = 95
 GROUNDING_KEYS = ("target_object_pos", "target_pad_pos")
 # Align-stage referring expressions for one object of the scene, by its name in the env's info.
 REFERRING_TEMPLATES = ("{}", "the {}", "find the {}", "where is the {}", "look at the {}", "the {} on the table")
+# ... and for an object and a pad of the scene together, in the order push/place instructions name them.
+PAIR_TEMPLATES = ("the {} and the {}", "the {} on the {}", "the {} to the {}", "find the {} and the {}")
 
 
 # -- atomic files ----------------------------------------------------------------------------------
@@ -279,7 +281,7 @@ class ChunkDataset:
         return ep.actions[idx]
 
     def batch(self, indices: np.ndarray, images: bool = True, referent_prob: float = 0.0,
-              rng: np.random.Generator | None = None) -> dict:
+              rng: np.random.Generator | None = None, pad_referent_prob: float = 0.0) -> dict:
         """Sample indices (B,) -> a policy batch (images, state, instruction, actions) + grounding targets.
 
         images=False skips JPEG decoding (the policy stage with a cached prefix never looks at pixels).
@@ -289,6 +291,9 @@ class ChunkDataset:
         referring expression for a random object of the scene ("the red cube") whose position becomes
         the target (align stage). The same frame then asks for different answers with different words,
         so grounding must read the text rather than memorise the scene.
+        pad_referent_prob: per referring expression in a scene with pads, the chance that it names a random
+        pad too ("the red cube on the blue pad"), which becomes the pad target: two colour words in one
+        phrase, and the object head must take the object's, not the pad's.
         """
         rows = self.index[indices]
         eps = [self.episodes[e] for e, _ in rows]
@@ -302,6 +307,12 @@ class ChunkDataset:
                 if ep.track is None or not ep.track.object_names or rng.random() >= referent_prob:
                     continue
                 k = int(rng.integers(len(ep.track.object_names)))
+                if pad_referent_prob > 0 and ep.track.pad_names and rng.random() < pad_referent_prob:
+                    j = int(rng.integers(len(ep.track.pad_names)))
+                    template = PAIR_TEMPLATES[int(rng.integers(len(PAIR_TEMPLATES)))]
+                    instructions[i] = template.format(ep.track.object_names[k], ep.track.pad_names[j])
+                    targets[i] = self.grounding(ep, t, obj=k, pad=j)
+                    continue
                 template = REFERRING_TEMPLATES[int(rng.integers(len(REFERRING_TEMPLATES)))]
                 instructions[i] = template.format(ep.track.object_names[k])
                 targets[i] = self.grounding(ep, t, obj=k, pad=-1)

@@ -64,6 +64,8 @@ class TrainConfig:
     # align: chance per sample that the instruction becomes a referring expression for a random object
     # of the scene (training/data.py ChunkDataset.batch); needs datasets with per-frame scene tracks.
     referents: float = 0.5
+    # align: share of those referring expressions that name a pad of the scene too (ChunkDataset.batch).
+    pad_referents: float = 0.0
     # Share of every batch drawn from the first `early_window` frames of the episodes. There the arm is
     # still at home: nothing but the words and pixels says where to go (later, the arm's pose and the
     # gripper in the images do), so these are the frames that teach grounding. 0: uniform over frames.
@@ -118,8 +120,9 @@ class TrainConfig:
             raise ValueError(f"ema: expected a decay in [0, 1), received {self.ema}")
         if self.body_grounding < 0:
             raise ValueError(f"body_grounding: expected a weight >= 0, received {self.body_grounding}")
-        if not 0.0 <= self.referents <= 1.0:
-            raise ValueError(f"referents: expected a probability in [0, 1], received {self.referents}")
+        for name in ("referents", "pad_referents"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1], received {getattr(self, name)}")
         if self.point_noise < 0 or (self.point_noise > 0 and self.target_points is None):
             raise ValueError(f"point_noise: expected >= 0, and target_points set when > 0; received {self.point_noise} "
                              f"with target_points {self.target_points!r}")
@@ -554,7 +557,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             batch = data.batch(indices, images=False)
             batch["prefix"] = cache.prefix(indices)
         elif cfg.stage == "align":
-            batch = data.batch(indices, referent_prob=cfg.referents, rng=np.random.default_rng([cfg.seed, step, rank, 2]))
+            batch = data.batch(indices, referent_prob=cfg.referents, rng=np.random.default_rng([cfg.seed, step, rank, 2]),
+                               pad_referent_prob=cfg.pad_referents)
         else:
             batch = data.batch(indices)
         if cfg.point_noise > 0:
@@ -635,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
                         "preset's for a new policy, the --init checkpoint's otherwise")
     for name in ("steps", "batch_size", "warmup", "log_every", "eval_every", "ckpt_every", "seed", "early_window"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction", "referents",
+    for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction", "referents", "pad_referents",
                  "body_grounding", "early_fraction", "point_noise"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--save-dtype", default=defaults.save_dtype, choices=["float32", "float16", "bfloat16"],

@@ -60,6 +60,31 @@ def test_referring_expressions_ask_for_other_objects_of_the_scene(sim_dataset):
     assert named > len(indices) // 2  # mostly objects other than the episode's own target
 
 
+def test_pair_referring_expressions_name_an_object_and_a_pad(sim_dataset):
+    _, episodes = read_episodes(sim_dataset)
+    data = ChunkDataset(episodes, ["front", "wrist"], horizon=8)
+    indices = np.arange(0, len(data), 3)
+    # off by default: the same draws as before the option existed
+    before = data.batch(indices, images=False, referent_prob=1.0, rng=np.random.default_rng(0))
+    again = data.batch(indices, images=False, referent_prob=1.0, rng=np.random.default_rng(0), pad_referent_prob=0.0)
+    assert before["instruction"] == again["instruction"]
+    asked = data.batch(indices, images=False, referent_prob=1.0, rng=np.random.default_rng(0), pad_referent_prob=1.0)
+    pairs = 0
+    for (e, t), text, obj_px, pad_px in zip(data.index[indices], asked["instruction"],
+                                            asked["grounding"]["target_object_pixels"], asked["grounding"]["target_pad_pixels"]):
+        track = episodes[e].track
+        k = next(i for i, name in enumerate(track.object_names) if name in text)
+        assert np.array_equal(obj_px, data.grounding(episodes[e], t, obj=k)["target_object_pixels"])
+        if not track.pad_names:
+            assert np.isnan(pad_px).all()
+            continue
+        j = next(i for i, name in enumerate(track.pad_names) if name in text)  # the pad it names
+        assert np.array_equal(pad_px, data.grounding(episodes[e], t, pad=j)["target_pad_pixels"])
+        assert text.index(track.object_names[k]) < text.index(track.pad_names[j])  # object first, as instructions do
+        pairs += 1
+    assert pairs > 0
+
+
 def test_chunks_pad_with_the_last_action(sim_dataset):
     _, episodes = read_episodes(sim_dataset)
     data = ChunkDataset(episodes, ["front", "wrist"], horizon=8)
