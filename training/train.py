@@ -468,6 +468,9 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
         policy.add_goal_token()
     if cfg.target_points is not None and policy.cfg.target_points != cfg.target_points:
         policy.set_target_points(cfg.target_points, cfg.point_cameras)  # (an --init checkpoint trained with them keeps its own)
+    elif cfg.point_cameras is not None and tuple(cfg.point_cameras) != policy.cfg.target_point_cameras:
+        raise ValueError(f"point_cameras: the --init checkpoint's body reads the points of {list(policy.cfg.target_point_cameras)}, "
+                         f"received {cfg.point_cameras}; train from its align checkpoint to change them")
     return policy
 
 

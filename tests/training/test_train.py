@@ -336,6 +336,10 @@ def test_point_cameras_keep_only_those_cameras_points(sim_dataset, tmp_path):
     np.testing.assert_array_equal(kept[with_pad, 9:], every[with_pad][:, 13:15])
     with pytest.raises(ValueError, match=r"point_cameras: expected names among the dataset's cameras"):
         ChunkDataset(episodes, cameras, 4, target_points=True, point_cameras=["top"])
+    # An --init checkpoint that already reads the wrist's points is not silently given other cameras.
+    with pytest.raises(ValueError, match=r"point_cameras: the --init checkpoint's body reads the points of \['wrist'\]"):
+        train(_cfg(sim_dataset, tmp_path / "again", steps=2, eval_every=2, ckpt_every=2, target_points="sim",
+                   point_cameras=["front"], init=result["checkpoint"]), progress=False)
 
 
 def test_point_noise_jitters_the_training_points_only(sim_dataset, tmp_path):
