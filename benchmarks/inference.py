@@ -162,13 +162,16 @@ def backend_ops(runner: PolicyRunner, images, state, noise, instruction: str, st
 
     single = {k: v[0] for k, v in zip(runner.cfg.cameras, np.moveaxis(images[:1], 1, 0))}
     runner.warmup(instruction)
+    robot_state = state[0][:runner.robot_state_dim]  # a pointer appends the target points itself
+    pointing = {"pointer": lambda: runner.pointer(single, instruction)} if runner.pointer is not None else {}
     return {
         "text_encode": lambda: backend.encode_text(ids, valid),
         "observation_encode": lambda: backend.encode_observation(images, state, text),
         "denoise_step": lambda: backend.denoise(noise, 0.5, prefix),
         "chunk": chunk,
         # End to end (validation, text cache hit, de-normalisation), batch 1.
-        "runner_infer": lambda: runner.infer(single, state[0], instruction, noise=noise[0]),
+        "runner_infer": lambda: runner.infer(single, robot_state, instruction, noise=noise[0]),
+        **pointing,  # the pointer alone, batch 1 (included in runner_infer)
     }
 
 
@@ -213,10 +216,18 @@ def main(argv: list[str] | None = None) -> int:
         options = {"onnx_dir": args.onnx_dir, "intra_op_threads": threads}
     elif args.backend == "tensorrt":
         options = {"onnx_dir": args.onnx_dir, "max_batch": max(1, b), "opt_batch": b}
+    # A target_points checkpoint: its bundled pointer runs (torch) inside PolicyRunner.infer, as on a robot;
+    # without one, the graphs are timed on a state that already carries the points.
+    from policy.pointing import Pointer
+
+    pointer = Pointer.bundled(ckpt) if ckpt is not None and cfg.target_points is not None else None
+    privileged = cfg.target_points is not None and pointer is None
     t0 = time.perf_counter()
-    runner = PolicyRunner(policy, backend=args.backend, checkpoint_dir=ckpt, **options)
+    runner = PolicyRunner(policy, backend=args.backend, checkpoint_dir=ckpt, pointer=pointer,
+                          allow_privileged=privileged, **options)
     setup_s = time.perf_counter() - t0
-    torch_runner = runner if args.backend == "torch" else PolicyRunner(policy, backend="torch")
+    torch_runner = runner if args.backend == "torch" else PolicyRunner(policy, backend="torch", pointer=pointer,
+                                                                       allow_privileged=privileged)
 
     # FLOPs of the exported computations, counted on the torch modules.
     ids_t, valid_t = policy.tokenizer([instruction] * b)
@@ -277,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "mot bench inference " + " ".join(argv if argv is not None else sys.argv[1:]),
         "preset": None if args.checkpoint else args.preset,
         "checkpoint": args.checkpoint,
+        "pointer": pointer.source if pointer is not None else None,
         "backend": args.backend,
         "batch": b,
         "num_steps": steps,

@@ -5,10 +5,13 @@
     norm_stats.json     state/action normalisation statistics
     manifest.json       format, sha256 of each file above, sha256 of the pretrained sources, the
                         "inherited" vision tensors (still equal to the language copy they started as,
-                        rebuilt on load instead of stored) and the storage dtype
+                        rebuilt on load instead of stored), the storage dtype, and the bundled pointer's
+                        manifest sha256 when there is one
+    pointer/            optional: the model that gives a target_points body its points on a robot
+                        (policy/pointing.py `Pointer.save`), so one directory is all a robot needs
 
-Weights may be stored as float16 (`dtype=torch.float16`, what the shipped checkpoint uses to stay
-small); they are loaded back into float32 parameters.
+Weights may be stored as float16 (`dtype=torch.float16`) or int8 (`dtype=torch.int8`: weight-only, per
+output row, `pack_weights`); they are loaded back into float32 parameters, so the model computes as trained.
 
 The directory is assembled under a temporary name in the same parent and renamed into place, so a
 crash never leaves a half-written checkpoint under the real name. `load_checkpoint` refuses a
@@ -22,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,10 +38,111 @@ from policy.vision import default_trunk_weights
 
 FORMAT = "mot-policy/1"
 FILES = ("model.safetensors", "config.json", "norm_stats.json")
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
+INT8_MIN_ELEMENTS = 4096  # matrices at least this large are stored as int8; biases, norms, small tables as float16
+SCALE_SUFFIX = ":scale"  # "<key>:scale" holds an int8 matrix's per-row scales (":" never occurs in a parameter name)
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be trusted (missing file, bad hash, shape mismatch)."""
+
+
+def storage_dtype(name: str) -> torch.dtype:
+    """'float16' -> torch.float16; the CLI's --save-dtype / --dtype choices."""
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(STORAGE_DTYPES)}, received {name!r}")
+    return STORAGE_DTYPES[name]
+
+
+def pack_weights(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """float32 tensors -> (what model.safetensors stores at `dtype`, the keys stored as int8).
+
+    int8 is weight-only and symmetric per output row (as LLM.int8 / torchao's weight-only schemes): a
+    matrix W (out, in) with at least INT8_MIN_ELEMENTS entries becomes q = round(W / s) in int8 with
+    s (out,) = max |W_row| / 127 in float32 under "<key>:scale"; every other floating tensor is float16.
+    The error per entry is at most s / 2, half a step of its own row's range.
+    """
+    if dtype not in STORAGE_DTYPES.values():
+        raise ValueError(f"dtype: expected one of {list(STORAGE_DTYPES.values())}, received {dtype}")
+    stored, quantized = {}, []
+    for key, value in weights.items():
+        value = value.detach().cpu()
+        if not value.is_floating_point():
+            stored[key] = value.contiguous()
+        elif dtype != torch.int8:
+            stored[key] = value.to(dtype).contiguous()
+        elif value.dim() == 2 and value.numel() >= INT8_MIN_ELEMENTS:
+            w = value.float()
+            scale = w.abs().amax(dim=1) / 127.0
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
+            stored[key] = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            stored[key + SCALE_SUFFIX] = scale.contiguous()
+            quantized.append(key)
+        else:
+            stored[key] = value.to(torch.float16).contiguous()
+    return stored, sorted(quantized)
+
+
+def unpack_weights(stored: dict[str, torch.Tensor], quantized: list[str]) -> dict[str, torch.Tensor]:
+    """`pack_weights`' output (and its int8 keys, from the manifest) -> float32 tensors."""
+    weights = dict(stored)
+    for key in quantized:
+        q, scale = weights.get(key), weights.pop(key + SCALE_SUFFIX, None)
+        if q is None or scale is None or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
+            raise CheckpointError(f"checkpoint: {key} is listed as int8 but its tensor or per-row scale is missing or "
+                                  f"malformed (tensor {None if q is None else (q.dtype, tuple(q.shape))}, scale "
+                                  f"{None if scale is None else tuple(scale.shape)})")
+        weights[key] = q.float() * scale.float()[:, None]
+    stray = sorted(k for k in weights if k.endswith(SCALE_SUFFIX))
+    if stray:
+        raise CheckpointError(f"checkpoint: scales {stray[:5]} belong to no int8 tensor of the manifest")
+    return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+
+
+def write_directory(directory: str | Path, write: Callable[[Path], None]) -> Path:
+    """Atomically (re)create `directory`: `write(tmp)` fills a temporary sibling, which is renamed into place.
+
+    The old directory (if any) is moved aside first and removed only after the new one is in place.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        write(tmp)
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_manifest(directory: str | Path, fmt: str, files: tuple[str, ...]) -> dict:
+    """directory/manifest.json of format `fmt`, with every file in `files` checked against its sha256."""
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint: expected {manifest_path}, it does not exist (not a checkpoint directory?)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint: {manifest_path} is not valid JSON ({e})") from e
+    if manifest.get("format") != fmt:
+        raise CheckpointError(f"checkpoint: expected format {fmt!r} in {manifest_path}, received {manifest.get('format')!r}")
+    for name in files:
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint: expected file {path}, it does not exist")
+        expected, actual = manifest["files"].get(name), sha256_file(path)
+        if expected != actual:
+            raise CheckpointError(f"checkpoint: {path} is corrupted or modified: sha256 expected {expected}, "
+                                  f"received {actual}")
+    return manifest
 
 
 def _external_keys(policy) -> set[str]:
@@ -52,9 +157,17 @@ def _external_keys(policy) -> set[str]:
 
 def _inherited_keys(policy) -> list[str]:
     """Vision-expert tensors still bit-identical to the language tensors they were copied from."""
+    if policy.cfg.routing != "mot":
+        return []
     sd = policy.state_dict()
     return sorted(k for k, v in sd.items() if k.startswith("layers.") and k.split(".")[2] == "vision"
                   and torch.equal(v, sd[k.replace(".vision.", ".language.", 1)]))
+
+
+def stored_keys(policy) -> tuple[set[str], list[str]]:
+    """(the state-dict keys a checkpoint of `policy` stores, the inherited ones it rebuilds instead)."""
+    inherited = _inherited_keys(policy)
+    return set(policy.state_dict()) - _external_keys(policy) - set(inherited), inherited
 
 
 def pretrained_sources(policy) -> dict[str, str]:
@@ -64,70 +177,86 @@ def pretrained_sources(policy) -> dict[str, str]:
     }
 
 
+def check_pretrained(policy, manifest: dict) -> None:
+    """Refuse weights trained against other frozen experts than the installed ones."""
+    sources = pretrained_sources(policy)
+    for key, expected in manifest.get("pretrained", {}).items():
+        if sources.get(key) != expected:
+            raise CheckpointError(f"checkpoint: trained against pretrained weights {key}={expected}, but the "
+                                  f"installed ones have {sources.get(key)}; install the same package versions")
+
+
 def checkpoint_id(directory: str | Path) -> str:
-    """The checkpoint's identity: sha256 of its manifest (which hashes every file)."""
+    """The checkpoint's identity: sha256 of its manifest (which hashes every file, the bundled pointer's too)."""
     return sha256_file(Path(directory) / "manifest.json")
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def fsync_write(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def save_checkpoint(policy, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype: expected torch.float32, float16 or bfloat16, received {dtype}")
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    inherited = _inherited_keys(policy) if policy.cfg.routing == "mot" else []
-    skip = _external_keys(policy) | set(inherited)
-    weights = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
-               for k, v in policy.state_dict().items() if k not in skip}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        save_file(weights, str(tmp / "model.safetensors"))
-        _fsync_write(tmp / "config.json", json.dumps(policy.cfg.to_dict(), indent=2).encode())
-        _fsync_write(tmp / "norm_stats.json", json.dumps(policy.norm_stats.to_dict(), indent=2).encode())
+def save_checkpoint(policy, directory: str | Path, dtype: torch.dtype = torch.float32, pointer=None) -> Path:
+    """pointer: a `policy.pointing.Pointer` to bundle under directory/pointer (a target_points body only)."""
+    if pointer is not None and policy.cfg.target_points is None:
+        raise ValueError("pointer: expected a checkpoint trained with target points (mot train --target-points), "
+                         "this one has none")
+    keys, inherited = stored_keys(policy)
+    stored, quantized = pack_weights({k: v for k, v in policy.state_dict().items() if k in keys}, dtype)
+
+    def write(tmp: Path) -> None:
+        save_file(stored, str(tmp / "model.safetensors"))
+        fsync_write(tmp / "config.json", json.dumps(policy.cfg.to_dict(), indent=2).encode())
+        fsync_write(tmp / "norm_stats.json", json.dumps(policy.norm_stats.to_dict(), indent=2).encode())
         manifest = {"format": FORMAT, "files": {name: sha256_file(tmp / name) for name in FILES},
-                    "pretrained": pretrained_sources(policy), "inherited": inherited, "dtype": str(dtype)}
-        _fsync_write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
-        # Swap into place: the old checkpoint (if any) is moved aside first and removed only after.
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+                    "pretrained": pretrained_sources(policy), "inherited": inherited, "dtype": str(dtype),
+                    "int8": quantized}
+        if pointer is not None:
+            pointer.save(tmp / "pointer", dtype)
+            manifest["pointer"] = {"manifest_sha256": checkpoint_id(tmp / "pointer")}
+        fsync_write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+    return write_directory(directory, write)
 
 
 def verify_checkpoint(directory: str | Path) -> dict:
-    """Checks the files against the manifest; returns the manifest."""
+    """Checks the files (and a bundled pointer's manifest) against the manifest; returns the manifest."""
     directory = Path(directory)
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        raise CheckpointError(f"checkpoint: expected {manifest_path}, it does not exist (not a checkpoint directory?)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint: {manifest_path} is not valid JSON ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint: expected format {FORMAT!r}, received {manifest.get('format')!r}")
-    for name in FILES:
-        path = directory / name
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint: expected file {path}, it does not exist")
-        expected, actual = manifest["files"].get(name), sha256_file(path)
+    manifest = read_manifest(directory, FORMAT, FILES)
+    if "pointer" in manifest:
+        expected = manifest["pointer"]["manifest_sha256"]
+        path = directory / "pointer" / "manifest.json"
+        actual = sha256_file(path) if path.is_file() else None
         if expected != actual:
-            raise CheckpointError(f"checkpoint: {name} is corrupted or modified: sha256 expected {expected}, "
-                                  f"received {actual}")
+            raise CheckpointError(f"checkpoint: the bundled pointer {path} is missing, corrupted or modified: sha256 "
+                                  f"expected {expected}, received {actual}")
     return manifest
+
+
+def expected_keys(policy, manifest: dict) -> set[str]:
+    """The state-dict keys a checkpoint's model.safetensors must hold: all but the external and the inherited."""
+    own = set(policy.state_dict())
+    inherited = set(manifest.get("inherited", []))
+    if not inherited <= own:
+        raise CheckpointError(f"checkpoint: inherited tensors {sorted(inherited - own)[:5]} do not exist in "
+                              "the model config.json describes")
+    return own - _external_keys(policy) - inherited
+
+
+def load_weights(directory: Path, manifest: dict, expected_keys: set[str], own: dict[str, torch.Tensor]) -> dict:
+    """directory/model.safetensors as float32, checked key by key and shape by shape against the model's own."""
+    weights = unpack_weights(load_file(str(directory / "model.safetensors")), manifest.get("int8", []))
+    missing, unexpected = sorted(expected_keys - set(weights)), sorted(set(weights) - expected_keys)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint: weights in {directory} do not match config.json: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    for key, tensor in weights.items():
+        if tensor.shape != own[key].shape:
+            raise CheckpointError(f"checkpoint: {key} expected shape {tuple(own[key].shape)} from config.json, "
+                                  f"received {tuple(tensor.shape)}")
+    return weights
 
 
 def load_checkpoint(directory: str | Path):
@@ -137,27 +266,36 @@ def load_checkpoint(directory: str | Path):
     manifest = verify_checkpoint(directory)
     cfg = PolicyConfig.from_json(directory / "config.json")
     policy = MoTPolicy(cfg, NormStats.load(directory / "norm_stats.json"))
-    sources = pretrained_sources(policy)
-    for key, expected in manifest.get("pretrained", {}).items():
-        if sources.get(key) != expected:
-            raise CheckpointError(f"checkpoint: trained against pretrained weights {key}={expected}, but the "
-                                  f"installed ones have {sources.get(key)}; install the same package versions")
-    weights = load_file(str(directory / "model.safetensors"))
-    own = policy.state_dict()
-    inherited = set(manifest.get("inherited", []))
-    if not inherited <= set(own):
-        raise CheckpointError(f"checkpoint: inherited tensors {sorted(inherited - set(own))[:5]} do not exist in "
-                              "the model config.json describes")
-    expected_keys = set(own) - _external_keys(policy) - inherited
-    missing, unexpected = sorted(expected_keys - set(weights)), sorted(set(weights) - expected_keys)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint: weights do not match config.json: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
-    for key, tensor in weights.items():
-        if tensor.shape != own[key].shape:
-            raise CheckpointError(f"checkpoint: {key} expected shape {tuple(own[key].shape)} from config.json, "
-                                  f"received {tuple(tensor.shape)}")
+    check_pretrained(policy, manifest)
+    weights = load_weights(directory, manifest, expected_keys(policy, manifest), policy.state_dict())
     with torch.no_grad():
         policy.load_state_dict(weights, strict=False)
     policy.checkpoint_id = checkpoint_id(directory)
     return policy.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`mot pack`: re-store a checkpoint at another dtype, optionally bundling an align run's pointer."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="mot pack", description="Re-store a checkpoint at another dtype, optionally "
+                                "bundling an align run's pointer (what made checkpoints/default).")
+    p.add_argument("--checkpoint", required=True, type=Path, help="the policy checkpoint to pack")
+    p.add_argument("--out", required=True, type=Path, help="the packed checkpoint directory (replaced atomically)")
+    p.add_argument("--dtype", default="int8", choices=sorted(STORAGE_DTYPES),
+                   help="storage dtype (int8: weight-only, per row; what fits body and pointer in 25 MB)")
+    p.add_argument("--pointer", type=Path, default=None, metavar="ALIGN_RUN",
+                   help="bundle this align run's pointer (vision expert + grounding head) for a --target-points body")
+    args = p.parse_args(argv)
+    from policy.model import MoTPolicy
+    from policy.pointing import Pointer
+
+    policy = MoTPolicy.load(args.checkpoint)
+    pointer = Pointer.for_checkpoint(args.pointer, args.checkpoint) if args.pointer else None
+    if pointer is None and policy.cfg.target_points is not None:
+        pointer = Pointer.bundled(args.checkpoint)  # re-packing a packed checkpoint keeps its pointer
+    out = save_checkpoint(policy, args.out, storage_dtype(args.dtype), pointer)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(json.dumps({"checkpoint": str(out), "dtype": args.dtype, "pointer": pointer.source if pointer else None,
+                      "bytes": size, "id": checkpoint_id(out)}, indent=2))
+    return 0

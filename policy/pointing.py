@@ -8,11 +8,24 @@ then pad per camera.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from policy.language import sha256_file
+
+
+POINTER_FORMAT = "mot-pointer/1"
+POINTER_FILES = ("model.safetensors", "config.json")
+
+
+def _pointing_key(key: str) -> bool:
+    """State-dict keys of the image path a pointer runs: image embedding and vision expert (not the body's)."""
+    return key.startswith("image_embed.") or (key.startswith("layers.") and key.split(".")[2] == "vision")
 
 
 class GroundingHead(nn.Module):
@@ -88,6 +101,7 @@ class Pointer:
         # indices of the chosen cameras' (u, v) pairs in pointed_uv's layout: object per camera, then pad per camera
         keep = [i for i, c in enumerate(cameras) if point_cameras is None or c in point_cameras]
         self.pairs = np.array([target * len(cameras) + i for target in (0, 1) for i in keep])
+        self._text: tuple[str, object] | None = None  # (instruction, its text K/V): the words stay while images change
 
     @classmethod
     def from_align_run(cls, align_run: str | Path, cameras: tuple[str, ...] | list[str],
@@ -118,13 +132,100 @@ class Pointer:
         cfg = PolicyConfig.from_json(Path(checkpoint) / "config.json")
         return cls.from_align_run(align_run, cfg.cameras, cfg.target_point_cameras)
 
+    @classmethod
+    def resolve(cls, align_run: str | Path | None, checkpoint: str | Path) -> "Pointer | None":
+        """What feeds a checkpoint's target points: the align run named (--points-from), else the pointer the
+        checkpoint bundles (`mot pack --pointer`), else None."""
+        return cls.for_checkpoint(align_run, checkpoint) if align_run else cls.bundled(checkpoint)
+
+    # -- a pointer bundled in a policy checkpoint (checkpoint/pointer, written by `mot pack`) -------------------
+    def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Atomic directory with what pointing needs and nothing else: the image embedding, the vision expert's
+        own tensors (those still equal to their language copy are rebuilt on load, as in a checkpoint), the
+        grounding head; config.json is the align model's; manifest.json as policy/checkpoint.py's."""
+        from policy.checkpoint import (FORMAT, fsync_write, pack_weights, pretrained_sources, stored_keys,
+                                       write_directory)
+        from safetensors.torch import save_file
+
+        keys, inherited = stored_keys(self.model)
+        weights = {k: v for k, v in self.model.state_dict().items() if k in keys and _pointing_key(k)}
+        weights.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        stored, quantized = pack_weights(weights, dtype)
+
+        def write(tmp: Path) -> None:
+            save_file(stored, str(tmp / "model.safetensors"))
+            fsync_write(tmp / "config.json", json.dumps(self.model.cfg.to_dict(), indent=2).encode())
+            manifest = {"format": POINTER_FORMAT, "policy_format": FORMAT,
+                        "files": {name: sha256_file(tmp / name) for name in POINTER_FILES},
+                        "pretrained": pretrained_sources(self.model), "inherited": inherited, "dtype": str(dtype),
+                        "int8": quantized, "offsets": self.use_offsets, "source": self.source}
+            fsync_write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+        return write_directory(directory, write)
+
+    @classmethod
+    def load(cls, directory: str | Path, point_cameras: tuple[str, ...] | list[str] | None = None) -> "Pointer":
+        """A directory `save` wrote, verified like a checkpoint (sha256 of each file, pretrained sources)."""
+        from policy.checkpoint import check_pretrained, expected_keys, load_weights, read_manifest
+        from policy.config import PolicyConfig
+        from policy.model import MoTPolicy
+
+        directory = Path(directory)
+        manifest = read_manifest(directory, POINTER_FORMAT, POINTER_FILES)
+        model = MoTPolicy(PolicyConfig.from_json(directory / "config.json"))
+        check_pretrained(model, manifest)
+        head = GroundingHead(model.dims.width)
+        keys = expected_keys(model, manifest)  # the inherited vision tensors: the language copies MoTPolicy starts with
+        own = {k: v for k, v in model.state_dict().items() if k in keys and _pointing_key(k)}
+        own.update({f"head.{k}": v for k, v in head.state_dict().items()})
+        weights = load_weights(directory, manifest, set(own), own)
+        with torch.no_grad():
+            model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("head.")}, strict=False)
+            head.load_state_dict({k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")})
+        return cls(model, head, bool(manifest["offsets"]), f"{manifest['source']} (bundled in {directory.parent})",
+                   point_cameras)
+
+    @classmethod
+    def bundled(cls, checkpoint: str | Path) -> "Pointer | None":
+        """The pointer a checkpoint bundles (its manifest names it), for the checkpoint's cameras; None if none."""
+        from policy.checkpoint import verify_checkpoint
+        from policy.config import PolicyConfig
+
+        checkpoint = Path(checkpoint)
+        if "pointer" not in verify_checkpoint(checkpoint):
+            return None
+        cfg = PolicyConfig.from_json(checkpoint / "config.json")
+        pointer = cls.load(checkpoint / "pointer", cfg.target_point_cameras)
+        if list(pointer.model.cfg.cameras) != list(cfg.cameras):
+            raise ValueError(f"pointer: expected the policy's cameras {list(cfg.cameras)}, the pointer bundled in "
+                             f"{checkpoint} has {list(pointer.model.cfg.cameras)}")
+        return pointer
+
     @torch.no_grad()
     def __call__(self, images: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         """{camera: uint8 (H, W, 3)}, instruction -> float32 (4 * point cameras,) target points."""
+        frames = torch.from_numpy(np.stack([np.asarray(images[c]) for c in self.model.cfg.cameras])[None])
+        if self._text is None or self._text[0] != instruction:
+            self._text = (instruction, self.model.encode_text(*self.model.tokenizer([instruction])))
+        return self.batch(frames, [instruction], self._text[1])[0]
+
+    @torch.no_grad()
+    def batch(self, frames: torch.Tensor, instructions: list[str], text=None) -> np.ndarray:
+        """uint8 (B, cameras, H, W, 3) in the model's camera order, B instructions (or their encoded `text`
+        prefix) -> float32 (B, 4 * point cameras) target points."""
         cfg = self.model.cfg
-        frames = torch.from_numpy(np.stack([np.asarray(images[c]) for c in cfg.cameras])[None])
-        text = self.model.encode_text(*self.model.tokenizer([instruction]))
+        text = text if text is not None else self.model.encode_text(*self.model.tokenizer(instructions))
         _, hidden = self.model.encode_images(frames, text, return_hidden=True)
         scores, offsets, _ = self.head(hidden)
         uv = pointed_uv(scores, offsets if self.use_offsets else None, len(cfg.cameras), cfg.feature_grid)
-        return uv[0].reshape(-1, 2)[self.pairs].reshape(-1).numpy().astype(np.float32)
+        return uv.reshape(len(frames), -1, 2)[:, self.pairs].reshape(len(frames), -1).numpy().astype(np.float32)
+
+    def fingerprint(self) -> str:
+        """sha256 of everything the points depend on: the config, every tensor (the frozen experts' too), the
+        pointing cameras."""
+        h = hashlib.sha256(json.dumps([self.model.cfg.to_dict(), self.use_offsets, self.pairs.tolist()]).encode())
+        tensors = {**self.model.state_dict(), **{f"head.{k}": v for k, v in self.head.state_dict().items()}}
+        for name in sorted(tensors):
+            h.update(name.encode())
+            h.update(tensors[name].detach().float().contiguous().numpy().tobytes())
+        return h.hexdigest()

@@ -87,7 +87,8 @@ class PolicyRunner:
         if policy.cfg.target_points == "sim" and pointer is None and not allow_privileged:
             # Its state carries where the target is: no robot has that input unless a pointer provides it.
             raise ValueError("checkpoint: target_points='sim' (the body reads where the target is) needs a pointer "
-                             "(--points-from ALIGN_RUN); without one only `mot eval` runs it, on the simulator's truth")
+                             "(--points-from ALIGN_RUN, or one bundled by `mot pack --pointer`); without one only "
+                             "`mot eval` runs it, on the simulator's truth")
         self.pointer = pointer
         self.last_points: np.ndarray | None = None  # what the pointer said on the latest call
         self.policy = policy.eval()
@@ -100,8 +101,17 @@ class PolicyRunner:
         self.last_timing: dict[str, float] = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, backend: str = "torch", **options) -> "PolicyRunner":
-        return cls(MoTPolicy.load(path), backend=backend, checkpoint_dir=path, **options)
+    def from_checkpoint(cls, path: str | Path, backend: str = "torch", pointer="bundled", **options) -> "PolicyRunner":
+        """pointer: "bundled" (default) takes the pointer a target_points checkpoint bundles (`mot pack --pointer`),
+        if any; or a `Pointer`, or None."""
+        policy = MoTPolicy.load(path)
+        if isinstance(pointer, str):
+            if pointer != "bundled":
+                raise ValueError(f"pointer: expected 'bundled', a Pointer or None, received {pointer!r}")
+            from policy.pointing import Pointer
+
+            pointer = Pointer.bundled(path) if policy.cfg.target_points is not None else None
+        return cls(policy, backend=backend, checkpoint_dir=path, pointer=pointer, **options)
 
     @property
     def config(self) -> PolicyConfig:
@@ -136,8 +146,8 @@ class PolicyRunner:
             if state.shape != (self.robot_state_dim,):
                 raise ValueError(f"state: expected the robot's state ({self.robot_state_dim},) (the pointer adds the "
                                  f"target points), received {state.shape}")
-            self.last_points = self.pointer(images, instruction)
-            state = np.concatenate([state.astype(np.float32), self.last_points])
+            # validated with placeholder points first, so the pointer only ever sees well-formed images
+            state = np.concatenate([state.astype(np.float32), np.zeros(self.cfg.target_point_dim, np.float32)])
         batch = {"images": {k: v[None] if isinstance(v, np.ndarray) else v for k, v in images.items()},
                  "state": state[None], "instruction": [instruction]}
         obs = validate_batch(batch, self.cfg)  # the same checks and messages as MoTPolicy
@@ -149,6 +159,10 @@ class PolicyRunner:
         steps = self.cfg.num_inference_steps if num_steps is None else num_steps
         with self._lock:
             t0 = time.perf_counter()
+            if self.pointer is not None:  # the placeholder points become the pointer's
+                self.last_points = self.pointer(images, instruction)
+                obs.state[0, self.robot_state_dim:] = torch.from_numpy(self.last_points)
+            tp = time.perf_counter()
             text = self.text_kv(instruction)
             t1 = time.perf_counter()
             state_norm = self.policy.normalize_state(obs.state).numpy().astype(np.float32)
@@ -157,7 +171,8 @@ class PolicyRunner:
             x = euler_sample(lambda x, t: self.backend.denoise(x, t, prefix),
                              np.asarray(noise, dtype=np.float32)[None], steps)
             t3 = time.perf_counter()
-        self.last_timing = {"text_ms": (t1 - t0) * 1e3, "observation_ms": (t2 - t1) * 1e3, "denoise_ms": (t3 - t2) * 1e3}
+        self.last_timing = {"pointer_ms": (tp - t0) * 1e3, "text_ms": (t1 - tp) * 1e3,
+                            "observation_ms": (t2 - t1) * 1e3, "denoise_ms": (t3 - t2) * 1e3}
         actions = self.policy.unnormalize_actions(torch.from_numpy(x), obs.state)[0]
         return actions.numpy().astype(np.float32)
 

@@ -45,7 +45,7 @@ from ros_nodes.safety import SafetyGuard, SafetyLimits
 PARAMETERS: dict[str, Any] = {
     "checkpoint": "",  # checkpoint directory (policy.MoTPolicy.save); required unless a runner is passed in
     "backend": "torch",  # torch | onnxruntime | tensorrt
-    "points_from": "",  # align run whose model points at the target, for a checkpoint with target_points
+    "points_from": "",  # align run whose model points at the target (target_points checkpoint; "" = its bundled one)
     "cameras": Parameter.Type.STRING_ARRAY,  # unset: the checkpoint's cameras
     "camera_topic": "camera/{camera}/image_raw",
     "image_size": 0,  # frames are resized to (image_size, image_size); 0: the checkpoint's size
@@ -88,7 +88,7 @@ class PolicyNode(Node):
             from policy.runtime import PolicyRunner
 
             self.get_logger().info(f"loading {p['checkpoint']} (backend {p['backend']})")
-            pointer = Pointer.for_checkpoint(p["points_from"], p["checkpoint"]) if p["points_from"] else None
+            pointer = Pointer.resolve(p["points_from"] or None, p["checkpoint"])
             runner = PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"], pointer=pointer)
         self.runner = runner
         if p["lock_memory"]:  # after loading: the weights and the backend's code are resident now

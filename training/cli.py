@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("training.demo:main", "the main job on the default embedded setup (what `make demo` runs)"),
     "bench": ("training.bench:main", "benchmarks: `mot bench inference|sim|train|ros` (prints JSON)"),
+    "pack": ("policy.checkpoint:main", "re-store a checkpoint (int8 / float16) and bundle a pointer into it"),
     "export": ("policy.export:main", "export a checkpoint to ONNX (text encoder, observation encoder, denoiser)"),
     "collect": ("training.collect:main", "scripted-expert demonstrations to disk (resumable, parallel)"),
     "data": ("training.data_cli:main", "inspect a dataset: `mot data info DIR`, `mot data video DIR --episode K`"),

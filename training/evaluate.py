@@ -279,10 +279,11 @@ def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdou
 
 
 def load_pointer(align_run: Path | None, checkpoint: Path):
-    """`--points-from ALIGN_RUN` -> a Pointer for the checkpoint's cameras (None without the flag)."""
+    """`--points-from ALIGN_RUN` -> a Pointer for the checkpoint's cameras; without the flag the pointer the
+    checkpoint bundles (`mot pack --pointer`), or None."""
     from policy.pointing import Pointer
 
-    return None if align_run is None else Pointer.for_checkpoint(align_run, checkpoint)
+    return Pointer.resolve(align_run, checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=256, help="frames for --open-loop")
     p.add_argument("--points-from", type=Path, default=None, metavar="ALIGN_RUN",
                    help="a --target-points checkpoint reads its target points from this align run's model (vision "
-                        "expert + grounding head, as a robot would) instead of the simulator")
+                        "expert + grounding head, as a robot would) instead of the simulator or its bundled pointer")
+    p.add_argument("--sim-points", action="store_true",
+                   help="a --target-points checkpoint reads the simulator's truth even if it bundles a pointer")
     args = p.parse_args(argv)
+    if args.sim_points and args.points_from:
+        p.error("--sim-points: expected without --points-from (they name two sources of target points)")
     if args.open_loop is not None:
         from policy import MoTPolicy
 
@@ -317,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         print(text if args.json else f"open loop: joint MAE {result['joint_mae_rad']} rad vs "
               f"{result['hold_still_joint_mae_rad']} holding still (ratio {result['joint_mae_over_hold_still']})")
         return 0
-    # A target_points checkpoint reads its points from the align run's pointer (--points-from) or, here
-    # only, from the simulator's ground truth.
+    # A target_points checkpoint reads its points from the align run's pointer (--points-from), the pointer
+    # it bundles or, here only (no pointer, or --sim-points), from the simulator's ground truth.
+    pointer = None if args.sim_points else load_pointer(args.points_from, args.checkpoint)
     runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend, allow_privileged=True,
-                                          pointer=load_pointer(args.points_from, args.checkpoint))
+                                          pointer=pointer)
     families = list(sim.TASK_FAMILIES) if args.tasks == "all" else args.tasks.split(",")
     splits = ["train", "heldout"] if args.split == "both" else [args.split]
     execute = args.execute_steps or max(1, runner.config.horizon // 2)

@@ -54,13 +54,18 @@ def cache_key(policy: MoTPolicy, data: ChunkDataset) -> str:
         if not p.requires_grad:  # the frozen experts; the body trains and never enters the prefix
             h.update(name.encode())
             h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    hash_frames(h, data)
+    return h.hexdigest()
+
+
+def hash_frames(h, data: ChunkDataset) -> None:
+    """Feeds `h` (a hashlib object) the dataset's size, cameras, instructions and JPEG bytes of every frame."""
     h.update(json.dumps([len(data), list(data.cameras)]).encode())
     for ep in data.episodes:
         h.update(ep.instruction.encode() + b"\0")
         for cam in data.cameras:
             for blob in ep.frames[cam]:
                 h.update(blob)
-    return h.hexdigest()
 
 
 class PrefixCache:

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     p.add_argument("--execute-steps", type=int, default=None)
     p.add_argument("--points-from", type=Path, default=None, metavar="ALIGN_RUN",
-                   help="for a --target-points checkpoint: the align run whose model points at the target")
+                   help="for a --target-points checkpoint: the align run whose model points at the target "
+                        "(default: the pointer the checkpoint bundles)")
     p.add_argument("--video", type=Path, default=None, help="default: outputs/run_<time>.mp4")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -42,9 +42,11 @@ from torch import nn
 from tqdm import tqdm
 
 from policy import MoTPolicy, NormStats, PolicyConfig
+from policy.checkpoint import STORAGE_DTYPES
 from policy.inputs import validate_batch
 from policy.pointing import GroundingHead
 from training.data import ChunkDataset, atomic_write_bytes, read_episodes, split_episodes
+from training.pointed import swap_points
 
 GROUNDING_TOLERANCE_M = 0.03
 
@@ -84,6 +86,10 @@ class TrainConfig:
     # policy: std of Gaussian noise added to the training target points, in image fractions (0.02 = 2.6 px at
     # 128 px): a body trained on the simulator's exact points then tolerates a pointer's error.
     point_noise: float = 0.0
+    # policy: an align run whose pointer's points replace the exact ones for a `pointed_share` of the samples
+    # (training/pointed.py): the body learns from the points it will get on a robot.
+    train_points_from: str | None = None
+    pointed_share: float = 0.5
     # "on": joint targets relative to the measured joints (the preset's delta_action_mask); "off":
     # absolute; None: the preset's choice for a new policy, the --init checkpoint's otherwise.
     delta_actions: str | None = None
@@ -112,8 +118,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every", "early_window"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected > 0, received {getattr(self, name)}")
-        if self.save_dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"save_dtype: expected float32, float16 or bfloat16, received {self.save_dtype!r}")
+        if self.save_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"save_dtype: expected one of {sorted(STORAGE_DTYPES)}, received {self.save_dtype!r}")
         if self.delta_actions not in (None, "on", "off"):
             raise ValueError(f"delta_actions: expected 'on', 'off' or None, received {self.delta_actions!r}")
         if not 0.0 <= self.ema < 1.0:
@@ -126,6 +132,9 @@ class TrainConfig:
         if self.point_noise < 0 or (self.point_noise > 0 and self.target_points is None):
             raise ValueError(f"point_noise: expected >= 0, and target_points set when > 0; received {self.point_noise} "
                              f"with target_points {self.target_points!r}")
+        if self.train_points_from is not None and (self.target_points is None or not 0.0 < self.pointed_share <= 1.0):
+            raise ValueError(f"train_points_from: expected target_points set and pointed_share in (0, 1], received "
+                             f"target_points {self.target_points!r} and pointed_share {self.pointed_share}")
         if self.point_cameras is not None and self.target_points is None:
             raise ValueError(f"point_cameras: expected target_points set with it, received point_cameras "
                              f"{self.point_cameras} and target_points None")
@@ -381,7 +390,7 @@ def save_training(out: Path, loss_module: StageLoss, opt, step: int, ema: dict |
             for name, p in loss_module.named_parameters():
                 if name in ema:
                     p.copy_(ema[name])
-    policy.save(out / "checkpoint", dtype=getattr(torch, cfg.save_dtype))
+    policy.save(out / "checkpoint", dtype=STORAGE_DTYPES[cfg.save_dtype])
     if ema is not None:
         with torch.no_grad():
             for name, p in loss_module.named_parameters():
@@ -517,6 +526,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             cache, loaded = PrefixCache.load_or_build(policy, data, directory, progress=False)
         if rank == 0:
             print("prefix cache: " + ("loaded (same config, frozen weights and frames)" if loaded else "built and saved"))
+    pointed = None
+    if cfg.train_points_from is not None:
+        from policy.pointing import Pointer
+        from training.pointed import pointed_points
+
+        pointer = Pointer.from_align_run(cfg.train_points_from, cameras, policy.cfg.target_point_cameras)
+        directory = Path(cfg.prefix_cache_dir) if cfg.prefix_cache_dir else out / "prefix_cache"
+        # As the prefix cache: rank 0 computes them, the other ranks load its file.
+        if rank == 0:
+            pointed = pointed_points(pointer, data, directory, progress=progress)
+        if distributed:
+            dist.barrier()
+        if rank != 0:
+            pointed = pointed_points(pointer, data, directory, progress=False)
+        del pointer
     # Same RNG stream on every rank: same head init.
     loss_module = StageLoss(policy, cfg.stage, body_grounding=cfg.body_grounding)
     params = [p for p in loss_module.parameters() if p.requires_grad]
@@ -564,6 +588,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                                pad_referent_prob=cfg.pad_referents)
         else:
             batch = data.batch(indices)
+        if pointed is not None:
+            batch["state"] = swap_points(batch["state"], pointed[indices], cfg.pointed_share,
+                                         np.random.default_rng([cfg.seed, step, rank, 4]))
         if cfg.point_noise > 0:
             batch["state"] = jitter_points(batch["state"], policy.cfg.target_point_dim, cfg.point_noise,
                                            np.random.default_rng([cfg.seed, step, rank, 3]))
@@ -637,15 +664,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--point-cameras", nargs="+", default=None, metavar="CAMERA",
                    help="policy, with --target-points: only these cameras' points (default: every camera's); e.g. "
                         "'front': a wrist camera loses the target from view, where a pointer has nothing to point at")
+    p.add_argument("--train-points-from", default=None, metavar="ALIGN_RUN",
+                   help="policy, with --target-points: for a --pointed-share of the samples, the points this align "
+                        "run's pointer gives instead of the exact ones (computed once, kept by the prefix cache)")
     p.add_argument("--delta-actions", choices=["on", "off"], default=None,
                    help="joint targets relative to the measured joints (on) or absolute (off); default: the "
                         "preset's for a new policy, the --init checkpoint's otherwise")
     for name in ("steps", "batch_size", "warmup", "log_every", "eval_every", "ckpt_every", "seed", "early_window"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema", "holdout_fraction", "referents", "pad_referents",
-                 "body_grounding", "early_fraction", "point_noise"):
+                 "body_grounding", "early_fraction", "point_noise", "pointed_share"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    p.add_argument("--save-dtype", default=defaults.save_dtype, choices=["float32", "float16", "bfloat16"],
+    p.add_argument("--save-dtype", default=defaults.save_dtype, choices=sorted(STORAGE_DTYPES),
                    help="storage dtype of OUT/checkpoint (training state stays float32)")
     p.add_argument("--no-cache-prefix", dest="cache_prefix", action="store_false",
                    help="policy stage: recompute the frozen prefix every step instead of caching it")

@@ -131,3 +131,49 @@ def test_small_checkpoint_stays_small_and_float16_round_trips(tmp_path):
     for (name, a), (_, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):
         assert b.dtype == a.dtype and torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
     assert torch.equal(loaded.layers[2]["vision"].ffn_out.weight, policy.layers[2]["language"].ffn_out.weight)
+
+
+def test_int8_storage_is_per_row_and_samples_what_float32_samples(tmp_path):
+    """int8 (weight-only, per row): a quarter of float32 for the matrices, float16 for the rest, float32 in memory."""
+    from policy.checkpoint import INT8_MIN_ELEMENTS
+
+    torch.manual_seed(0)
+    policy = randomize_body(MoTPolicy(PolicyConfig.preset("small")))
+    with torch.no_grad():
+        policy.layers[0]["body"].mlp[0].weight[3].zero_()  # an all-zero row must stay zero (scale 1, not 0/0)
+    full, half, packed = (policy.save(tmp_path / n, dtype=d) for n, d in
+                          (("f32", torch.float32), ("f16", torch.float16), ("i8", torch.int8)))
+    size = {p.name: (p / "model.safetensors").stat().st_size for p in (full, half, packed)}
+    assert size["i8"] < 0.3 * size["f32"] and size["i8"] < 0.6 * size["f16"], size
+    manifest = json.loads((packed / "manifest.json").read_text())
+    assert manifest["dtype"] == "torch.int8" and "layers.0.body.mlp.0.weight" in manifest["int8"]
+    assert "layers.0.body.mlp.0.bias" not in manifest["int8"] and "action_out.weight" not in manifest["int8"]
+    loaded = MoTPolicy.load(packed)
+    own = policy.state_dict()
+    for name, value in loaded.state_dict().items():
+        assert value.dtype == own[name].dtype, name
+        if name in manifest["int8"]:  # at most half a step of the row's own range
+            step = own[name].abs().amax(dim=1, keepdim=True) / 127
+            assert own[name].numel() >= INT8_MIN_ELEMENTS and ((value - own[name]).abs() <= step / 2 + 1e-7).all(), name
+    assert not loaded.layers[0]["body"].mlp[0].weight[3].any()
+    batch = make_batch(policy.cfg, actions=False)
+    noise = torch.randn(2, policy.cfg.horizon, policy.cfg.action_dim)
+    with torch.no_grad():
+        a, b = policy.sample_actions(batch, noise=noise), loaded.sample_actions(batch, noise=noise)
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.02), (a - b).abs().max()
+
+
+def test_int8_tensors_without_their_scales_are_refused():
+    from policy.checkpoint import pack_weights, unpack_weights
+
+    w = torch.randn(64, 128)
+    stored, quantized = pack_weights({"w": w, "b": torch.randn(64)}, torch.int8)
+    assert quantized == ["w"] and stored["w"].dtype == torch.int8 and stored["b"].dtype == torch.float16
+    error = (unpack_weights(stored, quantized)["w"] - w).abs()
+    assert (error <= stored["w:scale"][:, None] / 2 + 1e-7).all() and error.max() > 0
+    with pytest.raises(CheckpointError, match="w is listed as int8 but its tensor or per-row scale is missing"):
+        unpack_weights({"w": stored["w"], "b": stored["b"]}, quantized)
+    with pytest.raises(CheckpointError, match=r"scales \['w:scale'\] belong to no int8 tensor"):
+        unpack_weights(stored, [])
+    with pytest.raises(ValueError, match="dtype: expected one of"):
+        pack_weights({"w": torch.randn(2, 2)}, torch.int16)

@@ -15,6 +15,15 @@ def tiny_checkpoint(tmp_path_factory):
     return MoTPolicy(PolicyConfig.preset("tiny")).save(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
+def _train_tiny(data, out, **kw) -> str:
+    """A 2-step tiny run of `mot train` (kw: stage, init, target_points, ...) -> its checkpoint path."""
+    from training.train import TrainConfig, train
+
+    cfg = dict(data=str(data), out=str(out), preset="tiny", steps=2, batch_size=4, warmup=1, log_every=1,
+               eval_every=2, ckpt_every=2)
+    return train(TrainConfig(**{**cfg, **kw}), progress=False)["checkpoint"]
+
+
 def _mot(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "training.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
@@ -164,12 +173,8 @@ def test_sim_target_points_checkpoint_runs_in_sim_eval_only(tmp_path):
 def test_points_from_an_align_run_feed_the_body_what_its_head_points_at(sim_dataset, tmp_path):
     """align -> policy (--target-points sim) -> `mot eval --points-from ALIGN_RUN`: the align run's model and
     head replace the simulator's ground truth; the pointer need not be the body's own align run."""
-    from training.train import TrainConfig, train
-
     def run(out, **kw):
-        cfg = dict(data=str(sim_dataset), out=str(tmp_path / out), preset="tiny", steps=2, batch_size=4, warmup=1,
-                   log_every=1, eval_every=2, ckpt_every=2)
-        return train(TrainConfig(**{**cfg, **kw}), progress=False)["checkpoint"]
+        return _train_tiny(sim_dataset, tmp_path / out, **kw)
 
     align = run("align", stage="align")
     policy = run("policy", stage="policy", init=align, target_points="sim")
@@ -213,3 +218,61 @@ def test_points_from_an_align_run_feed_the_body_what_its_head_points_at(sim_data
     assert list(diag["median_point_err_px"]) == ["front"] and diag["first_point_on_target_rate"] in (0.0, 1.0)
     done = _mot("eval", "--checkpoint", other, "--episodes", "1", "--tasks", "reach", "--points-from", tmp_path / "other")
     assert done.returncode != 0 and "expected an align run, " in done.stderr
+
+
+def test_a_packed_checkpoint_bundles_its_pointer_for_run_eval_and_the_runner(sim_dataset, tmp_path, capsys):
+    """`mot pack --pointer ALIGN_RUN`: one directory (body + pointer) is all `mot run`, `mot eval`, PolicyRunner and
+    the ROS node need; the pointer points exactly as the align run's, and a modified pointer is refused."""
+    from policy.checkpoint import CheckpointError
+    from policy.checkpoint import main as pack
+    from policy.pointing import Pointer
+    from policy.runtime import PolicyRunner
+    from training.evaluate import main as evaluate
+
+    align = _train_tiny(sim_dataset, tmp_path / "align", stage="align")
+    body = _train_tiny(sim_dataset, tmp_path / "policy", stage="policy", init=align, target_points="sim")
+    with pytest.raises(ValueError, match="this one has none"):
+        pack(["--checkpoint", align, "--pointer", str(tmp_path / "align"), "--out", str(tmp_path / "refused")])
+    capsys.readouterr()  # what training printed
+    assert pack(["--checkpoint", body, "--pointer", str(tmp_path / "align"), "--out", str(tmp_path / "packed"),
+                 "--dtype", "float32"]) == 0
+    packed = tmp_path / "packed"
+    assert json.loads(capsys.readouterr().out)["pointer"] == str(tmp_path / "align")
+
+    images = {c: np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8) for c in ("front", "wrist")}
+    bundled, original = Pointer.bundled(packed), Pointer.for_checkpoint(tmp_path / "align", body)
+    for words in ("put the red cube on the blue pad", "touch the green cylinder"):
+        np.testing.assert_array_equal(bundled(images, words), original(images, words))
+    assert Pointer.bundled(body) is None  # a checkpoint without one
+    runner = PolicyRunner.from_checkpoint(packed)  # takes the bundled pointer by itself
+    assert "bundled in" in runner.pointer.source and runner.robot_state_dim == 7
+    reference = PolicyRunner.from_checkpoint(body, pointer=original)
+    noise = np.random.default_rng(1).standard_normal((8, 7)).astype(np.float32)
+    state = np.zeros(7, np.float32)
+    np.testing.assert_array_equal(runner.infer(images, state, "pick up the red cube", noise=noise),
+                                  reference.infer(images, state, "pick up the red cube", noise=noise))
+    assert runner.last_timing["pointer_ms"] > 0
+
+    # `mot eval` and `mot run` take it without --points-from; --sim-points asks for the simulator's truth.
+    args = ["--checkpoint", str(packed), "--episodes", "1", "--tasks", "reach", "--split", "train", "--json"]
+    assert evaluate(args) == 0
+    assert json.loads(capsys.readouterr().out)["target_points"] == f"pointer {runner.pointer.source}"
+    assert evaluate(args + ["--sim-points"]) == 0
+    assert json.loads(capsys.readouterr().out)["target_points"] == "simulator"
+    done = _mot("run", "pick up the red cube", "--checkpoint", packed, "--video", tmp_path / "run.mp4", "--json")
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+
+    # Re-packed as int8, it keeps its pointer; a modified pointer is refused (manifest hash, then file hashes).
+    assert pack(["--checkpoint", str(packed), "--out", str(tmp_path / "int8")]) == 0
+    assert json.loads(capsys.readouterr().out)["pointer"].endswith(f"(bundled in {packed})")
+    manifest = json.loads((tmp_path / "int8" / "pointer" / "manifest.json").read_text())
+    assert manifest["dtype"] == "torch.int8" and manifest["int8"]
+    assert Pointer.bundled(tmp_path / "int8")(images, "touch the green cylinder").shape == (8,)
+    weights = packed / "pointer" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(CheckpointError, match="pointer/model.safetensors is corrupted or modified"):
+        PolicyRunner.from_checkpoint(packed)
+    with open(packed / "pointer" / "manifest.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(CheckpointError, match="the bundled pointer .* is missing, corrupted or modified"):
+        MoTPolicy.load(packed)

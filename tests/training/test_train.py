@@ -359,3 +359,47 @@ def test_point_noise_jitters_the_training_points_only(sim_dataset, tmp_path):
     again = train(_cfg(sim_dataset, tmp_path / "b", steps=2, eval_every=2, ckpt_every=2, target_points="sim",
                        init=first, point_noise=0.02), progress=False)["checkpoint"]
     assert MoTPolicy.load(again).cfg.state_dim == MoTPolicy.load(first).cfg.state_dim == 7 + 8
+
+
+def test_train_points_from_a_pointer_swap_in_its_points_for_a_share_of_the_samples(sim_dataset, tmp_path):
+    """--train-points-from ALIGN_RUN: the pointer runs once over every frame (kept by the prefix cache's
+    directory, loaded again by the next run); per sample and with probability --pointed-share, its points
+    replace the exact ones, and nothing else of the state changes."""
+    from policy.pointing import Pointer
+    from training.pointed import pointed_points, swap_points
+
+    with pytest.raises(ValueError, match="train_points_from: expected target_points set and pointed_share in"):
+        _cfg(sim_dataset, tmp_path, train_points_from="x")
+    with pytest.raises(ValueError, match="pointed_share 0.0"):
+        _cfg(sim_dataset, tmp_path, train_points_from="x", target_points="sim", pointed_share=0.0)
+    state, pointed = np.zeros((2000, 15), np.float32), np.ones((2000, 8), np.float32)
+    mixed = swap_points(state, pointed, 0.25, np.random.default_rng(0))
+    swapped = mixed[:, 7:].all(axis=1)
+    assert (mixed[:, :7] == 0).all() and (mixed[~swapped, 7:] == 0).all() and swapped.mean() == pytest.approx(0.25, abs=0.03)
+    assert not state.any()  # a copy
+    with pytest.raises(ValueError, match=r"pointed: expected \(3, P <= 15\) points, received \(2, 8\)"):
+        swap_points(state[:3], pointed[:2], 0.5, np.random.default_rng(0))
+
+    train(_cfg(sim_dataset, tmp_path / "align", stage="align", steps=2, eval_every=2, ckpt_every=2), progress=False)
+    cache = tmp_path / "cache"
+    run = dict(steps=2, eval_every=2, ckpt_every=2, target_points="sim", train_points_from=str(tmp_path / "align"),
+               pointed_share=0.5, prefix_cache_dir=str(cache))
+    first = train(_cfg(sim_dataset, tmp_path / "a", **run), progress=False)["checkpoint"]
+    assert MoTPolicy.load(first).cfg.state_dim == 7 + 8
+    [saved] = cache.glob("pointed-*.npy")
+    # What the file holds is the pointer's own output for those frames (the run's training split).
+    _, episodes = read_episodes(sim_dataset, warn=False)
+    from training.data import split_episodes
+
+    data = ChunkDataset(split_episodes(episodes, 0.1, 0)[0], ["front", "wrist"], 8, target_points=True)
+    pointer = Pointer.from_align_run(tmp_path / "align", ("front", "wrist"))
+    points = np.load(saved)
+    assert points.shape == (len(data), 8) and ((points >= 0) & (points <= 1)).all()
+    batch = data.batch(np.array([0, len(data) - 1]))
+    frames = torch.from_numpy(np.stack([batch["images"][c] for c in ("front", "wrist")], axis=1))
+    np.testing.assert_allclose(pointer.batch(frames, batch["instruction"]), points[[0, -1]], atol=1e-6)
+    # A second run with the same pointer and frames loads the file instead of pointing again.
+    mtime = saved.stat().st_mtime_ns
+    train(_cfg(sim_dataset, tmp_path / "b", **run), progress=False)
+    assert saved.stat().st_mtime_ns == mtime and len(list(cache.glob("pointed-*.npy"))) == 1
+    np.testing.assert_array_equal(pointed_points(pointer, data, cache, progress=False), points)
