@@ -297,5 +297,29 @@ def main(argv: list[str] | None = None) -> int:
     out = save_checkpoint(policy, args.out, storage_dtype(args.dtype), pointer)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(json.dumps({"checkpoint": str(out), "dtype": args.dtype, "pointer": pointer.source if pointer else None,
-                      "bytes": size, "id": checkpoint_id(out)}, indent=2))
+                      "bytes": size, "id": checkpoint_id(out), **packing_error(policy, pointer, out)}, indent=2))
     return 0
+
+
+def packing_error(policy, pointer, packed: Path, observations: int = 4) -> dict:
+    """What packing changed: the largest action difference (robot units) and target-point difference (pixels)
+    between the source (policy, pointer) and the packed checkpoint, on seeded random observations with the
+    same flow noise."""
+    import numpy as np
+
+    from policy.runtime import PolicyRunner
+
+    source = PolicyRunner(policy, pointer=pointer, allow_privileged=pointer is None)
+    target = PolicyRunner.from_checkpoint(packed, allow_privileged=pointer is None)
+    cfg, rng = policy.cfg, np.random.default_rng(0)
+    actions, points = 0.0, 0.0
+    for i in range(observations):
+        images = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
+        state = rng.standard_normal(source.robot_state_dim).astype(np.float32) * 0.1
+        noise = rng.standard_normal((cfg.horizon, cfg.action_dim)).astype(np.float32)
+        words = ("put the red cube on the blue pad", "pick up the green cylinder")[i % 2]
+        a, b = source.infer(images, state, words, noise=noise), target.infer(images, state, words, noise=noise)
+        actions = max(actions, float(np.abs(a - b).max()))
+        if pointer is not None:
+            points = max(points, float(np.abs(source.last_points - target.last_points).max()) * cfg.image_size)
+    return {"max_action_diff": round(actions, 6), **({"max_point_diff_px": round(points, 4)} if pointer else {})}

@@ -191,9 +191,9 @@ def test_dry_run_publishes_no_command(ros, tiny_checkpoint):
     assert trajectories == []
 
 
-def test_a_target_points_checkpoint_plans_with_its_pointer_and_is_refused_without(ros, tmp_path):
-    """points_from: the node hands the runner the robot's 7 joints, the pointer adds where the target is."""
-    import pytest
+def _body_and_align_run(tmp_path):
+    """A tiny target-points body checkpoint (tmp_path/body) and an untrained align run's layout (tmp_path/align:
+    its checkpoint + grounding head in train_state.pt) -> the body's checkpoint path."""
     import torch
 
     from policy import MoTPolicy, PolicyConfig
@@ -202,14 +202,37 @@ def test_a_target_points_checkpoint_plans_with_its_pointer_and_is_refused_withou
     body = MoTPolicy(PolicyConfig.preset("tiny"))
     body.set_target_points("sim")
     checkpoint = body.save(tmp_path / "body")
-    align = MoTPolicy(PolicyConfig.preset("tiny"))  # an align run's layout: its checkpoint + head in train_state
+    align = MoTPolicy(PolicyConfig.preset("tiny"))
     align.save(tmp_path / "align" / "checkpoint")
     head = {f"head.{k}": v for k, v in GroundingHead(align.dims.width).state_dict().items()}
     torch.save({"config": {"stage": "align"}, "params": head, "ema": None}, tmp_path / "align" / "train_state.pt")
+    return checkpoint
 
+
+def test_a_target_points_checkpoint_plans_with_its_pointer_and_is_refused_without(ros, tmp_path):
+    """points_from: the node hands the runner the robot's 7 joints, the pointer adds where the target is."""
+    import pytest
+
+    checkpoint = _body_and_align_run(tmp_path)
     with pytest.raises(ValueError, match="needs a pointer"):
         start(ros, checkpoint)
     node, robot, instruction = start(ros, checkpoint, points_from=str(tmp_path / "align"))
+    trajectories = ros.collect(JointTrajectory, "joint_trajectory")
+    instruction.publish(String(data="put the red cube on the blue pad"))
+    ros.wait_for(lambda: len(chunks(trajectories)) >= 2, 30, "planned chunks")
+    assert node.runner.last_points.shape == (8,)
+    assert_safe(trajectories)
+
+
+def test_a_packed_checkpoint_brings_its_own_pointer(ros, tmp_path):
+    """`mot pack --pointer`: with points_from left empty the node plans with the pointer the checkpoint bundles."""
+    from policy.checkpoint import main as pack
+
+    checkpoint = _body_and_align_run(tmp_path)
+    assert pack(["--checkpoint", str(checkpoint), "--pointer", str(tmp_path / "align"),
+                 "--out", str(tmp_path / "packed")]) == 0
+    node, robot, instruction = start(ros, tmp_path / "packed")
+    assert node.runner.pointer.source == f"{tmp_path / 'align'} (bundled in {tmp_path / 'packed'})"
     trajectories = ros.collect(JointTrajectory, "joint_trajectory")
     instruction.publish(String(data="put the red cube on the blue pad"))
     ros.wait_for(lambda: len(chunks(trajectories)) >= 2, 30, "planned chunks")
