@@ -12,6 +12,10 @@ and reports how often it means the same colour / shape:
   shape_word_nn_acc        the same for shape words
   phrase_colour_nn_acc     "the <colour> <shape>" -> nearest train phrase, same colour
   phrase_both_nn_acc       ... same colour and shape
+  colour_token_nn_acc_by_layer
+                           what the policy attends to: the colour word's own token states at each layer
+                           (embeddings = 0 .. 6, mean over its word pieces) in "the <colour> cube", nearest
+                           train colour word's in the same phrase, same colour
   chance_colour            1 / number of colours
 """
 
@@ -52,6 +56,26 @@ def nearest_agreement(model, tokenizer, held: list[tuple[str, tuple]], train: li
     return [(held[i][1], train[j][1]) for i, j in enumerate(nearest)]
 
 
+def colour_token_states(model: BertModel, tokenizer: Tokenizer, word: str) -> torch.Tensor:
+    """word -> (layers + 1, width): its word pieces' states in "the <word> cube", averaged, at every layer."""
+    pieces = tokenizer.encode(word, add_special_tokens=False).ids
+    ids = tokenizer.encode(f"the {word} cube").ids
+    start = next(i for i in range(len(ids)) if ids[i:i + len(pieces)] == pieces)
+    with torch.no_grad():
+        hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    return torch.stack([h[0, start:start + len(pieces)].mean(0) for h in hidden])
+
+
+def token_agreement_by_layer(model, tokenizer, held: list[tuple[str, tuple]], train: list[tuple[str, tuple]]) -> list[float]:
+    """Per layer: the share of held-out words whose nearest train word (cosine of token states) means the same."""
+    h = torch.stack([colour_token_states(model, tokenizer, w) for w, _ in held])    # (H, layers + 1, width)
+    t = torch.stack([colour_token_states(model, tokenizer, w) for w, _ in train])   # (T, layers + 1, width)
+    h, t = h / h.norm(dim=-1, keepdim=True), t / t.norm(dim=-1, keepdim=True)
+    nearest = torch.einsum("hlw,tlw->lht", h, t).argmax(dim=-1)                     # (layers + 1, H)
+    return [round(sum(held[i][1] == train[j][1] for i, j in enumerate(row.tolist())) / len(held), 4)
+            for row in nearest]
+
+
 def words(table: dict, split: str) -> list[tuple[str, tuple]]:
     return [(w, (meaning,)) for meaning, ws in table[split].items() for w in ws]
 
@@ -76,6 +100,8 @@ def measure(folder: str | None = None) -> dict:
     return {"language_model": folder, "colour_words": len(colours), "colour_word_nn_acc": acc(colours),
             "shape_word_nn_acc": acc(shapes), "phrases": len(refs),
             "phrase_colour_nn_acc": acc(refs, lambda a, b: a[0] == b[0]), "phrase_both_nn_acc": acc(refs),
+            "colour_token_nn_acc_by_layer": token_agreement_by_layer(model, tokenizer, words(COLOR_WORDS, "heldout"),
+                                                                     words(COLOR_WORDS, "train")),
             "chance_colour": round(1 / len(COLOR_WORDS["train"]), 4)}
 
 

@@ -68,3 +68,5 @@ def test_language_benchmark_scores_held_out_synonyms_against_the_train_words():
     for key in ("colour_word_nn_acc", "shape_word_nn_acc", "phrase_colour_nn_acc", "phrase_both_nn_acc"):
         assert 0.0 <= result[key] <= 1.0
     assert result["phrase_both_nn_acc"] <= result["phrase_colour_nn_acc"]  # both right implies the colour is
+    by_layer = result["colour_token_nn_acc_by_layer"]
+    assert len(by_layer) == 7 and all(0.0 <= a <= 1.0 and (a * 16).is_integer() for a in by_layer)  # embeddings + 6
