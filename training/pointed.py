@@ -15,14 +15,14 @@ loads them in a second.
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.data import ChunkDataset
+from training.data import ChunkDataset, atomic_write_bytes
 from training.prefix_cache import hash_frames
 
 
@@ -48,13 +48,9 @@ def pointed_points(pointer, data: ChunkDataset, directory: str | Path, batch_siz
         frames = torch.from_numpy(np.stack([batch["images"][c] for c in pointer.model.cfg.cameras], axis=1))
         out.append(pointer.batch(frames, batch["instruction"]))
     points = np.concatenate(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, points)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.save(buffer, points)
+    atomic_write_bytes(path, buffer.getvalue())
     return points
 
 

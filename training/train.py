@@ -508,12 +508,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         policy.set_norm_stats(NormStats.from_arrays(*data.all_states_chunks(), policy.cfg.delta_action_mask))
     policy.set_stage(cfg.stage, train_vision=cfg.train_vision)
 
+    # Where the prefix cache and a pointer's training points are kept (shared across runs when given).
+    directory = Path(cfg.prefix_cache_dir) if cfg.prefix_cache_dir else out / "prefix_cache"
     cache = None
     if cfg.stage == "policy" and cfg.cache_prefix and not policy.prefix_trainable() \
             and policy.cfg.prefix_mask == "blockwise":
         from training.prefix_cache import PrefixCache, cache_bytes
 
-        directory = Path(cfg.prefix_cache_dir) if cfg.prefix_cache_dir else out / "prefix_cache"
         if rank == 0:
             print(f"frozen prefix of {len(data)} frames ({cache_bytes(policy, len(data)) / 2**30:.2f} GiB): {directory}")
         # Rank 0 builds (or loads) it; the other ranks then load what it saved instead of building it
@@ -532,7 +533,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         from training.pointed import pointed_points
 
         pointer = Pointer.from_align_run(cfg.train_points_from, cameras, policy.cfg.target_point_cameras)
-        directory = Path(cfg.prefix_cache_dir) if cfg.prefix_cache_dir else out / "prefix_cache"
         # As the prefix cache: rank 0 computes them, the other ranks load its file.
         if rank == 0:
             pointed = pointed_points(pointer, data, directory, progress=progress)
