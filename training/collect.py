@@ -14,32 +14,48 @@ The noise of episode i is seeded by its seed, so a dataset stays reproducible.
 
 Any gymnasium env that follows the observation contract of DESIGN.md can be collected from:
 `--env module:factory` (factory(task=, split=, image_size=) -> env) and `--expert module:callable`
-(callable(env) -> fn(obs, info) -> action).
+(callable(env) -> fn(obs, info) -> action). The dataset records the env's control rate as `fps` (its
+`metadata["render_fps"]`, else `1 / env.dt`) and per-frame timestamps (step / fps); the names of the
+state and action dimensions come from the env's `joint_names` attribute (the sim's `JOINT_NAMES`).
+
+Workers die with their parent: each sets PR_SET_PDEATHSIG (SIGKILL) on Linux and watches its parent's
+pid elsewhere, so a `kill -9` of `mot collect` leaves no worker writing episodes. What they had written
+but the manifest does not list is not part of the dataset (the manifest is the single truth) and is
+written again on resume.
 """
 
 from __future__ import annotations
 
-import argparse
+import ctypes
 import importlib
+import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
 
+from policy.errors import InputError
 from training.data import (
     GROUNDING_KEYS,
     Episode,
     SceneTrack,
     atomic_write_bytes,
+    describe_episode,
     encode_frame,
+    episode_entry,
     episode_filename,
     episode_to_bytes,
     load_manifest,
     new_manifest,
     save_manifest,
-    sha256_bytes,
 )
 
 DEFAULT_ENV = "training.collect:tabletop_env"
@@ -69,6 +85,25 @@ def task_families(env_spec: str) -> list[str]:
 
         return list(sim.TASK_FAMILIES)
     return list(getattr(load_callable(env_spec), "TASK_FAMILIES", ["default"]))
+
+
+def env_fps(env) -> float | None:
+    """The env's control rate: gymnasium's metadata["render_fps"], else 1 / env.dt; None when it has neither."""
+    fps = (getattr(env, "metadata", None) or {}).get("render_fps")
+    if not fps:
+        dt = getattr(env.unwrapped, "dt", None)
+        fps = 1.0 / dt if dt else None
+    return float(fps) if fps else None
+
+
+def env_joint_names(env_spec: str, env) -> list[str] | None:
+    """Names of the state/action dimensions: the env's `joint_names`, the sim's JOINT_NAMES for the default env."""
+    names = getattr(env.unwrapped, "joint_names", None)
+    if names is None and env_spec == DEFAULT_ENV:
+        import sim
+
+        names = sim.JOINT_NAMES
+    return [str(n) for n in names] if names is not None else None
 
 
 _ENVS: dict = {}  # per worker process: (env_spec, task, split, image_size) -> env, reused across episodes
@@ -101,8 +136,10 @@ def run_episode(env_spec: str, expert_spec: str, task: str, split: str, image_si
             break
     if not success:
         return None
+    fps = env_fps(env)
+    timestamps = np.arange(len(states), dtype=np.float64) / fps if fps else None
     return Episode(np.stack(states), np.stack(actions), frames, str(info.get("instruction", obs.get("instruction"))),
-                   str(info.get("task", task)), seed, grounding, SceneTrack.from_infos(infos))
+                   str(info.get("task", task)), seed, grounding, SceneTrack.from_infos(infos), timestamps)
 
 
 def perturb(action: np.ndarray, sigma: float, rng: np.random.Generator, space) -> np.ndarray:
@@ -114,17 +151,53 @@ def perturb(action: np.ndarray, sigma: float, rng: np.random.Generator, space) -
     return np.clip(noisy, space.low, space.high).astype(action.dtype)
 
 
-def _collect_one(args: tuple) -> tuple[int, dict | None]:
-    """Worker: run + write one episode atomically; returns (seed, manifest entry or None if dropped)."""
+# -- workers die with their parent -------------------------------------------------------------------
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_when_orphaned(parent: int, period_s: float = 0.5) -> None:
+    """Fallback where PR_SET_PDEATHSIG does not exist: leave as soon as the parent is gone (re-parented)."""
+    while True:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(period_s)
+
+
+def _worker_init(parent: int) -> None:
+    """Pool initializer: this worker is killed when its parent dies, however it dies (kill -9 included).
+
+    PR_SET_PDEATHSIG asks the kernel for SIGKILL when the parent exits; set only now, it misses a parent
+    that died during our start-up, hence the pid check right after it. Elsewhere (no prctl) a daemon thread
+    polls the parent pid."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), name="orphan-watch", daemon=True).start()
+
+
+def _collect_one(args: tuple) -> tuple[int, dict | None, dict]:
+    """Worker: run + write one episode atomically; returns (seed, manifest entry or None if dropped, the
+    dataset facts this episode shows: cameras, image shapes, state/action sizes and names, fps)."""
     env_spec, expert_spec, task, split, image_size, seed, out_dir, action_noise = args
     ep = run_episode(env_spec, expert_spec, task, split, image_size, seed, action_noise)
     if ep is None:
-        return seed, None
+        return seed, None, {}
     data = episode_to_bytes(ep)
     name = episode_filename(seed)
     atomic_write_bytes(Path(out_dir) / name, data)
-    return seed, {"file": name, "sha256": sha256_bytes(data), "steps": ep.steps, "task": ep.task,
-                  "instruction": ep.instruction, "bytes": len(data)}
+    env = _ENVS[(env_spec, task, split, image_size)]
+    facts: dict = {"fps": env_fps(env)}
+    names = env_joint_names(env_spec, env)
+    describe_episode(facts, ep, names if names and len(names) == ep.states.shape[1] else None,
+                     names if names and len(names) == ep.actions.shape[1] else None)
+    return seed, episode_entry(ep, name, data), facts
 
 
 def collect(out: Path, episodes: int, tasks: list[str], split: str = "train", workers: int = 1, seed: int = 0,
@@ -132,7 +205,7 @@ def collect(out: Path, episodes: int, tasks: list[str], split: str = "train", wo
             progress: bool = True, action_noise: float = 0.0) -> dict:
     """Collects (or resumes) the dataset in `out`; returns the manifest."""
     if not (np.isfinite(action_noise) and action_noise >= 0):
-        raise ValueError(f"action_noise: expected a finite std >= 0, received {action_noise!r}")
+        raise InputError(f"action_noise: expected a finite std >= 0, received {action_noise!r}")
     out.mkdir(parents=True, exist_ok=True)
     if (out / "manifest.json").exists():
         manifest = load_manifest(out)
@@ -140,7 +213,7 @@ def collect(out: Path, episodes: int, tasks: list[str], split: str = "train", wo
         for field, value in (("env", env_spec), ("expert", expert_spec), ("image_size", image_size), ("split", split),
                              ("action_noise", action_noise)):
             if manifest[field] != value:
-                raise ValueError(f"collect: {out} holds a dataset with {field}={manifest[field]!r}, "
+                raise InputError(f"collect: {out} holds a dataset with {field}={manifest[field]!r}, "
                                  f"this command asks for {value!r}; use another --out")
     else:
         manifest = new_manifest(env_spec, expert_spec, [], image_size, split)
@@ -150,14 +223,20 @@ def collect(out: Path, episodes: int, tasks: list[str], split: str = "train", wo
             for i in range(episodes) if str(seed + i) not in done]
     bar = tqdm(total=episodes, initial=episodes - len(todo), desc="collect", unit="ep", disable=not progress)
 
-    def record(seed_: int, entry: dict | None, task: str) -> None:
+    def record(seed_: int, entry: dict | None, facts: dict, task: str) -> None:
         if entry is None:
             manifest["dropped"][str(seed_)] = task
         else:
+            if manifest.get("fps") is None:  # the env decides its rate, cameras and sizes: the first episode tells
+                manifest["fps"] = facts.get("fps")
+            elif facts.get("fps") is not None and facts["fps"] != manifest["fps"]:
+                raise InputError(f"collect: {out} holds a dataset with fps={manifest['fps']}, this env runs at "
+                                 f"{facts['fps']}; use another --out")
+            for key, value in facts.items():
+                if key == "cameras" and not manifest.get("cameras"):
+                    manifest["cameras"] = value
+                manifest.setdefault(key, value)
             manifest["episodes"][str(seed_)] = entry
-            if not manifest["cameras"]:  # the env decides its cameras: read them off the first episode
-                with np.load(out / entry["file"]) as z:
-                    manifest["cameras"] = sorted(k.removesuffix("_offsets") for k in z.files if k.endswith("_offsets"))
         save_manifest(out, manifest)  # after every episode: a kill loses at most the episodes in flight
         bar.update(1)
         bar.set_postfix(kept=len(manifest["episodes"]), dropped=len(manifest["dropped"]))
@@ -166,33 +245,62 @@ def collect(out: Path, episodes: int, tasks: list[str], split: str = "train", wo
         for job in todo:
             record(*_collect_one(job), job[2])
     else:
-        # spawn: each worker owns its MuJoCo/EGL context (fork would share one GL state).
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for job, (seed_, entry) in zip(todo, pool.map(_collect_one, todo)):
-                record(seed_, entry, job[2])
+        # spawn: each worker owns its MuJoCo/EGL context (fork would share one GL state). The initializer
+        # ties each worker's life to this process (see _worker_init).
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                                 initargs=(os.getpid(),)) as pool:
+            for job, (seed_, entry, facts) in zip(todo, pool.map(_collect_one, todo)):
+                record(seed_, entry, facts, job[2])
     bar.close()
     save_manifest(out, manifest)
     return manifest
 
 
+@dataclass
+class CollectConfig:
+    """Scripted-expert demonstrations to disk (resumable, atomic, parallel)."""
+
+    episodes: int
+    """episodes to attempt (dropped ones included); episode i uses seed SEED + i"""
+    out: Path
+    """dataset directory (created; an existing one is resumed)"""
+    tasks: str = "all"
+    """comma-separated task families, or 'all'"""
+    workers: int = 2
+    """worker processes (spawned; each dies with this process)"""
+    split: Literal["train", "heldout"] = "train"
+    """which scenes and instructions the env draws"""
+    seed: int = 0
+    """episode i uses seed SEED + i"""
+    image_size: int = 128
+    """camera frame size, px (square), passed to the env factory"""
+    env: str = DEFAULT_ENV
+    """module:factory(task=, split=, image_size=) -> gymnasium env"""
+    expert: str = DEFAULT_EXPERT
+    """module:callable(env) -> fn(obs, info) -> action"""
+    action_noise: float = 0.0
+    """DART: std of Gaussian noise added to the executed joint targets (not to the stored actions; the last,
+    gripper, dimension is never perturbed)"""
+
+    def __post_init__(self):
+        for name in ("episodes", "workers", "image_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}: expected an int >= 1, received {getattr(self, name)}")
+        if not (np.isfinite(self.action_noise) and self.action_noise >= 0):
+            raise InputError(f"action_noise: expected a finite std >= 0, received {self.action_noise!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mot collect", description="Scripted-expert demonstrations to disk.")
-    p.add_argument("--tasks", default="all", help="comma-separated task families, or 'all'")
-    p.add_argument("--episodes", type=int, required=True, help="episodes to attempt (dropped ones included)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--split", default="train", choices=["train", "heldout"])
-    p.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED + i")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--env", default=DEFAULT_ENV, help="module:factory(task=, split=, image_size=) -> gymnasium env")
-    p.add_argument("--expert", default=DEFAULT_EXPERT, help="module:callable(env) -> fn(obs, info) -> action")
-    p.add_argument("--action-noise", type=float, default=0.0,
-                   help="DART: std of Gaussian noise added to the executed joint targets (not to the stored "
-                        "actions; the last, gripper, dimension is never perturbed)")
-    args = p.parse_args(argv)
+    import tyro
+
+    args = tyro.cli(CollectConfig, args=argv, prog="mot collect")
     tasks = task_families(args.env) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     manifest = collect(args.out, args.episodes, tasks, args.split, args.workers, args.seed, args.image_size,
                        args.env, args.expert, action_noise=args.action_noise)
     print(f"collected {len(manifest['episodes'])} episodes ({len(manifest['dropped'])} dropped: expert failed) "
           f"in {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

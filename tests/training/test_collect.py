@@ -1,8 +1,13 @@
 """`mot collect`: atomic episodes, manifest with sha256, resume, drops, corruption, other envs."""
 
+import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +218,99 @@ def test_target_point_vector_clips_into_the_image_and_draws_a_missing_pad():
     assert np.all((v[4:] >= 0) & (v[4:] <= 1))
     assert not np.array_equal(v[4:], target_point_vector(obj, np.full((2, 2), np.nan), np.random.default_rng(2))[4:])
     np.testing.assert_array_equal(target_point_vector(obj, np.zeros((2, 2)), np.random.default_rng(1))[4:], 0.0)
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Live child processes of `pid` (from /proc): pid -> command line."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found[int(stat.parent.name)] = stat.parent.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_killed_collect(tmp_path):
+    """kill -9 of `mot collect` used to leave its spawn workers (re-parented to PID 1) writing episodes."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "training.collect", "--episodes", "100000", "--out", str(out), "--workers", "2",
+           "--image-size", "32", "--env", TOY["env_spec"], "--expert", TOY["expert_spec"]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # both workers up and at work (an episode is in the manifest)
+            workers = {p: c for p, c in _children(proc.pid).items() if "spawn_main" in c}
+            if len(workers) >= 2 and (out / "manifest.json").exists() and load_manifest(out)["episodes"]:
+                break
+            assert proc.poll() is None, "mot collect ended early"
+            time.sleep(0.1)
+        assert len(workers) == 2, f"expected 2 spawn workers, found {workers}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.05)
+        assert not [p for p in workers if _alive(p)], "workers outlived their killed parent"
+        # The manifest is still a readable dataset of whole episodes.
+        _, episodes = read_episodes(out)
+        assert episodes and all(ep.steps > 0 for ep in episodes)
+    finally:
+        proc.kill()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_collect_records_fps_timestamps_and_dataset_features(tmp_path):
+    from training.data import dataset_features
+
+    manifest = collect(tmp_path / "toy", episodes=2, tasks=["reach"], image_size=32, progress=False, **TOY)
+    assert manifest["fps"] == 10.0 and manifest["source"] == {"format": "mot collect"}
+    _, episodes = read_episodes(tmp_path / "toy")
+    for ep in episodes:
+        np.testing.assert_allclose(ep.timestamps, np.arange(ep.steps) / 10.0)
+    features = dataset_features(tmp_path / "toy")
+    assert features.cameras == ("front", "wrist") and features.image_size == (32, 32)
+    assert (features.state_dim, features.action_dim, features.fps) == (7, 7, 10.0)
+    assert features.delta_action_mask == (True,) * 6 + (False,)  # joints relative, the gripper absolute
+    assert features.action_names[-1] == "gripper" and features.source_format == "mot collect"
+    assert dataset_features(load_manifest(tmp_path / "toy")) == features
+
+
+def test_datasets_from_before_fps_still_load(tmp_path):
+    """A dataset collected before fps/timestamps/sizes were recorded: fps None, facts read off an episode."""
+    from training.data import dataset_features, episode_from_bytes, episode_to_bytes, save_manifest
+
+    out = tmp_path / "old"
+    collect(out, episodes=2, tasks=["reach"], image_size=32, progress=False, **TOY)
+    manifest = load_manifest(out)
+    for key in ("fps", "source", "state_dim", "action_dim", "image_shapes", "state_names", "action_names"):
+        manifest.pop(key)
+    for entry in manifest["episodes"].values():  # the old npz layout: no timestamps array
+        ep = episode_from_bytes((out / entry["file"]).read_bytes(), ["front", "wrist"])
+        ep.timestamps = None
+        data = episode_to_bytes(ep)
+        (out / entry["file"]).write_bytes(data)
+        entry["sha256"] = hashlib.sha256(data).hexdigest()
+    save_manifest(out, manifest)
+    _, episodes = read_episodes(out)
+    assert len(episodes) == 2 and all(ep.timestamps is None for ep in episodes)
+    features = dataset_features(out)
+    assert features.fps is None and features.delta_action_mask is None and features.source_format == "mot collect"
+    assert (features.state_dim, features.action_dim, features.image_size) == (7, 7, (32, 32))
+    with pytest.raises(ValueError, match=r"expected \['state_dim', 'action_dim', 'image_shapes'\] in the manifest"):
+        dataset_features(manifest)
+    # Resuming it with today's collect records the env's rate from then on.
+    assert collect(out, episodes=3, tasks=["reach"], image_size=32, progress=False, **TOY)["fps"] == 10.0

@@ -8,7 +8,8 @@ import numpy as np
 
 
 class ToyReachEnv(gym.Env):
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # its control rate: the dataset's fps
+    joint_names = ("j0", "j1", "j2", "j3", "j4", "j5", "gripper")
 
     def __init__(self, task: str = "reach", split: str = "train", image_size: int = 32):
         self.size = image_size
