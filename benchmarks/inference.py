@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from policy.checkpoint import load_checkpoint
 from policy import MoTPolicy, PolicyConfig  # noqa: E402
 from policy.model import euler_sample  # noqa: E402
 from policy.runtime import PolicyRunner  # noqa: E402
@@ -130,7 +131,7 @@ def count_flops(policy: MoTPolicy, fn) -> int:
 
 def build_policy(args) -> tuple[MoTPolicy, Path | None]:
     if args.checkpoint:
-        return MoTPolicy.load(args.checkpoint), Path(args.checkpoint)
+        return load_checkpoint(args.checkpoint), Path(args.checkpoint)
     torch.manual_seed(0)
     policy = MoTPolicy(PolicyConfig.preset(args.preset))
     with torch.no_grad():  # trained-like adaLN gates (zero at init): the action tokens then read the prefix

@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from policy.checkpoint import save_checkpoint
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             from policy import MoTPolicy, PolicyConfig
 
             checkpoint = str(Path(tmp) / args.preset)
-            MoTPolicy(PolicyConfig.preset(args.preset)).save(checkpoint)
+            save_checkpoint(MoTPolicy(PolicyConfig.preset(args.preset)), checkpoint)
         context = rclpy.Context()
         rclpy.init(context=context, domain_id=args.domain_id)
         overrides = {"policy_node": {"checkpoint": checkpoint, "backend": args.backend},

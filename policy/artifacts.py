@@ -14,8 +14,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -61,18 +62,32 @@ def atomic_write_json(path: str | Path, obj) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def fsync_file(path: str | Path) -> None:
-    """Flushes a file written in place inside a temporary directory that is renamed as a whole later
-    (a checkpoint directory): the rename of the directory is the atomic step."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+def atomic_directory(directory: str | Path, write: Callable[[Path], None]) -> Path:
+    """Atomically (re)creates `directory` (a checkpoint, a bundled pointer): `write(tmp)` fills a temporary
+    sibling directory with plain writes; every file in it is fsynced, then the directory is renamed into place.
 
-
-def make_dirs(path: str | Path) -> Path:
-    """mkdir -p with the umask's mode (0755 under umask 022), unlike tempfile.mkdtemp's 0700."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    The old directory (if any) is moved aside first and removed only after the new one is in place, so a
+    crash leaves either the old or the new directory under the real name (at worst a hidden `.old-` one).
+    """
+    directory = Path(directory)
+    tmp = temp_dir_beside(directory)
+    try:
+        write(tmp)
+        for path in sorted(tmp.rglob("*")):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
 
 
 def temp_dir_beside(path: str | Path) -> Path:

@@ -22,17 +22,15 @@ pretrained sources differ from those installed (the frozen experts would silentl
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from policy.artifacts import atomic_directory, sha256_file
 from policy.config import PolicyConfig
-from policy.language import sha256_file
+from policy.errors import CheckpointError, InputError
+from policy.model import MoTPolicy
 from policy.normalize import NormStats
 from policy.vision import default_trunk_weights
 
@@ -43,14 +41,10 @@ INT8_MIN_ELEMENTS = 4096  # matrices at least this large are stored as int8; bia
 SCALE_SUFFIX = ":scale"  # "<key>:scale" holds an int8 matrix's per-row scales (":" never occurs in a parameter name)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be trusted (missing file, bad hash, shape mismatch)."""
-
-
 def storage_dtype(name: str) -> torch.dtype:
     """'float16' -> torch.float16; the CLI's --save-dtype / --dtype choices."""
     if name not in STORAGE_DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(STORAGE_DTYPES)}, received {name!r}")
+        raise InputError(f"dtype: expected one of {sorted(STORAGE_DTYPES)}, received {name!r}")
     return STORAGE_DTYPES[name]
 
 
@@ -63,7 +57,7 @@ def pack_weights(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[
     The error per entry is at most s / 2, half a step of its own row's range.
     """
     if dtype not in STORAGE_DTYPES.values():
-        raise ValueError(f"dtype: expected one of {list(STORAGE_DTYPES.values())}, received {dtype}")
+        raise InputError(f"dtype: expected one of {list(STORAGE_DTYPES.values())}, received {dtype}")
     stored, quantized = {}, []
     for key, value in weights.items():
         value = value.detach().cpu()
@@ -97,29 +91,6 @@ def unpack_weights(stored: dict[str, torch.Tensor], quantized: list[str]) -> dic
     if stray:
         raise CheckpointError(f"checkpoint: scales {stray[:5]} belong to no int8 tensor of the manifest")
     return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
-
-
-def write_directory(directory: str | Path, write: Callable[[Path], None]) -> Path:
-    """Atomically (re)create `directory`: `write(tmp)` fills a temporary sibling, which is renamed into place.
-
-    The old directory (if any) is moved aside first and removed only after the new one is in place.
-    """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        write(tmp)
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
 
 
 def read_manifest(directory: str | Path, fmt: str, files: tuple[str, ...]) -> dict:
@@ -191,34 +162,30 @@ def checkpoint_id(directory: str | Path) -> str:
     return sha256_file(Path(directory) / "manifest.json")
 
 
-def fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def save_checkpoint(policy, directory: str | Path, dtype: torch.dtype = torch.float32, pointer=None) -> Path:
-    """pointer: a `policy.pointing.Pointer` to bundle under directory/pointer (a target_points body only)."""
+def save_checkpoint(policy: MoTPolicy, directory: str | Path, dtype: torch.dtype = torch.float32,
+                    pointer=None) -> Path:
+    """Writes `policy` as a checkpoint directory (atomically); float16 halves it, int8 quarters its matrices.
+    pointer: a `policy.pointing.Pointer` (anything with `.save(dir, dtype)`) to bundle under directory/pointer
+    (a target_points body only)."""
     if pointer is not None and policy.cfg.target_points is None:
-        raise ValueError("pointer: expected a checkpoint trained with target points (mot train --target-points), "
+        raise InputError("pointer: expected a checkpoint trained with target points (mot train --target-points), "
                          "this one has none")
     keys, inherited = stored_keys(policy)
     stored, quantized = pack_weights({k: v for k, v in policy.state_dict().items() if k in keys}, dtype)
 
     def write(tmp: Path) -> None:
         save_file(stored, str(tmp / "model.safetensors"))
-        fsync_write(tmp / "config.json", json.dumps(policy.cfg.to_dict(), indent=2).encode())
-        fsync_write(tmp / "norm_stats.json", json.dumps(policy.norm_stats.to_dict(), indent=2).encode())
+        (tmp / "config.json").write_text(json.dumps(policy.cfg.to_dict(), indent=2))
+        (tmp / "norm_stats.json").write_text(json.dumps(policy.norm_stats.to_dict(), indent=2))
         manifest = {"format": FORMAT, "files": {name: sha256_file(tmp / name) for name in FILES},
                     "pretrained": pretrained_sources(policy), "inherited": inherited, "dtype": str(dtype),
                     "int8": quantized}
         if pointer is not None:
             pointer.save(tmp / "pointer", dtype)
             manifest["pointer"] = {"manifest_sha256": checkpoint_id(tmp / "pointer")}
-        fsync_write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
-    return write_directory(directory, write)
+    return atomic_directory(directory, write)
 
 
 def verify_checkpoint(directory: str | Path) -> dict:
@@ -259,10 +226,13 @@ def load_weights(directory: Path, manifest: dict, expected_keys: set[str], own: 
     return weights
 
 
-def load_checkpoint(directory: str | Path):
-    from policy.model import MoTPolicy
-
+def load_checkpoint(directory: str | Path) -> MoTPolicy:
+    """A checkpoint directory -> MoTPolicy in eval mode, verified (files against the manifest, pretrained
+    sources against the installed packages, every tensor's key and shape against config.json)."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint: expected a checkpoint directory, {directory} "
+                              f"{'is a file' if directory.exists() else 'does not exist'}")
     manifest = verify_checkpoint(directory)
     cfg = PolicyConfig.from_json(directory / "config.json")
     policy = MoTPolicy(cfg, NormStats.load(directory / "norm_stats.json"))
@@ -272,54 +242,3 @@ def load_checkpoint(directory: str | Path):
         policy.load_state_dict(weights, strict=False)
     policy.checkpoint_id = checkpoint_id(directory)
     return policy.eval()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`mot pack`: re-store a checkpoint at another dtype, optionally bundling an align run's pointer."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="mot pack", description="Re-store a checkpoint at another dtype, optionally "
-                                "bundling an align run's pointer (what made checkpoints/default).")
-    p.add_argument("--checkpoint", required=True, type=Path, help="the policy checkpoint to pack")
-    p.add_argument("--out", required=True, type=Path, help="the packed checkpoint directory (replaced atomically)")
-    p.add_argument("--dtype", default="int8", choices=sorted(STORAGE_DTYPES),
-                   help="storage dtype (int8: weight-only, per row; what fits body and pointer in 25 MB)")
-    p.add_argument("--pointer", type=Path, default=None, metavar="ALIGN_RUN",
-                   help="bundle this align run's pointer (vision expert + grounding head) for a --target-points body")
-    args = p.parse_args(argv)
-    from policy.model import MoTPolicy
-    from policy.pointing import Pointer
-
-    policy = MoTPolicy.load(args.checkpoint)
-    pointer = Pointer.for_checkpoint(args.pointer, args.checkpoint) if args.pointer else None
-    if pointer is None and policy.cfg.target_points is not None:
-        pointer = Pointer.bundled(args.checkpoint)  # re-packing a packed checkpoint keeps its pointer
-    out = save_checkpoint(policy, args.out, storage_dtype(args.dtype), pointer)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(json.dumps({"checkpoint": str(out), "dtype": args.dtype, "pointer": pointer.source if pointer else None,
-                      "bytes": size, "id": checkpoint_id(out), **packing_error(policy, pointer, out)}, indent=2))
-    return 0
-
-
-def packing_error(policy, pointer, packed: Path, observations: int = 4) -> dict:
-    """What packing changed: the largest action difference (robot units) and target-point difference (pixels)
-    between the source (policy, pointer) and the packed checkpoint, on seeded random observations with the
-    same flow noise."""
-    import numpy as np
-
-    from policy.runtime import PolicyRunner
-
-    source = PolicyRunner(policy, pointer=pointer, allow_privileged=pointer is None)
-    target = PolicyRunner.from_checkpoint(packed, allow_privileged=pointer is None)
-    cfg, rng = policy.cfg, np.random.default_rng(0)
-    actions, points = 0.0, 0.0
-    for i in range(observations):
-        images = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
-        state = rng.standard_normal(source.robot_state_dim).astype(np.float32) * 0.1
-        noise = rng.standard_normal((cfg.horizon, cfg.action_dim)).astype(np.float32)
-        words = ("put the red cube on the blue pad", "pick up the green cylinder")[i % 2]
-        a, b = source.infer(images, state, words, noise=noise), target.infer(images, state, words, noise=noise)
-        actions = max(actions, float(np.abs(a - b).max()))
-        if pointer is not None:
-            points = max(points, float(np.abs(source.last_points - target.last_points).max()) * cfg.image_size)
-    return {"max_action_diff": round(actions, 6), **({"max_point_diff_px": round(points, 4)} if pointer else {})}

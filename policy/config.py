@@ -13,11 +13,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from policy.errors import InputError
+
 PREFIX_MASKS = ("blockwise", "bidirectional")
 ROUTINGS = ("mot", "dense")
 STAGES = ("align", "policy")
 VISION_TRAINABLE = ("all", "attention")
 TARGET_POINTS = (None, "sim")  # where a policy's target points come from at inference (PolicyConfig.target_points)
+# Config keys of experiments removed from the product (git tag experiments-2026-11), with the value that
+# meant "off": a checkpoint that stores them at that value still loads, any other value is refused.
+RETIRED_FIELDS = {"goal_token": False, "point_cameras": None}
 # EfficientNet-Lite0's channels at the end of each output stride the image tokens can tap.
 TRUNK_CHANNELS = {8: 40, 16: 112, 32: 320}
 
@@ -63,20 +68,12 @@ class PolicyConfig:
     body_mlp_ratio: float = 4.0
     time_embed_dim: int = 256
 
-    # A learned "goal" token of the body expert between the images and the state: it attends to the text
-    # and images only (never the robot's state), and training asks it where the instruction's object and
-    # pad are (training/train.py BodyGroundingHead). State and action tokens attend to it.
-    goal_token: bool = False
-
     # Target points: the state's last `target_point_dim` entries say where the instruction's object and pad
     # appear in each camera, (u, v) in [0, 1]. The body trains on the simulator's ground truth (scene tracks);
     # at inference they come from `target_points`: "sim" (the simulator's info: an upper bound for `mot eval`,
     # which robot-facing loaders refuse) or None (no points). Set with `MoTPolicy.set_target_points`
-    # (which widens state_dim). `point_cameras` names the cameras whose points the state carries (None: all
-    # of `cameras`): a camera that moves with the arm loses the target from view for most of an episode,
-    # where the simulator can still project it (off-image, the edge nearest to it) but a pointer cannot.
+    # (which widens state_dim by 4 per camera).
     target_points: str | None = None
-    point_cameras: tuple[str, ...] | None = None
 
     # Ablation switches.
     prefix_mask: str = "blockwise"  # or "bidirectional": text and images attend to each other
@@ -90,58 +87,50 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         self.cameras = tuple(self.cameras)
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(f"cameras: expected unique non-empty camera names, received {self.cameras!r}")
+            raise InputError(f"cameras: expected unique non-empty camera names, received {self.cameras!r}")
         for name in ("image_size", "state_dim", "action_dim", "horizon", "max_text_tokens", "body_width",
                      "time_embed_dim", "num_inference_steps", "vision_feature_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}: expected a positive int, received {value!r}")
+                raise InputError(f"{name}: expected a positive int, received {value!r}")
         if self.delta_action_mask is not None:
             mask = tuple(self.delta_action_mask)
             if len(mask) != self.action_dim or not all(isinstance(m, bool) for m in mask):
-                raise ValueError(f"delta_action_mask: expected {self.action_dim} bools (one per action dimension), "
+                raise InputError(f"delta_action_mask: expected {self.action_dim} bools (one per action dimension), "
                                  f"received {self.delta_action_mask!r}")
             if any(mask[self.state_dim:]):
-                raise ValueError(f"delta_action_mask: only the first state_dim={self.state_dim} action dimensions "
+                raise InputError(f"delta_action_mask: only the first state_dim={self.state_dim} action dimensions "
                                  f"have a state to be relative to, received {list(mask)}")
             self.delta_action_mask = mask
         if self.image_size < 32:
-            raise ValueError(f"image_size: expected >= 32 (the trunk has stride 32), received {self.image_size}")
+            raise InputError(f"image_size: expected >= 32 (the trunk has stride 32), received {self.image_size}")
         strides = tuple(self.image_feature_strides)
         if 32 not in strides or not set(strides) <= set(TRUNK_CHANNELS) or sorted(set(strides)) != list(strides):
-            raise ValueError(f"image_feature_strides: expected increasing strides from {tuple(TRUNK_CHANNELS)} ending "
+            raise InputError(f"image_feature_strides: expected increasing strides from {tuple(TRUNK_CHANNELS)} ending "
                              f"in 32, received {self.image_feature_strides!r}")
         if self.image_token_stride not in (16, 32):
-            raise ValueError(f"image_token_stride: expected 16 or 32, received {self.image_token_stride!r}")
+            raise InputError(f"image_token_stride: expected 16 or 32, received {self.image_token_stride!r}")
         if (len(strides) > 1 or self.image_token_stride != 32) and self.image_size % 32:
-            raise ValueError(f"image_size: expected a multiple of 32 with image_feature_strides {strides} and "
+            raise InputError(f"image_size: expected a multiple of 32 with image_feature_strides {strides} and "
                              f"image_token_stride {self.image_token_stride} (every map must tile the token grid), "
                              f"received {self.image_size}")
         self.image_feature_strides = strides
         if self.max_text_tokens < 3:
-            raise ValueError(f"max_text_tokens: expected >= 3 ([CLS] word [SEP]), received {self.max_text_tokens}")
+            raise InputError(f"max_text_tokens: expected >= 3 ([CLS] word [SEP]), received {self.max_text_tokens}")
         if self.language_layers is not None and (not isinstance(self.language_layers, int) or self.language_layers <= 0):
-            raise ValueError(f"language_layers: expected None or a positive int, received {self.language_layers!r}")
+            raise InputError(f"language_layers: expected None or a positive int, received {self.language_layers!r}")
         if self.body_mlp_ratio <= 0:
-            raise ValueError(f"body_mlp_ratio: expected > 0, received {self.body_mlp_ratio}")
+            raise InputError(f"body_mlp_ratio: expected > 0, received {self.body_mlp_ratio}")
         if self.vision_trainable not in VISION_TRAINABLE:
-            raise ValueError(f"vision_trainable: expected one of {VISION_TRAINABLE}, received {self.vision_trainable!r}")
+            raise InputError(f"vision_trainable: expected one of {VISION_TRAINABLE}, received {self.vision_trainable!r}")
         if self.prefix_mask not in PREFIX_MASKS:
-            raise ValueError(f"prefix_mask: expected one of {PREFIX_MASKS}, received {self.prefix_mask!r}")
+            raise InputError(f"prefix_mask: expected one of {PREFIX_MASKS}, received {self.prefix_mask!r}")
         if self.routing not in ROUTINGS:
-            raise ValueError(f"routing: expected one of {ROUTINGS}, received {self.routing!r}")
-        if not isinstance(self.goal_token, bool):
-            raise ValueError(f"goal_token: expected a bool, received {self.goal_token!r}")
+            raise InputError(f"routing: expected one of {ROUTINGS}, received {self.routing!r}")
         if self.target_points not in TARGET_POINTS:
-            raise ValueError(f"target_points: expected one of {TARGET_POINTS}, received {self.target_points!r}")
-        if self.point_cameras is not None:
-            self.point_cameras = tuple(self.point_cameras)
-            if not self.point_cameras or len(set(self.point_cameras)) != len(self.point_cameras) \
-                    or not set(self.point_cameras) <= set(self.cameras):
-                raise ValueError(f"point_cameras: expected unique names among cameras {list(self.cameras)}, "
-                                 f"received {list(self.point_cameras)!r}")
+            raise InputError(f"target_points: expected one of {TARGET_POINTS}, received {self.target_points!r}")
         if self.time_beta_alpha <= 0 or self.time_beta_beta <= 0:
-            raise ValueError("time_beta_alpha/time_beta_beta: expected > 0, received "
+            raise InputError("time_beta_alpha/time_beta_beta: expected > 0, received "
                              f"{self.time_beta_alpha}/{self.time_beta_beta}")
 
     @property
@@ -161,19 +150,9 @@ class PolicyConfig:
         return len(self.cameras) * self.feature_grid**2
 
     @property
-    def target_point_cameras(self) -> tuple[str, ...]:
-        """The cameras whose target points the state carries, in `cameras` order."""
-        return tuple(c for c in self.cameras if self.point_cameras is None or c in self.point_cameras)
-
-    @property
     def target_point_dim(self) -> int:
-        """State entries the target points take: object and pad (u, v) per pointing camera."""
-        return 4 * len(self.target_point_cameras)
-
-    @property
-    def body_prefix_tokens(self) -> int:
-        """Body tokens in the observation prefix: [goal] + state."""
-        return 1 + int(self.goal_token)
+        """State entries the target points take: object and pad (u, v) per camera."""
+        return 4 * len(self.cameras)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "PolicyConfig":
@@ -189,7 +168,7 @@ class PolicyConfig:
                           image_feature_strides=(8, 16, 32)),
         }
         if name not in presets:
-            raise ValueError(f"preset: expected one of {sorted(presets)}, received {name!r}")
+            raise InputError(f"preset: expected one of {sorted(presets)}, received {name!r}")
         return cls(**{**presets[name], **overrides})
 
     # -- (de)serialisation ----------------------------------------------------------------------
@@ -197,18 +176,26 @@ class PolicyConfig:
         d = dataclasses.asdict(self)
         d["cameras"] = list(self.cameras)
         d["image_feature_strides"] = list(self.image_feature_strides)
-        if self.point_cameras is not None:
-            d["point_cameras"] = list(self.point_cameras)
         if self.delta_action_mask is not None:
             d["delta_action_mask"] = list(self.delta_action_mask)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PolicyConfig":
+        """A config.json's dict -> PolicyConfig. Keys of retired experiments (RETIRED_FIELDS) are dropped when
+        they hold the value that meant "off" (every checkpoint from before their removal), and refused
+        otherwise: such a checkpoint was trained for a model this code no longer builds."""
+        d = dict(d)
+        for name, off in RETIRED_FIELDS.items():
+            if name in d:
+                value = d.pop(name)
+                if value != off:
+                    raise InputError(f"config: {name}={value!r} was an experiment, removed from the product (last "
+                                     f"in git tag experiments-2026-11); expected {off!r} or no {name!r} key")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"config: unknown field(s) {unknown}; expected a subset of {sorted(known)}")
+            raise InputError(f"config: unknown field(s) {unknown}; expected a subset of {sorted(known)}")
         return cls(**d)
 
     @classmethod

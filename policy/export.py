@@ -4,7 +4,7 @@
                        -> text_kv (layers, 2, B, heads, T, head_dim)                    once per instruction
     obs_encoder.onnx   images uint8 (B, cams, H, W, 3), state_norm (B, S), text_kv, text_valid
                        -> prefix_kv (layers, 2, B, heads, P, head_dim), prefix_valid (B, P)
-                          P = T + cams * grid^2 + body_prefix_tokens ([goal,] state)     once per observation
+                          P = T + cams * grid^2 + 1 (the state token)                     once per observation
     denoiser.onnx      x_t (B, horizon, A), t (B,), prefix_kv, prefix_valid
                        -> velocity (B, horizon, A)                                        every Euler step
 
@@ -21,17 +21,13 @@ renamed, so a killed export never leaves a truncated graph under the real name.
 Only the block-causal prefix mask is exportable: the bidirectional ablation has no cacheable text
 pass (its text K/V depend on the images), so `export_policy` refuses it.
 
-    mot export --checkpoint runs/ckpt --out runs/ckpt/onnx [--opset 18] [--fp16]
+    mot export --checkpoint runs/ckpt --out runs/ckpt/onnx [--opset 18] [--fp16]   (policy/cli.py)
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -39,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policy.artifacts import atomic_path
+from policy.errors import ExportError
 from policy.model import MoTPolicy, Prefix
 from policy.vision import preprocess_images
 
@@ -57,10 +55,6 @@ OUTPUTS = {
     "obs_encoder": ("prefix_kv", "prefix_valid"),
     "denoiser": ("velocity",),
 }
-
-
-class ExportError(ValueError):
-    """The policy cannot be exported as asked (unsupported config, bad arguments)."""
 
 
 # -- the three graphs as modules ---------------------------------------------------------------------
@@ -125,7 +119,7 @@ def example_inputs(policy: MoTPolicy, batch: int = 2, text_len: int = 6, seed: i
     valid[-1, text_len // 2:] = False  # padding must be part of what export sees and tests check
     ids[~valid] = 0
     kv_shape = lambda n: (dims.layers, 2, batch, dims.heads, n, dims.head_dim)  # noqa: E731
-    prefix_len = text_len + cfg.image_tokens + cfg.body_prefix_tokens
+    prefix_len = text_len + cfg.image_tokens + 1  # + the state token
     prefix_valid = torch.cat([valid, torch.ones(batch, prefix_len - text_len, dtype=torch.bool)], dim=1)
     images = torch.randint(0, 256, (batch, len(cfg.cameras), cfg.image_size, cfg.image_size, 3), generator=g,
                            dtype=torch.uint8)
@@ -148,7 +142,7 @@ def _dynamic_shapes(policy: MoTPolicy, graph: str):
     batch = Dim("batch", min=1, max=1024)
     text_len = Dim("text_len", min=1, max=cfg.max_text_tokens)
     height, width = Dim("height", min=8, max=4096), Dim("width", min=8, max=4096)
-    body = cfg.body_prefix_tokens
+    body = 1  # the state token
     prefix_len = Dim("prefix_len", min=1 + cfg.image_tokens + body, max=cfg.max_text_tokens + cfg.image_tokens + body)
     kv = lambda n: {2: batch, 4: n}  # noqa: E731
     return {
@@ -246,25 +240,6 @@ def _finish(path: Path, graph: str, metadata: dict[str, str], fp16: bool) -> Non
     onnx.save(model, str(path))
 
 
-def _atomic_write(final: Path, write) -> None:
-    """write(tmp_path) then fsync + rename onto `final`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; a graph is as readable as any file we write
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, final)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-        Path(str(tmp_path) + ".data").unlink(missing_ok=True)
-
-
 def graph_paths(directory: str | Path) -> dict[str, Path]:
     return {g: Path(directory) / f"{g}.onnx" for g in GRAPHS}
 
@@ -304,36 +279,9 @@ def export_policy(policy: MoTPolicy, out_dir: str | Path, *, checkpoint_sha256: 
             _export_one(policy, graph, tmp, opset)
             _finish(tmp, graph, meta, fp16)
 
-        _atomic_write(paths[graph], write)
+        with atomic_path(paths[graph], suffix=".onnx") as tmp:  # + its external-data side file, if any
+            write(tmp)
     return {g: paths[g] for g in graphs}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mot export", description="Export a checkpoint to three ONNX graphs "
-                                     "(text encoder, observation encoder, denoiser) with metadata.")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (policy.checkpoint)")
-    parser.add_argument("--out", help="output directory (default: <checkpoint>/onnx)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {DEFAULT_OPSET})")
-    parser.add_argument("--fp16", action="store_true", help="fp16 weights and arithmetic (fp32 inputs/outputs)")
-    parser.add_argument("--no-parity", action="store_true", help="skip the onnxruntime vs torch parity check")
-    args = parser.parse_args(argv)
-
-    from policy.checkpoint import checkpoint_id
-
-    policy = MoTPolicy.load(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "onnx"
-    try:
-        paths = export_policy(policy, out, checkpoint_sha256=checkpoint_id(args.checkpoint), opset=args.opset,
-                              fp16=args.fp16)
-    except ExportError as e:
-        print(f"mot export: {e}", file=sys.stderr)
-        return 2
-    report = {"out": str(out), "graphs": {g: str(p) for g, p in paths.items()},
-              "checkpoint_sha256": checkpoint_id(args.checkpoint), "dtype": "float16" if args.fp16 else "float32"}
-    if not args.no_parity:
-        report["parity_max_abs"] = parity(policy, out)
-    print(json.dumps(report, indent=2))
-    return 0
 
 
 def parity(policy: MoTPolicy, onnx_dir: str | Path, batch: int = 2, seed: int = 0) -> dict[str, float]:
@@ -356,4 +304,4 @@ def parity(policy: MoTPolicy, onnx_dir: str | Path, batch: int = 2, seed: int = 
 
 
 __all__ = ["export_policy", "read_metadata", "graph_paths", "policy_fingerprint", "example_inputs", "parity",
-           "ExportError", "GRAPHS", "INPUTS", "OUTPUTS", "main"]
+           "ExportError", "GRAPHS", "INPUTS", "OUTPUTS"]

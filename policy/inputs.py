@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from policy.errors import InputError
 from policy.config import PolicyConfig
 
 
@@ -49,7 +50,7 @@ def _as_tensor(value, field: str, dtype: torch.dtype) -> torch.Tensor:
 def _check_finite(tensor: torch.Tensor, field: str) -> None:
     if not torch.isfinite(tensor).all():
         bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
-        raise ValueError(f"{field}: expected finite values, received NaN/inf at index {bad}")
+        raise InputError(f"{field}: expected finite values, received NaN/inf at index {bad}")
 
 
 def validate_batch(batch: dict, cfg: PolicyConfig, *, require_actions: bool = False) -> Observation:
@@ -59,7 +60,7 @@ def validate_batch(batch: dict, cfg: PolicyConfig, *, require_actions: bool = Fa
     required = ["images", "state", "instruction"] + (["actions"] if require_actions else [])
     missing = [k for k in required if k not in batch]
     if missing:
-        raise ValueError(f"batch: missing field(s) {missing}; expected {required}, received {sorted(batch)}")
+        raise InputError(f"batch: missing field(s) {missing}; expected {required}, received {sorted(batch)}")
 
     images = batch["images"]
     if not isinstance(images, dict):
@@ -68,23 +69,23 @@ def validate_batch(batch: dict, cfg: PolicyConfig, *, require_actions: bool = Fa
     if set(images) != set(cfg.cameras):
         lacking = sorted(set(cfg.cameras) - set(images))
         extra = sorted(set(images) - set(cfg.cameras))
-        raise ValueError(f"images: expected cameras {expected}, received {received}"
+        raise InputError(f"images: expected cameras {expected}, received {received}"
                          + (f"; missing {lacking}" if lacking else "") + (f"; unknown {extra}" if extra else ""))
     frames = []
     for cam in cfg.cameras:
         frame = _as_tensor(images[cam], f"images[{cam!r}]", torch.uint8)
         if frame.ndim != 4 or frame.shape[-1] != 3 or frame.shape[1] < 8 or frame.shape[2] < 8:
-            raise ValueError(f"images[{cam!r}]: expected shape (B, H, W, 3) with H, W >= 8, "
+            raise InputError(f"images[{cam!r}]: expected shape (B, H, W, 3) with H, W >= 8, "
                              f"received {tuple(frame.shape)}")
         if frames and frame.shape != frames[0].shape:
-            raise ValueError(f"images[{cam!r}]: expected the same shape as images[{cfg.cameras[0]!r}] "
+            raise InputError(f"images[{cam!r}]: expected the same shape as images[{cfg.cameras[0]!r}] "
                              f"{tuple(frames[0].shape)}, received {tuple(frame.shape)}")
         frames.append(frame)
     batch_size = frames[0].shape[0]
 
     state = _as_tensor(batch["state"], "state", torch.float32)
     if state.ndim != 2 or state.shape[1] != cfg.state_dim:
-        raise ValueError(f"state: expected shape (B, {cfg.state_dim}), received {tuple(state.shape)}")
+        raise InputError(f"state: expected shape (B, {cfg.state_dim}), received {tuple(state.shape)}")
     _check_finite(state, "state")
 
     instruction = batch["instruction"]
@@ -94,13 +95,13 @@ def validate_batch(batch: dict, cfg: PolicyConfig, *, require_actions: bool = Fa
         if not isinstance(text, str):
             raise TypeError(f"instruction[{i}]: expected str, received {type(text).__name__}")
         if not text.strip():
-            raise ValueError(f"instruction[{i}]: expected a non-empty instruction, received {text!r}")
+            raise InputError(f"instruction[{i}]: expected a non-empty instruction, received {text!r}")
 
     actions = None
     if require_actions:
         actions = _as_tensor(batch["actions"], "actions", torch.float32)
         if actions.ndim != 3 or tuple(actions.shape[1:]) != (cfg.horizon, cfg.action_dim):
-            raise ValueError(f"actions: expected shape (B, {cfg.horizon}, {cfg.action_dim}), "
+            raise InputError(f"actions: expected shape (B, {cfg.horizon}, {cfg.action_dim}), "
                              f"received {tuple(actions.shape)}")
         _check_finite(actions, "actions")
 
@@ -108,7 +109,7 @@ def validate_batch(batch: dict, cfg: PolicyConfig, *, require_actions: bool = Fa
     if actions is not None:
         sizes["actions"] = actions.shape[0]
     if len(set(sizes.values())) != 1 or batch_size == 0:
-        raise ValueError(f"batch: expected one non-zero batch size across fields, received {sizes}")
+        raise InputError(f"batch: expected one non-zero batch size across fields, received {sizes}")
 
     return Observation(stack_cameras(frames), state, list(instruction), actions)
 

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
 
+from policy.errors import InputError
+from policy.artifacts import sha256_file
 from policy.experts import BertExpert
 
 
@@ -33,14 +35,6 @@ def resolve_language_model(path: str | None) -> Path:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"language_model: expected {folder / name} (a BERT folder), it does not exist")
     return folder
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -62,12 +56,12 @@ class BertDims:
     def from_folder(cls, folder: Path, keep_layers: int | None = None) -> "BertDims":
         c = json.loads((folder / "config.json").read_text())
         if c.get("model_type", "bert") != "bert" or c.get("hidden_act", "gelu") != "gelu":
-            raise ValueError(f"language_model: expected a BERT config with hidden_act 'gelu', received "
+            raise InputError(f"language_model: expected a BERT config with hidden_act 'gelu', received "
                              f"model_type={c.get('model_type')!r} hidden_act={c.get('hidden_act')!r}")
         layers = c["num_hidden_layers"]
         if keep_layers is not None:
             if keep_layers > layers:
-                raise ValueError(f"language_layers: expected <= {layers} (the model's depth), received {keep_layers}")
+                raise InputError(f"language_layers: expected <= {layers} (the model's depth), received {keep_layers}")
             layers = keep_layers
         return cls(width=c["hidden_size"], heads=c["num_attention_heads"], intermediate=c["intermediate_size"],
                    layers=layers, vocab=c["vocab_size"], max_positions=c["max_position_embeddings"],
@@ -89,7 +83,7 @@ class TextTokenizer:
         encodings = self.tok.encode_batch(list(instructions))
         for i, enc in enumerate(encodings):
             if len(enc.ids) > self.max_tokens:
-                raise ValueError(f"instruction[{i}]: expected at most {self.max_tokens} tokens, received "
+                raise InputError(f"instruction[{i}]: expected at most {self.max_tokens} tokens, received "
                                  f"{len(enc.ids)} ({instructions[i][:60]!r}...)")
         length = max(len(e.ids) for e in encodings)
         ids = torch.full((len(encodings), length), self.pad_id, dtype=torch.long)
@@ -155,7 +149,7 @@ def load_bert_weights(folder: Path, embeddings: BertEmbeddings, layers: list[Ber
                 raise KeyError(f"language_model: {folder / 'model.safetensors'} has no tensor {key!r}")
             src = sd[key]
             if src.shape != param.shape:
-                raise ValueError(f"language_model: {key} expected shape {tuple(param.shape)}, "
+                raise InputError(f"language_model: {key} expected shape {tuple(param.shape)}, "
                                  f"received {tuple(src.shape)}")
             with torch.no_grad():
                 param.copy_(src)

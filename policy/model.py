@@ -2,12 +2,9 @@
 
 Tokens are laid out by modality block, and each block routes to its own expert:
 
-    [ text ........ | image (cams x grid^2) ... | (goal) | state | action (horizon) ]
-      language        vision                      body     body    body
+    [ text ........ | image (cams x grid^2) ... | state | action (horizon) ]
+      language        vision                      body    body
       (frozen MiniLM) (init from MiniLM, "align") (trained in "policy")
-
-The optional goal token (config.goal_token) is a learned query of the body expert that sees text and
-images but not the state: what it holds about the target can only come from the scene and the words.
 
 All tokens share one attention per layer. The attention is block-causal over the modality blocks
 (see `make_attn_mask`): a block sees itself and every block before it. That one rule gives the
@@ -15,7 +12,7 @@ whole caching scheme, because a block's K/V never depend on anything after it:
 
     encode_text(ids)               text K/V, once per instruction   (language expert only)
     encode_images(frames, text)    + image K/V, once per observation (vision expert)
-    encode_state(state, prefix)    + (goal +) state K/V, once per observation (body expert)
+    encode_state(state, prefix)    + state K/V, once per observation (body expert)
     denoise(x_t, t, prefix)        action tokens only, every Euler step (body expert)
 
 Each of those passes attends over [cached K/V | its own K/V]; its only mask is key padding of the
@@ -30,97 +27,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-from pathlib import Path
-from typing import Callable, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policy.attention import ACTION, IMAGE, STATE, TEXT, Prefix, cat_tokens, euler_sample, make_attn_mask, posemb_sincos
+from policy.errors import InputError
 from policy.config import STAGES, PolicyConfig
 from policy.experts import BertExpert, BodyExpert, merge_heads
 from policy.inputs import Observation, validate_batch
 from policy.language import BertDims, BertEmbeddings, TextTokenizer, load_bert_weights, resolve_language_model
 from policy.normalize import NormStats, to_absolute, to_relative
 from policy.vision import EfficientNetTrunk, ImageTokenizer, preprocess_images
-
-# Modality blocks, in token order. Block ids feed `make_attn_mask`.
-TEXT, IMAGE, GOAL, STATE, ACTION = 0, 1, 2, 3, 4
-
-
-class Prefix(NamedTuple):
-    """Cached keys/values of every token before the ones being computed.
-
-    kv:    (layers, 2, B, heads, L, head_dim)   2 = (key, value)
-    valid: (B, L) bool                           False for text padding; such keys are never attended
-    token_ids, text_valid: (B, L_text) kept only for the bidirectional-prefix ablation, whose image
-                  pass must recompute the text (its text K/V depend on the images)
-    """
-
-    kv: torch.Tensor
-    valid: torch.Tensor
-    token_ids: torch.Tensor | None = None
-    text_valid: torch.Tensor | None = None
-
-    def extend(self, kv: torch.Tensor, valid: torch.Tensor) -> "Prefix":
-        return self._replace(kv=torch.cat([self.kv, kv], dim=4), valid=torch.cat([self.valid, valid], dim=1))
-
-
-def make_attn_mask(blocks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Block-causal attention mask over modality blocks, with key padding.
-
-    blocks: (L,) int   block id of each token, non-decreasing (TEXT=0, IMAGE=1, GOAL=2, STATE=3, ACTION=4)
-    valid:  (B, L) bool  False marks padding
-    returns (B, 1, L, L) bool, True = query may attend to key:
-        mask[b, 0, q, k] = blocks[k] <= blocks[q] and valid[b, k]
-
-    Worked example, blocks = [0 0 | 1 | 2 | 3 3] (two text, one image, state, two actions):
-
-        query\\key  t t i s a a
-        t           1 1 0 0 0 0     text sees only text: the frozen language expert computes exactly
-        t           1 1 0 0 0 0     what the pretrained model does, and its K/V cache per instruction
-        i           1 1 1 0 0 0     images see text + images (not state: body weights never reach them)
-        s           1 1 1 1 0 0     state sees the whole observation
-        a           1 1 1 1 1 1     actions see everything, including each other (bidirectional chunk)
-        a           1 1 1 1 1 1
-
-    With the bidirectional-prefix ablation, text and image share block 0 and see each other.
-    """
-    causal = blocks[None, :] <= blocks[:, None]  # (L_query, L_key)
-    return causal[None, None] & valid[:, None, None, :]
-
-
-def posemb_sincos(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
-    """Sine-cosine embedding of scalar flow times t (B,) in [0, 1] -> (B, dim), as pi0 embeds time."""
-    fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
-    period = min_period * (max_period / min_period) ** fraction
-    angle = t.float()[:, None] * (2 * math.pi / period)[None]
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
-
-
-X = TypeVar("X")
-
-
-def euler_sample(denoise: Callable[[X, float], X], noise: X, num_steps: int) -> X:
-    """Integrates dx/dt = v(x, t) from t = 1 (noise) to t = 0 (actions) in `num_steps` Euler steps.
-
-    Backend-agnostic (torch tensors or numpy arrays): the runtime shares it with onnxruntime/TensorRT.
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps: expected >= 1, received {num_steps}")
-    dt = -1.0 / num_steps
-    x = noise
-    for i in range(num_steps):
-        x = x + dt * denoise(x, 1.0 + i * dt)
-    return x
-
-
-def cat_tokens(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate per-segment (B, heads, L_i, head_dim) along tokens; a single segment (every cached
-    pass) is returned as is, so exported graphs carry no one-input Concat per layer."""
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-
 
 class MoTPolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig, norm_stats: NormStats | None = None):
@@ -147,8 +66,6 @@ class MoTPolicy(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         # The state token's adaLN condition: a learned "no time" vector, so state K/V are t-independent.
         self.state_cond = nn.Parameter(torch.zeros(cond_dim))
-        # The goal token's input: one learned vector (it shares the "no time" condition); see add_goal_token.
-        self.register_parameter("goal_query", None)
 
         # MoT layers: one ModuleDict of experts per layer; `route` maps a modality to its expert.
         def bert() -> BertExpert:
@@ -182,8 +99,6 @@ class MoTPolicy(nn.Module):
         self.set_delta_action_mask(cfg.delta_action_mask)
         self.set_norm_stats(stats)
         self.set_stage("policy")
-        if cfg.goal_token:
-            self.add_goal_token()
 
     # -- training stages and normalisation ---------------------------------------------------------
     def set_stage(self, stage: str, *, train_vision: bool = False) -> None:
@@ -194,7 +109,7 @@ class MoTPolicy(nn.Module):
         Dense routing has one shared expert, which then trains with the body in "policy".
         """
         if stage not in STAGES:
-            raise ValueError(f"stage: expected one of {STAGES}, received {stage!r}")
+            raise InputError(f"stage: expected one of {STAGES}, received {stage!r}")
         self.stage = stage
         self.requires_grad_(False)
         vision = [self.image_embed] + [layer[self.route["image"]] for layer in self.layers]
@@ -212,15 +127,13 @@ class MoTPolicy(nn.Module):
                 module.requires_grad_(True)
             self.action_pos.requires_grad_(True)
             self.state_cond.requires_grad_(True)
-            if self.goal_query is not None:
-                self.goal_query.requires_grad_(True)
         if self.cfg.routing == "mot":  # the language expert is frozen by construction
             for layer in self.layers:
                 layer["language"].requires_grad_(False)
 
     def set_norm_stats(self, stats: NormStats) -> None:
         if stats.state_mean.shape != (self.cfg.state_dim,) or stats.action_mean.shape != (self.cfg.action_dim,):
-            raise ValueError(f"norm_stats: expected state ({self.cfg.state_dim},) and action ({self.cfg.action_dim},) "
+            raise InputError(f"norm_stats: expected state ({self.cfg.state_dim},) and action ({self.cfg.action_dim},) "
                              f"vectors, received {stats.state_mean.shape} and {stats.action_mean.shape}")
         self.norm_stats = stats
         for name in ("state_mean", "state_std", "action_mean", "action_std"):
@@ -232,21 +145,12 @@ class MoTPolicy(nn.Module):
         self.delta_mask = torch.tensor(self.cfg.delta_action_mask or (False,) * self.cfg.action_dim,
                                        dtype=torch.float32)
 
-    def add_goal_token(self) -> None:
-        """Give the body a goal token (config.goal_token): at construction, or before the body trains
-        from a checkpoint without one (align's)."""
-        if self.goal_query is None:
-            self.cfg = dataclasses.replace(self.cfg, goal_token=True)
-            self.goal_query = nn.Parameter(torch.randn(self.action_in.out_features) * 0.02)
-            self.set_stage(self.stage)
-
-    def set_target_points(self, source: str, cameras: tuple[str, ...] | list[str] | None = None) -> None:
-        """Widen the state by `cfg.target_point_dim` target-point entries (config.target_points, of `cameras`:
-        config.point_cameras, None for all) before the body trains: a new state projection and identity norm
-        stats (the caller sets real ones)."""
+    def set_target_points(self, source: str) -> None:
+        """Widen the state by `cfg.target_point_dim` target-point entries (config.target_points) before the
+        body trains: a new state projection and identity norm stats (the caller sets real ones)."""
         if self.cfg.target_points is not None:
-            raise ValueError(f"target_points: this policy already has them (source {self.cfg.target_points!r})")
-        self.cfg = dataclasses.replace(self.cfg, target_points=source, point_cameras=cameras)
+            raise InputError(f"target_points: this policy already has them (source {self.cfg.target_points!r})")
+        self.cfg = dataclasses.replace(self.cfg, target_points=source)
         self.cfg = dataclasses.replace(self.cfg, state_dim=self.cfg.state_dim + self.cfg.target_point_dim)
         self.state_in = nn.Linear(self.cfg.state_dim, self.state_in.out_features)
         self.set_norm_stats(NormStats.identity(self.cfg.state_dim, self.cfg.action_dim))
@@ -306,11 +210,9 @@ class MoTPolicy(nn.Module):
         return self.image_embed(features)
 
     def embed_state(self, state_norm: torch.Tensor):
-        """state (B, S) normalised -> body prefix tokens (B, body_prefix_tokens, D_body): [goal,] state;
-        adaLN condition (B, 1, C), the same "no time" vector for both."""
+        """state (B, S) normalised -> the state token (B, 1, D_body) and its adaLN condition (B, 1, C):
+        a learned "no time" vector, so the state's K/V do not depend on the flow time."""
         h = self.state_in(state_norm)[:, None]
-        if self.goal_query is not None:
-            h = torch.cat([self.goal_query.expand(h.shape[0], 1, -1), h], dim=1)
         return h, self.state_cond.expand(h.shape[0], 1, -1)
 
     def embed_actions(self, x_t: torch.Tensor, t: torch.Tensor):
@@ -355,26 +257,16 @@ class MoTPolicy(nn.Module):
             prefix = text.extend(kv, ones)
         return (prefix, hs[-1]) if return_hidden else prefix
 
-    def encode_state(self, state_norm: torch.Tensor, prefix: Prefix, return_hidden: bool = False):
-        """Normalised state (B, S) -> prefix with the body prefix tokens' K/V appended ([goal,] state).
+    def encode_state(self, state_norm: torch.Tensor, prefix: Prefix) -> Prefix:
+        """Normalised state (B, S) -> prefix with the state token's K/V appended.
 
-        return_hidden: also return the final state (B, D_body) of the token that training's auxiliary
-        grounding loss reads (training/train.py BodyGroundingHead): the goal token when the config has
-        one, else the state token.
+        The state token attends to the whole observation prefix and to itself: one block, so key
+        padding of the text is its only mask.
         """
         h, cond = self.embed_state(state_norm)
         ones = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
-        mask = None
-        if self.goal_query is not None:
-            # Block-causal over [prefix | goal | state]: the goal token must not see the state (that is
-            # its point), the state token sees the goal. One pass, so the mask is explicit here.
-            # Rows (goal, state), keys [prefix | goal, state]: make_attn_mask's last two query rows, built
-            # without a per-token block list so the exported graph keeps a dynamic prefix length.
-            own = torch.tensor([[True, False], [True, True]], device=h.device).expand(h.shape[0], 1, 2, 2)
-            mask = torch.cat([prefix.valid[:, None, None, :].expand(-1, 1, 2, -1), own], dim=-1)
-        (h,), kv = self._forward([("body", h, cond)], prefix, ones, mask)
-        prefix = prefix.extend(kv, ones)
-        return (prefix, h[:, 0]) if return_hidden else prefix
+        _, kv = self._forward([("body", h, cond)], prefix, ones)
+        return prefix.extend(kv, ones)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, prefix: Prefix) -> torch.Tensor:
         """One flow step: noisy normalised chunk (B, horizon, A), t (B,) -> velocity (B, horizon, A).
@@ -397,9 +289,8 @@ class MoTPolicy(nn.Module):
         state_h, state_cond = self.embed_state(state_norm)
         action_h, action_cond = self.embed_actions(x_t, t)
         image_block = TEXT if self.cfg.prefix_mask == "bidirectional" else IMAGE
-        n_goal = state_h.shape[1] - 1  # the goal token, when there is one, comes first in the body prefix
-        lengths = [text_h.shape[1], image_h.shape[1], n_goal, 1, action_h.shape[1]]
-        blocks = torch.repeat_interleave(torch.tensor([TEXT, image_block, GOAL, STATE, ACTION]), torch.tensor(lengths))
+        lengths = [text_h.shape[1], image_h.shape[1], 1, action_h.shape[1]]
+        blocks = torch.repeat_interleave(torch.tensor([TEXT, image_block, STATE, ACTION]), torch.tensor(lengths))
         b = token_ids.shape[0]
         valid = torch.cat([text_valid, torch.ones(b, sum(lengths[1:]), dtype=torch.bool)], dim=1)
         segments = [("text", text_h, None), ("image", image_h, None), ("body", state_h, state_cond),
@@ -415,8 +306,8 @@ class MoTPolicy(nn.Module):
         prefix = self.encode_images(obs.images, text)
         return self.encode_state(self.normalize_state(obs.state), prefix)
 
-    def compute_loss(self, batch: dict, noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
-                     return_state_hidden: bool = False):
+    def compute_loss(self, batch: dict, noise: torch.Tensor | None = None,
+                     time: torch.Tensor | None = None) -> torch.Tensor:
         """Flow-matching loss (scalar) on a batch with `actions` (see `flow_matching_loss`).
 
         When nothing in the text/image path trains (the "policy" stage), the prefix runs without
@@ -427,18 +318,15 @@ class MoTPolicy(nn.Module):
             token_ids, text_valid = self.tokenizer(obs.instruction)
             text = self.encode_text(token_ids, text_valid)
             prefix = self.encode_images(obs.images, text)
-        return self.flow_matching_loss(prefix, obs.state, obs.actions, noise, time, return_state_hidden)
+        return self.flow_matching_loss(prefix, obs.state, obs.actions, noise, time)
 
     def flow_matching_loss(self, prefix: Prefix, state: torch.Tensor, actions: torch.Tensor,
-                           noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
-                           return_state_hidden: bool = False):
+                           noise: torch.Tensor | None = None, time: torch.Tensor | None = None) -> torch.Tensor:
         """The loss from a text + image prefix (computed here, or cached by training): state (B, S)
-        and actions (B, horizon, A) in robot units. Only the body expert runs from here on.
-        return_state_hidden: return (loss, final state (B, D_body) of the goal token, or of the state token
-        without one; see `encode_state`) instead."""
+        and actions (B, horizon, A) in robot units. Only the body expert runs from here on."""
         actions = self.normalize_actions(actions, state)
         b = actions.shape[0]
-        prefix, state_h = self.encode_state(self.normalize_state(state), prefix, return_hidden=True)
+        prefix = self.encode_state(self.normalize_state(state), prefix)
         if time is None:
             beta = torch.distributions.Beta(self.cfg.time_beta_alpha, self.cfg.time_beta_beta)
             time = beta.sample((b,)) * 0.999 + 0.001  # keep t away from 0, where x_t = actions exactly
@@ -448,7 +336,7 @@ class MoTPolicy(nn.Module):
         x_t = t * noise + (1 - t) * actions
         velocity = self.denoise(x_t, time, prefix)
         loss = F.mse_loss(velocity, noise - actions)
-        return (loss, state_h) if return_state_hidden else loss
+        return loss
 
     @torch.no_grad()
     def sample_actions(self, obs: dict, num_steps: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -459,25 +347,13 @@ class MoTPolicy(nn.Module):
         if noise is None:
             noise = torch.randn(shape)
         elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise: expected shape {shape}, received {tuple(noise.shape)}")
+            raise InputError(f"noise: expected shape {shape}, received {tuple(noise.shape)}")
         steps = self.cfg.num_inference_steps if num_steps is None else num_steps
         b = o.batch_size
         x = euler_sample(lambda x, t: self.denoise(x, torch.full((b,), t), prefix), noise.float(), steps)
         return self.unnormalize_actions(x, o.state)
 
-    # -- checkpoints ----------------------------------------------------------------------------------
-    def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-        """Atomic checkpoint directory (policy/checkpoint.py); float16 halves its size."""
-        from policy.checkpoint import save_checkpoint
-
-        return save_checkpoint(self, directory, dtype)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "MoTPolicy":
-        from policy.checkpoint import load_checkpoint
-
-        return load_checkpoint(directory)
-
+    # Checkpoints: policy/checkpoint.py `save_checkpoint(policy, dir)` / `load_checkpoint(dir)` (a layer above).
     def num_parameters(self) -> dict[str, dict[str, int]]:
         """Parameters per expert/module group: {"language": {"total": n, "trainable": m}, ...}."""
         groups: dict[str, list[nn.Parameter]] = {}

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from policy.errors import InputError
+
 EPS = 1e-6
 
 
@@ -26,14 +28,14 @@ class NormStats:
         for name in ("state_mean", "state_std", "action_mean", "action_std"):
             value = np.asarray(getattr(self, name), dtype=np.float32)
             if value.ndim != 1 or not np.all(np.isfinite(value)):
-                raise ValueError(f"norm_stats.{name}: expected a finite 1-D vector, received shape {value.shape}")
+                raise InputError(f"norm_stats.{name}: expected a finite 1-D vector, received shape {value.shape}")
             setattr(self, name, value)
         for kind in ("state", "action"):
             mean, std = getattr(self, f"{kind}_mean"), getattr(self, f"{kind}_std")
             if mean.shape != std.shape:
-                raise ValueError(f"norm_stats.{kind}_std: expected shape {mean.shape}, received {std.shape}")
+                raise InputError(f"norm_stats.{kind}_std: expected shape {mean.shape}, received {std.shape}")
             if np.any(std <= 0):
-                raise ValueError(f"norm_stats.{kind}_std: expected > 0 everywhere, received {std.tolist()}")
+                raise InputError(f"norm_stats.{kind}_std: expected > 0 everywhere, received {std.tolist()}")
 
     @classmethod
     def identity(cls, state_dim: int, action_dim: int) -> "NormStats":

@@ -14,9 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from policy.language import sha256_file
+from policy.artifacts import atomic_directory, sha256_file
+from policy.checkpoint import (FORMAT, check_pretrained, expected_keys, load_weights, pack_weights,
+                               pretrained_sources, read_manifest, stored_keys, verify_checkpoint, load_checkpoint)
+from policy.config import PolicyConfig
+from policy.errors import CheckpointError, InputError
+from policy.model import MoTPolicy
 
 
 POINTER_FORMAT = "mot-pointer/1"
@@ -66,7 +72,7 @@ def pointed_uv(scores: torch.Tensor, offsets: torch.Tensor | None, cameras: int,
     """
     b, n, _ = scores.shape
     if n != cameras * grid * grid:
-        raise ValueError(f"scores: expected {cameras} x {grid}x{grid} = {cameras * grid * grid} image tokens, "
+        raise InputError(f"scores: expected {cameras} x {grid}x{grid} = {cameras * grid * grid} image tokens, "
                          f"received {n}")
     points = []
     for k in range(2):  # object, pad
@@ -87,50 +93,36 @@ class Pointer:
     offsets point at cell centres.
 
         pointer = Pointer.from_align_run("runs/align_s16", cameras=("front", "wrist"))
-        points = pointer(images, "pick up the red cube")   # float32 (4 * point cameras,)
+        points = pointer(images, "pick up the red cube")   # float32 (4 * cameras,)
     """
 
-    def __init__(self, model, head: GroundingHead, use_offsets: bool, source: str,
-                 point_cameras: tuple[str, ...] | list[str] | None = None):
-        """point_cameras: the cameras whose points are handed out (PolicyConfig.point_cameras; None: all)."""
+    def __init__(self, model: MoTPolicy, head: GroundingHead, use_offsets: bool, source: str):
         self.model, self.head, self.use_offsets, self.source = model.eval(), head.eval(), use_offsets, source
-        cameras = list(model.cfg.cameras)
-        unknown = sorted(set(point_cameras or ()) - set(cameras))
-        if unknown:
-            raise ValueError(f"point_cameras: expected names among the pointer's cameras {cameras}, received {unknown}")
-        # indices of the chosen cameras' (u, v) pairs in pointed_uv's layout: object per camera, then pad per camera
-        keep = [i for i, c in enumerate(cameras) if point_cameras is None or c in point_cameras]
-        self.pairs = np.array([target * len(cameras) + i for target in (0, 1) for i in keep])
         self._text: tuple[str, object] | None = None  # (instruction, its text K/V): the words stay while images change
 
     @classmethod
-    def from_align_run(cls, align_run: str | Path, cameras: tuple[str, ...] | list[str],
-                       point_cameras: tuple[str, ...] | list[str] | None = None) -> "Pointer":
-        from policy.model import MoTPolicy
-
+    def from_align_run(cls, align_run: str | Path, cameras: tuple[str, ...] | list[str]) -> "Pointer":
         path = Path(align_run) / "train_state.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"points_from: expected an align run directory with train_state.pt, {path} is missing")
+            raise CheckpointError(f"points_from: expected an align run directory with train_state.pt, {path} is missing")
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state["config"]["stage"] != "align":
-            raise ValueError(f"points_from: expected an align run, {align_run} ran stage {state['config']['stage']!r}")
-        model = MoTPolicy.load(Path(align_run) / "checkpoint")
+            raise InputError(f"points_from: expected an align run, {align_run} ran stage {state['config']['stage']!r}")
+        model = load_checkpoint(Path(align_run) / "checkpoint")
         if list(model.cfg.cameras) != list(cameras):
-            raise ValueError(f"points_from: expected an align run with the policy's cameras {list(cameras)}, "
+            raise InputError(f"points_from: expected an align run with the policy's cameras {list(cameras)}, "
                              f"{align_run} has {list(model.cfg.cameras)}")
         params = {**state["params"], **(state["ema"] or {})}  # its checkpoint carries the EMA, when there is one
         head = GroundingHead(model.dims.width)
         missing = head.load_state_dict({k.removeprefix("head."): v for k, v in params.items() if k.startswith("head.")},
                                        strict=False).missing_keys
-        return cls(model, head, not any(k.startswith("offset.") for k in missing), str(align_run), point_cameras)
+        return cls(model, head, not any(k.startswith("offset.") for k in missing), str(align_run))
 
     @classmethod
     def for_checkpoint(cls, align_run: str | Path, checkpoint: str | Path) -> "Pointer":
-        """`from_align_run` with the cameras (and pointing cameras) of the policy checkpoint it will feed."""
-        from policy.config import PolicyConfig
-
+        """`from_align_run` with the cameras of the policy checkpoint it will feed."""
         cfg = PolicyConfig.from_json(Path(checkpoint) / "config.json")
-        return cls.from_align_run(align_run, cfg.cameras, cfg.target_point_cameras)
+        return cls.from_align_run(align_run, cfg.cameras)
 
     @classmethod
     def resolve(cls, align_run: str | Path | None, checkpoint: str | Path) -> "Pointer | None":
@@ -143,10 +135,6 @@ class Pointer:
         """Atomic directory with what pointing needs and nothing else: the image embedding, the vision expert's
         own tensors (those still equal to their language copy are rebuilt on load, as in a checkpoint), the
         grounding head; config.json is the align model's; manifest.json as policy/checkpoint.py's."""
-        from policy.checkpoint import (FORMAT, fsync_write, pack_weights, pretrained_sources, stored_keys,
-                                       write_directory)
-        from safetensors.torch import save_file
-
         keys, inherited = stored_keys(self.model)
         weights = {k: v for k, v in self.model.state_dict().items() if k in keys and _pointing_key(k)}
         weights.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
@@ -154,22 +142,18 @@ class Pointer:
 
         def write(tmp: Path) -> None:
             save_file(stored, str(tmp / "model.safetensors"))
-            fsync_write(tmp / "config.json", json.dumps(self.model.cfg.to_dict(), indent=2).encode())
+            (tmp / "config.json").write_text(json.dumps(self.model.cfg.to_dict(), indent=2))
             manifest = {"format": POINTER_FORMAT, "policy_format": FORMAT,
                         "files": {name: sha256_file(tmp / name) for name in POINTER_FILES},
                         "pretrained": pretrained_sources(self.model), "inherited": inherited, "dtype": str(dtype),
                         "int8": quantized, "offsets": self.use_offsets, "source": self.source}
-            fsync_write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
-        return write_directory(directory, write)
+        return atomic_directory(directory, write)
 
     @classmethod
-    def load(cls, directory: str | Path, point_cameras: tuple[str, ...] | list[str] | None = None) -> "Pointer":
+    def load(cls, directory: str | Path) -> "Pointer":
         """A directory `save` wrote, verified like a checkpoint (sha256 of each file, pretrained sources)."""
-        from policy.checkpoint import check_pretrained, expected_keys, load_weights, read_manifest
-        from policy.config import PolicyConfig
-        from policy.model import MoTPolicy
-
         directory = Path(directory)
         manifest = read_manifest(directory, POINTER_FORMAT, POINTER_FILES)
         model = MoTPolicy(PolicyConfig.from_json(directory / "config.json"))
@@ -182,28 +166,24 @@ class Pointer:
         with torch.no_grad():
             model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("head.")}, strict=False)
             head.load_state_dict({k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")})
-        return cls(model, head, bool(manifest["offsets"]), f"{manifest['source']} (bundled in {directory.parent})",
-                   point_cameras)
+        return cls(model, head, bool(manifest["offsets"]), f"{manifest['source']} (bundled in {directory.parent})")
 
     @classmethod
     def bundled(cls, checkpoint: str | Path) -> "Pointer | None":
         """The pointer a checkpoint bundles (its manifest names it), for the checkpoint's cameras; None if none."""
-        from policy.checkpoint import verify_checkpoint
-        from policy.config import PolicyConfig
-
         checkpoint = Path(checkpoint)
         if "pointer" not in verify_checkpoint(checkpoint):
             return None
         cfg = PolicyConfig.from_json(checkpoint / "config.json")
-        pointer = cls.load(checkpoint / "pointer", cfg.target_point_cameras)
+        pointer = cls.load(checkpoint / "pointer")
         if list(pointer.model.cfg.cameras) != list(cfg.cameras):
-            raise ValueError(f"pointer: expected the policy's cameras {list(cfg.cameras)}, the pointer bundled in "
+            raise CheckpointError(f"pointer: expected the policy's cameras {list(cfg.cameras)}, the pointer bundled in "
                              f"{checkpoint} has {list(pointer.model.cfg.cameras)}")
         return pointer
 
     @torch.no_grad()
     def __call__(self, images: dict[str, np.ndarray], instruction: str) -> np.ndarray:
-        """{camera: uint8 (H, W, 3)}, instruction -> float32 (4 * point cameras,) target points."""
+        """{camera: uint8 (H, W, 3)}, instruction -> float32 (4 * cameras,) target points."""
         frames = torch.from_numpy(np.stack([np.asarray(images[c]) for c in self.model.cfg.cameras])[None])
         if self._text is None or self._text[0] != instruction:
             self._text = (instruction, self.model.encode_text(*self.model.tokenizer([instruction])))
@@ -212,18 +192,17 @@ class Pointer:
     @torch.no_grad()
     def batch(self, frames: torch.Tensor, instructions: list[str], text=None) -> np.ndarray:
         """uint8 (B, cameras, H, W, 3) in the model's camera order, B instructions (or their encoded `text`
-        prefix) -> float32 (B, 4 * point cameras) target points."""
+        prefix) -> float32 (B, 4 * cameras) target points."""
         cfg = self.model.cfg
         text = text if text is not None else self.model.encode_text(*self.model.tokenizer(instructions))
         _, hidden = self.model.encode_images(frames, text, return_hidden=True)
         scores, offsets, _ = self.head(hidden)
         uv = pointed_uv(scores, offsets if self.use_offsets else None, len(cfg.cameras), cfg.feature_grid)
-        return uv.reshape(len(frames), -1, 2)[:, self.pairs].reshape(len(frames), -1).numpy().astype(np.float32)
+        return uv.numpy().astype(np.float32)
 
     def fingerprint(self) -> str:
-        """sha256 of everything the points depend on: the config, every tensor (the frozen experts' too), the
-        pointing cameras."""
-        h = hashlib.sha256(json.dumps([self.model.cfg.to_dict(), self.use_offsets, self.pairs.tolist()]).encode())
+        """sha256 of everything the points depend on: the config and every tensor (the frozen experts' too)."""
+        h = hashlib.sha256(json.dumps([self.model.cfg.to_dict(), self.use_offsets]).encode())
         tensors = {**self.model.state_dict(), **{f"head.{k}": v for k, v in self.head.state_dict().items()}}
         for name in sorted(tensors):
             h.update(name.encode())

@@ -26,9 +26,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from policy.backends import OnnxRuntimeBackend
+from policy.checkpoint import load_checkpoint
 from policy.config import PolicyConfig
+from policy.errors import InputError
 from policy.inputs import validate_batch
 from policy.model import MoTPolicy, Prefix, euler_sample
+from policy.pointing import Pointer
+from policy.tensorrt import TensorRTBackend
 
 
 class Backend(Protocol):
@@ -68,11 +73,11 @@ def make_backend(name: str, policy: MoTPolicy, checkpoint_dir: Path | None, **op
     """Backend by name. onnxruntime/tensorrt need exported graphs (policy.export), built lazily."""
     if name == "torch":
         return TorchBackend(policy)
-    if name in ("onnxruntime", "tensorrt"):
-        from policy import backends  # imports onnxruntime / tensorrt only when asked for
-
-        return backends.make(name, policy, checkpoint_dir, **options)
-    raise ValueError(f"backend: expected one of ['torch', 'onnxruntime', 'tensorrt'], received {name!r}")
+    if name == "onnxruntime":  # onnxruntime and tensorrt are imported by their backends when one is built
+        return OnnxRuntimeBackend(policy, checkpoint_dir, **options)
+    if name == "tensorrt":
+        return TensorRTBackend(policy, checkpoint_dir, **options)
+    raise InputError(f"backend: expected one of ['torch', 'onnxruntime', 'tensorrt'], received {name!r}")
 
 
 class PolicyRunner:
@@ -82,11 +87,11 @@ class PolicyRunner:
         caller then passes the robot's state alone). allow_privileged: run a target_points policy without one:
         the caller appends the simulator's ground truth to the state (`mot eval`)."""
         if pointer is not None and policy.cfg.target_points is None:
-            raise ValueError("pointer: expected a checkpoint trained with target points (mot train --target-points), "
+            raise InputError("pointer: expected a checkpoint trained with target points (mot train --target-points), "
                              "this one has none")
         if policy.cfg.target_points == "sim" and pointer is None and not allow_privileged:
             # Its state carries where the target is: no robot has that input unless a pointer provides it.
-            raise ValueError("checkpoint: target_points='sim' (the body reads where the target is) needs a pointer "
+            raise InputError("checkpoint: target_points='sim' (the body reads where the target is) needs a pointer "
                              "(--points-from ALIGN_RUN, or one bundled by `mot pack --pointer`); without one only "
                              "`mot eval` runs it, on the simulator's truth")
         self.pointer = pointer
@@ -104,12 +109,10 @@ class PolicyRunner:
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", pointer="bundled", **options) -> "PolicyRunner":
         """pointer: "bundled" (default) takes the pointer a target_points checkpoint bundles (`mot pack --pointer`),
         if any; or a `Pointer`, or None."""
-        policy = MoTPolicy.load(path)
+        policy = load_checkpoint(path)
         if isinstance(pointer, str):
             if pointer != "bundled":
-                raise ValueError(f"pointer: expected 'bundled', a Pointer or None, received {pointer!r}")
-            from policy.pointing import Pointer
-
+                raise InputError(f"pointer: expected 'bundled', a Pointer or None, received {pointer!r}")
             pointer = Pointer.bundled(path) if policy.cfg.target_points is not None else None
         return cls(policy, backend=backend, checkpoint_dir=path, pointer=pointer, **options)
 
@@ -144,7 +147,7 @@ class PolicyRunner:
             raise TypeError(f"instruction: expected str, received {type(instruction).__name__}")
         if self.pointer is not None:  # the body's state = the robot's state + where the target is
             if state.shape != (self.robot_state_dim,):
-                raise ValueError(f"state: expected the robot's state ({self.robot_state_dim},) (the pointer adds the "
+                raise InputError(f"state: expected the robot's state ({self.robot_state_dim},) (the pointer adds the "
                                  f"target points), received {state.shape}")
             # validated with placeholder points first, so the pointer only ever sees well-formed images
             state = np.concatenate([state.astype(np.float32), np.zeros(self.cfg.target_point_dim, np.float32)])
@@ -155,7 +158,7 @@ class PolicyRunner:
         if noise is None:
             noise = np.random.standard_normal(shape).astype(np.float32)
         elif np.shape(noise) != shape:
-            raise ValueError(f"noise: expected shape {shape}, received {np.shape(noise)}")
+            raise InputError(f"noise: expected shape {shape}, received {np.shape(noise)}")
         steps = self.cfg.num_inference_steps if num_steps is None else num_steps
         with self._lock:
             t0 = time.perf_counter()

@@ -12,16 +12,19 @@ EGL/OSMesa context (any env that has rendered) can deadlock on its first render.
 
 from __future__ import annotations
 
+import functools
+
 import gymnasium as gym
 
 
+def _make(env_id: str, kwargs: dict) -> gym.Env:
+    return gym.make(env_id, **kwargs)
+
+
 def _factory(env_id: str, kwargs: dict):
-    def make():
-        import sim  # noqa: F401  (registers the ids in spawned workers)
-
-        return gym.make(env_id, **kwargs)
-
-    return make
+    """A picklable env factory. It refers to this module's `_make` by name, so a spawned worker imports
+    sim.vector, and with it the `sim` package, which registers the env ids before gym.make runs."""
+    return functools.partial(_make, env_id, kwargs)
 
 
 def make_vec_env(

@@ -1,20 +1,29 @@
-"""The `mot` command: a table of subcommands, each a module with its own argparse `main(argv)`.
+"""The `mot` command: a table of subcommands, each a module's `main(argv) -> exit code`.
 
 Subcommand modules are imported only when they run, so `mot say` does not import torch and
 `mot --help` answers instantly. Each package owns its subcommands; this table only names them.
+Every subcommand parses its options from a config dataclass (policy/options.py: tyro).
+
+Errors: the project's own errors (`policy.errors.InputError`: bad input, a missing or corrupt
+checkpoint or dataset, a bad config value or option) end the command with one line on stderr,
+"mot <command>: <message>", and exit code 2. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
+
+from policy.errors import InputError
 
 # name -> ("module:function", one-line help). The function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("training.demo:main", "the main job on the default embedded setup (what `make demo` runs)"),
     "bench": ("training.bench:main", "benchmarks: `mot bench inference|sim|train|ros` (prints JSON)"),
-    "pack": ("policy.checkpoint:main", "re-store a checkpoint (int8 / float16) and bundle a pointer into it"),
-    "export": ("policy.export:main", "export a checkpoint to ONNX (text encoder, observation encoder, denoiser)"),
+    "pack": ("policy.cli:pack_main", "re-store a checkpoint (int8 / float16) and bundle a pointer into it"),
+    "export": ("policy.cli:export_main", "export a checkpoint to ONNX (text encoder, observation encoder, denoiser)"),
+    "recipe": ("training.recipe:main", "run a whole pipeline from one file: `mot recipe run recipes/tabletop.yaml --out DIR`"),
     "collect": ("training.collect:main", "scripted-expert demonstrations to disk (resumable, parallel)"),
     "data": ("training.data_cli:main", "inspect a dataset: `mot data info DIR`, `mot data video DIR --episode K`"),
     "train": ("training.train:main", "train a stage: --stage align (grounding) or --stage policy (flow matching)"),
@@ -45,14 +54,23 @@ def pick(argv: list[str] | None, names, usage: str, prog: str, kind: str = "comm
     return argv[0], argv[1:]
 
 
+def run_command(name: str, func: Callable[[list[str]], int | None], argv: list[str]) -> int:
+    """func(argv) -> its exit code; an InputError -> one line on stderr and 2."""
+    try:
+        return int(func(argv) or 0)
+    except InputError as e:
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message holds
+        print(f"mot {name}: {message}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     picked = pick(argv, COMMANDS, _usage(), "mot")
     if isinstance(picked, int):
         return picked
     name, rest = picked
     module_name, func_name = COMMANDS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    return run_command(name, getattr(importlib.import_module(module_name), func_name), rest)
 
 
 if __name__ == "__main__":

@@ -7,29 +7,33 @@ for an instruction and prints the inference benchmark, so the whole model path s
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import tyro
+
+from policy import MoTPolicy, PolicyConfig
+from policy.options import parse
+from policy.runtime import PolicyRunner
+from training import bench, run
+from training.paths import default_checkpoint
+
+
+@dataclass
+class DemoConfig:
+    instruction: tyro.conf.Positional[str] = "put the red cube on the blue pad"
+    """what the robot is told"""
+    seed: int = 0
+    """scene and sampling seed"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mot demo", description=__doc__.splitlines()[0])
-    parser.add_argument("instruction", nargs="?", default="put the red cube on the blue pad")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    from training.paths import default_checkpoint
-
+    args = parse(DemoConfig, argv, "mot demo", __doc__.splitlines()[0])
     if default_checkpoint() is not None:
-        from training.run import main as run_main
-
-        rc = run_main([args.instruction, "--seed", str(args.seed)])
+        rc = run.main([args.instruction, "--seed", str(args.seed)])
         return 0 if rc in (0, 1) else rc  # 1 = the episode ran but failed: the demo itself worked
-
-    from policy import MoTPolicy, PolicyConfig
-    from policy.runtime import PolicyRunner
 
     cfg = PolicyConfig.preset("small")
     runner = PolicyRunner(MoTPolicy(cfg))
@@ -40,10 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"instruction: {args.instruction!r}")
     print(f"action chunk {chunk.shape} (untrained small policy) in {(time.perf_counter() - t0) * 1e3:.1f} ms:")
     print(np.array2string(chunk[:3], precision=3, suppress_small=True), "...")
-    from training.bench import main as bench_main
-
-    print(json.dumps({"note": "inference benchmark follows"}))
-    return bench_main(["inference", "--json", "--iters", "5"])
+    print(json.dumps({"note": "inference benchmark follows (random weights: --random-weights)"}))
+    return bench.main(["inference", "--json", "--iters", "5", "--random-weights"])
 
 
 if __name__ == "__main__":

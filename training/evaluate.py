@@ -12,94 +12,36 @@ executed, then it re-plans (LeRobot's action queue).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
+import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import gymnasium as gym
+import matplotlib
 import numpy as np
 from tqdm import tqdm
 
+import sim
+from policy.artifacts import atomic_write_bytes, atomic_write_json
+from policy.checkpoint import checkpoint_id, load_checkpoint
+from policy.errors import InputError
+from policy.options import parse
+from policy.pointing import Pointer
 from policy.runtime import PolicyRunner
-from training.data import atomic_write_bytes, pixels_from_info, target_point_vector
-from training.video import compose, write_video
+from training.data import ChunkDataset, pixels_from_info, read_episodes, split_episodes, target_point_vector
+from training.episode_trace import EpisodeTrace, diagnostics
+from training.paths import DEFAULT_CHECKPOINT
+from training.video import compose, mark_outcome, write_video
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 EVAL_SEED_BASE = 1_000_000
-
-
-class EpisodeTrace:
-    """Where an episode went, from the env's infos: tells a grounding failure from a control failure.
-
-    closest_target_m      smallest TCP-to-target-object distance of the episode (m)
-    went_to_target        at the TCP's closest approach to *any* object (xy), that object was the target
-    object_to_pad_m       last target-object-to-target-pad distance in xy (push / place only, m)
-    first_point_err_px    target points from a pointer: its object point's distance from the truth in the first
-                          camera at the first plan (pixels); first_pad_point_err_px the same for the pad
-    first_point_on_target the scene object nearest that point is the instruction's (a wrong object, not an
-                          imprecise point, when false)
-    point_err_px          per pointing camera, the median over the episode's plans of the object point's error
-                          (a camera that moves with the arm loses the object from view)
-    """
-
-    def __init__(self) -> None:
-        self.closest_target = np.inf
-        self.closest_any = np.inf
-        self.closest_is_target = False
-        self.object_to_pad: float | None = None
-        self.first_point_err_px: float | None = None  # set by ChunkedPolicy (target points from a pointer)
-        self.first_pad_point_err_px: float | None = None
-        self.first_point_on_target: bool | None = None
-        self.point_errs_px: dict[str, list[float]] = {}
-
-    def observe(self, info: dict) -> None:
-        tcp = np.asarray(info["tcp_pos"], np.float64)
-        target = np.asarray(info["target_object_pos"], np.float64)
-        self.closest_target = min(self.closest_target, float(np.linalg.norm(tcp - target)))
-        for obj in info["objects"]:
-            d = float(np.linalg.norm(tcp[:2] - np.asarray(obj["pos"], np.float64)[:2]))
-            if d < self.closest_any:
-                self.closest_any, self.closest_is_target = d, obj["name"] == info["target_object"]
-        if info.get("target_pad_pos") is not None:
-            self.object_to_pad = float(np.linalg.norm(target[:2] - np.asarray(info["target_pad_pos"])[:2]))
-
-    def summary(self) -> dict:
-        out = {"closest_target_m": self.closest_target, "went_to_target": self.closest_is_target}
-        if self.object_to_pad is not None:
-            out["object_to_pad_m"] = self.object_to_pad
-        if self.first_point_err_px is not None:
-            out["first_point_err_px"] = self.first_point_err_px
-        if self.first_pad_point_err_px is not None:
-            out["first_pad_point_err_px"] = self.first_pad_point_err_px
-        if self.first_point_on_target is not None:
-            out["first_point_on_target"] = self.first_point_on_target
-        if self.point_errs_px:
-            out["point_err_px"] = {c: float(np.median(e)) for c, e in self.point_errs_px.items()}
-        return out
-
-
-def diagnostics(traces: list[dict]) -> dict:
-    """Per-family means of `EpisodeTrace.summary()`s (medians for distances: a few wild episodes do not hide the rest)."""
-    out = {"median_closest_target_m": round(float(np.median([t["closest_target_m"] for t in traces])), 4),
-           "went_to_target_rate": round(float(np.mean([t["went_to_target"] for t in traces])), 3)}
-    pads = [t["object_to_pad_m"] for t in traces if "object_to_pad_m" in t]
-    if pads:
-        out["median_object_to_pad_m"] = round(float(np.median(pads)), 4)
-    points = [t["first_point_err_px"] for t in traces if "first_point_err_px" in t]
-    if points:  # where the pointer put the object on the first frame, in the first camera
-        out["median_first_point_err_px"] = round(float(np.median(points)), 2)
-        out["first_point_within_8px_rate"] = round(float(np.mean(np.array(points) <= 8.0)), 3)
-    pad_points = [t["first_pad_point_err_px"] for t in traces if "first_pad_point_err_px" in t]
-    if pad_points:
-        out["median_first_pad_point_err_px"] = round(float(np.median(pad_points)), 2)
-        out["first_pad_point_within_8px_rate"] = round(float(np.mean(np.array(pad_points) <= 8.0)), 3)
-    on_target = [t["first_point_on_target"] for t in traces if "first_point_on_target" in t]
-    if on_target:
-        out["first_point_on_target_rate"] = round(float(np.mean(on_target)), 3)
-    along = [t["point_err_px"] for t in traces if "point_err_px" in t]
-    if along:  # per camera: median over episodes of each episode's median error along the way
-        out["median_point_err_px"] = {c: round(float(np.median([a[c] for a in along])), 2) for c in along[0]}
-    return out
 
 
 class SimTargetPoints:
@@ -120,10 +62,10 @@ class ChunkedPolicy:
 
     def __init__(self, runner: PolicyRunner, execute_steps: int, record: bool = False, rng_seed: int = 0):
         if not 1 <= execute_steps <= runner.config.horizon:
-            raise ValueError(f"execute_steps: expected 1..{runner.config.horizon}, received {execute_steps}")
+            raise InputError(f"execute_steps: expected 1..{runner.config.horizon}, received {execute_steps}")
         self.runner, self.execute_steps = runner, execute_steps
         # A target_points policy without a pointer in its runner reads the simulator's ground truth.
-        self.sim_points = SimTargetPoints(list(runner.config.target_point_cameras), rng_seed) \
+        self.sim_points = SimTargetPoints(list(runner.config.cameras), rng_seed) \
             if runner.config.target_points is not None and runner.pointer is None else None
         self.queue: list[np.ndarray] = []
         self.frames: list[np.ndarray] = [] if record else None
@@ -133,7 +75,7 @@ class ChunkedPolicy:
     def __call__(self, obs: dict, info: dict) -> np.ndarray:
         self.trace.observe(info)
         if self.frames is not None:
-            self.frames.append(compose(obs["images"], obs["instruction"]))
+            self.frames.append(compose(obs["images"], obs["instruction"], step=len(self.frames)))
         if not self.queue:
             cfg = self.runner.config
             noise = self.rng.standard_normal((cfg.horizon, cfg.action_dim))
@@ -150,7 +92,7 @@ class ChunkedPolicy:
         """How far the pointer's object point is from the truth per pointing camera on this plan; on the first
         plan also the pad's, and which scene object the first camera's point is nearest to."""
         cfg, trace = self.runner.config, self.trace
-        cameras = list(cfg.target_point_cameras)
+        cameras = list(cfg.cameras)
         obj, pad = pixels_from_info(info, cameras)
         # target_point_vector: object (u, v) per camera, then pad (u, v) per camera; truth clipped as trained
         errs = np.linalg.norm(points[: 2 * len(cameras)].reshape(-1, 2) - np.clip(obj, 0, 1), axis=1) * cfg.image_size
@@ -167,18 +109,47 @@ class ChunkedPolicy:
 
 
 def make_env(task: str, split: str, runner: PolicyRunner):
-    import gymnasium as gym
-
-    import sim  # noqa: F401  (registers the envs)
-
     return gym.make("mot/Tabletop-v0", task=task, split=split, image_size=runner.config.image_size,
                     cameras=tuple(runner.config.cameras), render_mode="rgb_array")
 
 
-def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: list[str], execute_steps: int,
-             video: Path | None = None, progress: bool = True) -> dict:
-    from sim import rollout
+def episode_key(record: dict) -> tuple:
+    return (record["split"], record["family"], record["index"])
 
+
+def read_log(path: Path | None, identity: dict) -> dict[tuple, dict]:
+    """Episodes an earlier (interrupted) run of the same evaluation finished: the JSON lines of `path` whose
+    identity (checkpoint, backend, execute steps, target points) equals this run's. A torn last line (a
+    kill mid-write) is ignored."""
+    done: dict[tuple, dict] = {}
+    if path is None or not path.is_file():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if all(record.get(k) == v for k, v in identity.items()):
+            done[episode_key(record)] = record
+    return done
+
+
+def append_log(path: Path, record: dict) -> None:
+    """One finished episode as one JSON line, appended and fsynced: an interrupted eval keeps what it ran."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: list[str], execute_steps: int,
+             video: Path | None = None, progress: bool = True, log: Path | None = None) -> dict:
+    """Closed-loop success per split and family. log: JSON lines, one per finished episode; episodes it
+    already holds for this same evaluation are taken from it instead of being run again."""
+    identity = {"checkpoint_id": getattr(runner.policy, "checkpoint_id", None), "backend": runner.backend.name,
+                "execute_steps": execute_steps,
+                "target_points": runner.pointer.source if runner.pointer is not None else None}
+    done = read_log(log, identity)
     results: dict = {"episodes_per_family": episodes, "execute_steps": execute_steps, "splits": {}}
     if runner.config.target_points is not None:
         results["target_points"] = f"pointer {runner.pointer.source}" if runner.pointer is not None else "simulator"
@@ -191,14 +162,17 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
             env = make_env(family, split, runner)
             wins, traces = 0, []
             for i in range(episodes):
-                record = video is not None and i == 0  # one video episode per family and split
-                fn = ChunkedPolicy(runner, execute_steps, record=record, rng_seed=i)
-                result = rollout(env, fn, seed=EVAL_SEED_BASE + i)
-                wins += int(result.success)
-                fn.trace.observe(result.info)  # the last step's info never reaches the policy
-                traces.append(fn.trace.summary())
-                if record:
-                    frames += fn.frames + [fn.frames[-1]] * 5  # hold the last frame half a second
+                record = done.get((split, family, i))
+                if record is None or (video is not None and i == 0):  # the video episode always runs
+                    record = run_episode(env, runner, execute_steps, i, record_frames=video is not None and i == 0)
+                    if "frames" in record:  # one video episode per family and split; hold its last frame a
+                        shown = record.pop("frames")  # second, with the outcome on it
+                        frames += mark_outcome(shown + [shown[-1]] * 10, record["success"])
+                    record.update(identity, split=split, family=family, index=i)
+                    if log is not None:
+                        append_log(log, record)
+                wins += int(record["success"])
+                traces.append(record["trace"])
                 bar.update(1)
                 bar.set_postfix(split=split, task=family, success=f"{wins}/{i + 1}")
             env.close()
@@ -213,12 +187,18 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
     return results
 
 
+def run_episode(env, runner: PolicyRunner, execute_steps: int, i: int, record_frames: bool) -> dict:
+    """Episode i (seed EVAL_SEED_BASE + i) -> {"success", "steps", "trace"[, "frames"]}."""
+    fn = ChunkedPolicy(runner, execute_steps, record=record_frames, rng_seed=i)
+    result = sim.rollout(env, fn, seed=EVAL_SEED_BASE + i)
+    fn.trace.observe(result.info)  # the last step's info never reaches the policy
+    out = {"success": bool(result.success), "steps": int(result.steps), "trace": fn.trace.summary()}
+    if record_frames:
+        out["frames"] = fn.frames
+    return out
+
+
 def summary_png(results: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     splits = list(results["splits"])
     families = list(results["splits"][splits[0]]["per_family"])
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -251,13 +231,10 @@ def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdou
     """
     import torch
 
-    from training.data import ChunkDataset, read_episodes, split_episodes
-
     _, episodes = read_episodes(data_dir)
     train_eps, hold_eps = split_episodes(episodes, holdout_fraction, seed)
     data = ChunkDataset(hold_eps or train_eps, list(policy.cfg.cameras), policy.cfg.horizon,
-                        target_points=policy.cfg.target_points is not None,
-                        point_cameras=policy.cfg.target_point_cameras)
+                        target_points=policy.cfg.target_points is not None)
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(data), size=min(samples, len(data)), replace=False)
     generator = torch.Generator().manual_seed(seed)
@@ -278,67 +255,96 @@ def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdou
             "gripper_mae": round(float(err[..., -1].mean()), 5)}
 
 
-def load_pointer(align_run: Path | None, checkpoint: Path):
-    """`--points-from ALIGN_RUN` -> a Pointer for the checkpoint's cameras; without the flag the pointer the
-    checkpoint bundles (`mot pack --pointer`), or None."""
-    from policy.pointing import Pointer
+@dataclass
+class EvalConfig:
+    checkpoint: Path = DEFAULT_CHECKPOINT
+    """checkpoint directory (default: the shipped checkpoint)"""
+    episodes: int = 50
+    """episodes per task family and split (50 x 4 families x 2 splits = 400 episodes, ~25 min on 2 cores)"""
+    split: Literal["train", "heldout", "both"] = "both"
+    """instruction split: train words, held-out paraphrases, or both"""
+    tasks: str = "all"
+    """comma-separated task families (reach, pick, push, place) or 'all'"""
+    execute_steps: int | None = None
+    """actions executed per chunk before re-planning (default: horizon / 2)"""
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    """which runtime runs the graphs"""
+    video: Path | None = None
+    """mp4 of the first episode of each family and split"""
+    summary: Path | None = None
+    """summary PNG (default: next to --video or --out)"""
+    out: Path | None = None
+    """also write the JSON result here; episodes are logged to OUT with suffix .episodes.jsonl"""
+    log: Path | None = None
+    """JSON lines, one per finished episode, appended (default: beside --out); a rerun with the same log
+    skips the episodes it holds, so an interrupted eval resumes"""
+    json: bool = False
+    """print the result as JSON"""
+    open_loop: Path | None = None
+    """instead of rollouts: action error on this dataset's held-out demonstrations vs holding still"""
+    samples: int = 256
+    """frames for --open-loop"""
+    points_from: Path | None = None
+    """a target-points checkpoint reads its points from this align run's model instead of its bundled pointer"""
+    sim_points: bool = False
+    """a target-points checkpoint reads the simulator's truth even if it bundles a pointer"""
 
-    return Pointer.resolve(align_run, checkpoint)
+    def __post_init__(self) -> None:
+        for name in ("episodes", "samples"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"{name}: expected an int > 0, received {getattr(self, name)}")
+        if self.execute_steps is not None and self.execute_steps <= 0:
+            raise InputError(f"execute_steps: expected an int > 0, received {self.execute_steps}")
+        unknown = sorted(set(self.families()) - set(sim.TASK_FAMILIES))
+        if unknown:
+            raise InputError(f"tasks: expected 'all' or families among {list(sim.TASK_FAMILIES)}, received {unknown}")
+        if self.sim_points and self.points_from:
+            raise InputError("sim_points: expected without --points-from (they name two sources of target points)")
+
+    def families(self) -> list[str]:
+        return list(sim.TASK_FAMILIES) if self.tasks == "all" else [t.strip() for t in self.tasks.split(",")]
+
+    def splits(self) -> list[str]:
+        return ["train", "heldout"] if self.split == "both" else [self.split]
+
+    def log_path(self) -> Path | None:
+        return self.log or (self.out.with_suffix(".episodes.jsonl") if self.out else None)
+
+
+def run_open_loop(cfg: EvalConfig) -> dict:
+    return {"checkpoint": str(cfg.checkpoint), "data": str(cfg.open_loop),
+            **open_loop(load_checkpoint(cfg.checkpoint), cfg.open_loop, cfg.samples)}
+
+
+def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
+    """The closed-loop evaluation `mot eval` runs; also the recipe's eval stage."""
+    # A target_points checkpoint reads its points from the align run's pointer (--points-from), the pointer
+    # it bundles or, here only (no pointer, or --sim-points), from the simulator's ground truth.
+    pointer = None if cfg.sim_points else Pointer.resolve(cfg.points_from, cfg.checkpoint)
+    runner = PolicyRunner.from_checkpoint(cfg.checkpoint, backend=cfg.backend, allow_privileged=True, pointer=pointer)
+    execute = cfg.execute_steps or max(1, runner.config.horizon // 2)
+    families, splits = cfg.families(), cfg.splits()
+    print(f"eval: {cfg.episodes} episodes x {len(families)} families x {len(splits)} splits = "
+          f"{cfg.episodes * len(families) * len(splits)} episodes", file=sys.stderr)
+    results = {"checkpoint": str(cfg.checkpoint), "checkpoint_id": checkpoint_id(cfg.checkpoint), "backend": cfg.backend,
+               **evaluate(runner, cfg.episodes, splits, families, execute, cfg.video, progress, cfg.log_path())}
+    summary = cfg.summary or ((cfg.video or cfg.out or Path("eval.json")).with_suffix(".png"))
+    results["summary_png"] = str(summary_png(results, summary))
+    if cfg.out:
+        atomic_write_json(cfg.out, results)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sim
-
-    p = argparse.ArgumentParser(prog="mot eval", description="Closed-loop success of a checkpoint in sim.")
-    p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--episodes", type=int, default=50, help="episodes per task family and split")
-    p.add_argument("--split", default="both", choices=["train", "heldout", "both"])
-    p.add_argument("--tasks", default="all", help="comma-separated families or 'all'")
-    p.add_argument("--execute-steps", type=int, default=None, help="actions executed per chunk (default horizon/2)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
-    p.add_argument("--video", type=Path, default=None, help="mp4 of the first episode of each family and split")
-    p.add_argument("--summary", type=Path, default=None, help="summary PNG (default: next to --video or --out)")
-    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--open-loop", type=Path, default=None, metavar="DATA",
-                   help="instead of rollouts: action error on DATA's held-out demonstrations vs holding still")
-    p.add_argument("--samples", type=int, default=256, help="frames for --open-loop")
-    p.add_argument("--points-from", type=Path, default=None, metavar="ALIGN_RUN",
-                   help="a --target-points checkpoint reads its target points from this align run's model (vision "
-                        "expert + grounding head, as a robot would) instead of the simulator or its bundled pointer")
-    p.add_argument("--sim-points", action="store_true",
-                   help="a --target-points checkpoint reads the simulator's truth even if it bundles a pointer")
-    args = p.parse_args(argv)
-    if args.sim_points and args.points_from:
-        p.error("--sim-points: expected without --points-from (they name two sources of target points)")
-    if args.open_loop is not None:
-        from policy import MoTPolicy
-
-        result = {"checkpoint": str(args.checkpoint), "data": str(args.open_loop),
-                  **open_loop(MoTPolicy.load(args.checkpoint).eval(), args.open_loop, args.samples)}
-        text = json.dumps(result, indent=2)
-        if args.out:
-            atomic_write_bytes(args.out, text.encode())
-        print(text if args.json else f"open loop: joint MAE {result['joint_mae_rad']} rad vs "
-              f"{result['hold_still_joint_mae_rad']} holding still (ratio {result['joint_mae_over_hold_still']})")
-        return 0
-    # A target_points checkpoint reads its points from the align run's pointer (--points-from), the pointer
-    # it bundles or, here only (no pointer, or --sim-points), from the simulator's ground truth.
-    pointer = None if args.sim_points else load_pointer(args.points_from, args.checkpoint)
-    runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend, allow_privileged=True,
-                                          pointer=pointer)
-    families = list(sim.TASK_FAMILIES) if args.tasks == "all" else args.tasks.split(",")
-    splits = ["train", "heldout"] if args.split == "both" else [args.split]
-    execute = args.execute_steps or max(1, runner.config.horizon // 2)
-    results = {"checkpoint": str(args.checkpoint), "backend": args.backend,
-               **evaluate(runner, args.episodes, splits, families, execute, args.video)}
-    summary = args.summary or ((args.video or args.out or Path("eval.json")).with_suffix(".png"))
-    results["summary_png"] = str(summary_png(results, summary))
-    text = json.dumps(results, indent=2)
-    if args.out:
-        atomic_write_bytes(args.out, text.encode())
-    if args.json:
-        print(text)
+    cfg = parse(EvalConfig, argv, "mot eval", "Closed-loop success of a checkpoint in sim, per task family and split.")
+    results = run_open_loop(cfg) if cfg.open_loop is not None else run_eval(cfg)
+    if cfg.open_loop is not None and cfg.out:
+        atomic_write_json(cfg.out, results)
+    if cfg.json:
+        print(json.dumps(results, indent=2))
+    elif cfg.open_loop is not None:
+        print(f"open loop: joint MAE {results['joint_mae_rad']} rad vs {results['hold_still_joint_mae_rad']} "
+              f"holding still (ratio {results['joint_mae_over_hold_still']})")
     else:
         for split, r in results["splits"].items():
             rates = ", ".join(f"{f} {v['success_rate']:.0%}" for f, v in r["per_family"].items())

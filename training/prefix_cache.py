@@ -40,9 +40,9 @@ def cache_bytes(policy: MoTPolicy, frames: int) -> int:
 
 
 # Config fields of the body expert and the action space: the text/image K/V do not depend on them, so
-# policies that differ only there (another horizon, a goal token) share one cache.
+# policies that differ only there (another horizon, target points) share one cache.
 BODY_FIELDS = ("state_dim", "action_dim", "horizon", "delta_action_mask", "body_width", "body_mlp_ratio",
-               "time_embed_dim", "goal_token", "target_points", "point_cameras", "num_inference_steps", "time_beta_alpha", "time_beta_beta")
+               "time_embed_dim", "target_points", "num_inference_steps", "time_beta_alpha", "time_beta_beta")
 
 
 def cache_key(policy: MoTPolicy, data: ChunkDataset) -> str:

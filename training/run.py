@@ -6,52 +6,62 @@ the policy, prints whether it succeeded and where the rollout video is.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from training.paths import REPO_ROOT, default_checkpoint
+import tyro
+
+import sim
+from policy.errors import CheckpointError, InputError
+from policy.options import parse
+from policy.pointing import Pointer
+from policy.runtime import PolicyRunner
+from training.evaluate import ChunkedPolicy, make_env
+from training.paths import DEFAULT_CHECKPOINT, REPO_ROOT
+from training.video import write_video
+
+
+@dataclass
+class RunConfig:
+    instruction: tyro.conf.Positional[str]
+    """what to do, e.g. "put the red cube on the blue pad\""""
+    checkpoint: Path = DEFAULT_CHECKPOINT
+    """checkpoint directory (default: the shipped checkpoint)"""
+    seed: int = 0
+    """scene and sampling seed"""
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    """which runtime runs the graphs"""
+    execute_steps: int | None = None
+    """actions executed per chunk before re-planning (default: horizon / 2)"""
+    points_from: Path | None = None
+    """for a target-points checkpoint: the align run whose model points at the target (default: the
+    pointer the checkpoint bundles)"""
+    video: Path | None = None
+    """rollout video (default: outputs/run_<time>.mp4)"""
+    json: bool = False
+    """print the result as JSON"""
+
+    def __post_init__(self) -> None:
+        if not self.instruction.strip():
+            raise InputError("instruction: expected words, e.g. \"pick up the red cube\", received an empty string")
+        if self.execute_steps is not None and self.execute_steps <= 0:
+            raise InputError(f"execute_steps: expected an int > 0, received {self.execute_steps}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mot run", description=__doc__.splitlines()[0])
-    p.add_argument("instruction", help='e.g. "put the red cube on the blue pad"')
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the checkpoint shipped in checkpoints/default")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
-    p.add_argument("--execute-steps", type=int, default=None)
-    p.add_argument("--points-from", type=Path, default=None, metavar="ALIGN_RUN",
-                   help="for a --target-points checkpoint: the align run whose model points at the target "
-                        "(default: the pointer the checkpoint bundles)")
-    p.add_argument("--video", type=Path, default=None, help="default: outputs/run_<time>.mp4")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-
-    import sim
-
+    args = parse(RunConfig, argv, "mot run", __doc__.splitlines()[0])
     try:
         spec = sim.parse_instruction(args.instruction)
     except ValueError as e:
-        print(f"mot run: cannot execute {args.instruction!r}: {e}", file=sys.stderr)
-        return 2
-    checkpoint = args.checkpoint or default_checkpoint()
-    if checkpoint is None:
-        print("mot run: no --checkpoint given and no default checkpoint in checkpoints/default "
-              "(see README: 'Training the default checkpoint')", file=sys.stderr)
-        return 2
-
-    from policy.runtime import PolicyRunner
-    from training.evaluate import ChunkedPolicy, load_pointer, make_env
-    from training.video import write_video
-
-    try:
-        runner = PolicyRunner.from_checkpoint(checkpoint, backend=args.backend,
-                                              pointer=load_pointer(args.points_from, checkpoint))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mot run: {e}", file=sys.stderr)
-        return 2
+        raise InputError(f"cannot execute {args.instruction!r}: {e}") from None
+    if not (args.checkpoint / "manifest.json").is_file():
+        raise CheckpointError(f"checkpoint: expected a checkpoint directory at {args.checkpoint} (the default is the "
+                              "shipped checkpoints/default; see README: 'How the default checkpoint was made')")
+    runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend,
+                                          pointer=Pointer.resolve(args.points_from, args.checkpoint))
     env = make_env("multi", "train", runner)
     fn = ChunkedPolicy(runner, args.execute_steps or max(1, runner.config.horizon // 2), record=True,
                        rng_seed=args.seed)
@@ -59,13 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = sim.rollout(env, fn, seed=args.seed, options={"instruction": args.instruction})
     except ValueError as e:  # the scene builder can refuse what the parser accepted (e.g. same colours)
-        print(f"mot run: cannot build a scene for {args.instruction!r}: {e}", file=sys.stderr)
-        return 2
+        raise InputError(f"cannot build a scene for {args.instruction!r}: {e}") from None
     video = args.video or REPO_ROOT / "outputs" / f"run_{time.strftime('%Y%m%d_%H%M%S')}.mp4"
-    write_video(video, fn.frames)
+    write_video(video, fn.frames + [fn.frames[-1]] * 10, outcome=result.success)
     summary = {"instruction": args.instruction, "task": result.task, "success": result.success,
                "steps": result.steps, "seconds": round(time.perf_counter() - t0, 1), "video": str(video),
-               "checkpoint": str(checkpoint), "parsed": str(spec)}
+               "checkpoint": str(args.checkpoint), "parsed": str(spec)}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

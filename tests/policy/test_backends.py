@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from policy import MoTPolicy, PolicyConfig
-from policy.backends import (ArtifactMismatchError, EngineKey, OnnxRuntimeBackend, check_in_profile,
-                             ensure_graphs, make, profile_shapes, read_engine, write_engine)
-from policy.checkpoint import checkpoint_id
+from policy.backends import ArtifactMismatchError, OnnxRuntimeBackend, ensure_graphs
+from policy.runtime import make_backend
+from policy.tensorrt import EngineKey, check_in_profile, profile_shapes, read_engine, write_engine
+from policy.checkpoint import checkpoint_id, save_checkpoint
 from policy.export import GRAPHS, graph_paths, read_metadata
 from policy.runtime import PolicyRunner
 
@@ -26,7 +27,7 @@ pytest.importorskip("onnxruntime")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny")))
-    return policy.save(tmp_path_factory.mktemp("backends") / "ckpt")
+    return save_checkpoint(policy, tmp_path_factory.mktemp("backends") / "ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,7 @@ def test_missing_graphs_without_export_raise_a_clear_error(checkpoint, runners, 
 
 def test_unknown_backend_and_provider_are_refused(runners, checkpoint):
     with pytest.raises(ValueError, match=r"backend: expected one of"):
-        make("openvino", runners[0].policy, checkpoint)
+        make_backend("openvino", runners[0].policy, checkpoint)
     with pytest.raises(ValueError, match=r"providers: expected a subset"):
         OnnxRuntimeBackend(runners[0].policy, checkpoint, providers=["NoSuchExecutionProvider"])
 
@@ -233,7 +234,7 @@ def test_tensorrt_backend_without_tensorrt_says_how_to_get_it(runners, checkpoin
     if _tensorrt_missing() is None:
         pytest.skip("tensorrt and CUDA are present")
     with pytest.raises(RuntimeError, match=r"backend 'tensorrt'"):
-        make("tensorrt", runners[0].policy, checkpoint)
+        make_backend("tensorrt", runners[0].policy, checkpoint)
 
 
 @pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing()))

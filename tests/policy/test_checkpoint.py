@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from policy import MoTPolicy, NormStats, PolicyConfig
-from policy.checkpoint import CheckpointError
+from policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 from .conftest import make_batch, randomize_body
 
@@ -18,12 +18,12 @@ def saved(tmp_path, tiny_cfg):
     policy = randomize_body(MoTPolicy(tiny_cfg))
     rng = np.random.default_rng(0)
     policy.set_norm_stats(NormStats(rng.normal(size=7), rng.uniform(0.5, 2, 7), rng.normal(size=7), rng.uniform(0.5, 2, 7)))
-    return policy, policy.save(tmp_path / "ckpt")
+    return policy, save_checkpoint(policy, tmp_path / "ckpt")
 
 
 def test_round_trip_is_exact(saved, tiny_cfg):
     policy, path = saved
-    loaded = MoTPolicy.load(path)
+    loaded = load_checkpoint(path)
     assert loaded.cfg == policy.cfg
     for (name, a), (_, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
@@ -51,16 +51,16 @@ def test_corrupted_weights_are_refused(saved):
     data[-5] ^= 0xFF
     (path / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="model.safetensors is corrupted or modified"):
-        MoTPolicy.load(path)
+        load_checkpoint(path)
 
 
 def test_missing_file_and_non_checkpoint_are_refused(saved, tmp_path):
     _, path = saved
-    with pytest.raises(CheckpointError, match="not a checkpoint directory"):
-        MoTPolicy.load(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="expected a checkpoint directory, .*nowhere does not exist"):
+        load_checkpoint(tmp_path / "nowhere")
     os.remove(path / "norm_stats.json")
     with pytest.raises(CheckpointError, match="norm_stats.json, it does not exist"):
-        MoTPolicy.load(path)
+        load_checkpoint(path)
 
 
 def test_config_that_does_not_fit_the_weights_is_refused(saved):
@@ -69,13 +69,13 @@ def test_config_that_does_not_fit_the_weights_is_refused(saved):
     cfg = json.loads((path / "config.json").read_text())
     cfg["body_width"] = 32
     (path / "config.json").write_text(json.dumps(cfg))
-    from policy.language import sha256_file
+    from policy.artifacts import sha256_file
 
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["files"]["config.json"] = sha256_file(path / "config.json")
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=r"expected shape .* from config.json"):
-        MoTPolicy.load(path)
+        load_checkpoint(path)
 
 
 def test_mismatched_pretrained_sources_are_refused(saved):
@@ -84,7 +84,7 @@ def test_mismatched_pretrained_sources_are_refused(saved):
     manifest["pretrained"]["language_model.sha256"] = "0" * 64
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="language_model.sha256"):
-        MoTPolicy.load(path)
+        load_checkpoint(path)
 
 
 def test_save_replaces_atomically_and_leaves_no_temporaries(saved, tiny_cfg):
@@ -92,10 +92,10 @@ def test_save_replaces_atomically_and_leaves_no_temporaries(saved, tiny_cfg):
     first = (path / "manifest.json").read_text()
     with torch.no_grad():
         policy.action_out.bias.add_(1.0)
-    policy.save(path)
+    save_checkpoint(policy, path)
     assert (path / "manifest.json").read_text() != first
     assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt"]
-    assert torch.equal(MoTPolicy.load(path).action_out.bias, policy.action_out.bias)
+    assert torch.equal(load_checkpoint(path).action_out.bias, policy.action_out.bias)
 
 
 def test_config_validation_names_the_field():
@@ -122,12 +122,12 @@ def test_small_checkpoint_stays_small_and_float16_round_trips(tmp_path):
             if p.requires_grad:
                 p.add_(0.01)
     assert not any(p.requires_grad for p in policy.layers[0]["vision"].ffn_in.parameters())
-    path = policy.save(tmp_path / "half", dtype=torch.float16)
+    path = save_checkpoint(policy, tmp_path / "half", dtype=torch.float16)
     size = (path / "model.safetensors").stat().st_size
     assert size <= 25 * 2**20, f"{size / 2**20:.1f} MiB"
     manifest = json.loads((path / "manifest.json").read_text())
     assert "layers.0.vision.ffn_in.weight" in manifest["inherited"] and manifest["dtype"] == "torch.float16"
-    loaded = MoTPolicy.load(path)
+    loaded = load_checkpoint(path)
     for (name, a), (_, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):
         assert b.dtype == a.dtype and torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
     assert torch.equal(loaded.layers[2]["vision"].ffn_out.weight, policy.layers[2]["language"].ffn_out.weight)
@@ -141,14 +141,14 @@ def test_int8_storage_is_per_row_and_samples_what_float32_samples(tmp_path):
     policy = randomize_body(MoTPolicy(PolicyConfig.preset("small")))
     with torch.no_grad():
         policy.layers[0]["body"].mlp[0].weight[3].zero_()  # an all-zero row must stay zero (scale 1, not 0/0)
-    full, half, packed = (policy.save(tmp_path / n, dtype=d) for n, d in
+    full, half, packed = (save_checkpoint(policy, tmp_path / n, dtype=d) for n, d in
                           (("f32", torch.float32), ("f16", torch.float16), ("i8", torch.int8)))
     size = {p.name: (p / "model.safetensors").stat().st_size for p in (full, half, packed)}
     assert size["i8"] < 0.3 * size["f32"] and size["i8"] < 0.6 * size["f16"], size
     manifest = json.loads((packed / "manifest.json").read_text())
     assert manifest["dtype"] == "torch.int8" and "layers.0.body.mlp.0.weight" in manifest["int8"]
     assert "layers.0.body.mlp.0.bias" not in manifest["int8"] and "action_out.weight" not in manifest["int8"]
-    loaded = MoTPolicy.load(packed)
+    loaded = load_checkpoint(packed)
     own = policy.state_dict()
     for name, value in loaded.state_dict().items():
         assert value.dtype == own[name].dtype, name

@@ -53,8 +53,7 @@ def test_blockwise_text_kv_ignore_images_bidirectional_do_not(tiny_cfg):
 
 @pytest.mark.parametrize("prefix_mask", ["blockwise", "bidirectional"])
 @pytest.mark.parametrize("routing", ["mot", "dense"])
-@pytest.mark.parametrize("extra", [{}, {"goal_token": True}, {"image_token_stride": 16}],
-                         ids=["plain", "goal_token", "token_stride16"])
+@pytest.mark.parametrize("extra", [{}, {"image_token_stride": 16}], ids=["plain", "token_stride16"])
 def test_cached_passes_equal_one_uncached_pass(prefix_mask, routing, extra):
     policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny", prefix_mask=prefix_mask, routing=routing, **extra)))
     cfg = policy.cfg
@@ -97,23 +96,6 @@ def test_routing_isolation_body_weights_never_reach_text_or_image_kv(tiny_policy
     assert torch.equal(text_a.kv, text_b.kv)
     assert torch.equal(images_a.kv, images_b.kv)
     assert not torch.equal(full_a.kv[..., -1:, :], full_b.kv[..., -1:, :]), "the state token uses the body expert"
-
-
-def test_goal_token_sees_text_and_images_but_not_the_state():
-    policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny", goal_token=True)))
-    batch = make_batch(policy.cfg, actions=False)
-    other_state = dict(batch, state=batch["state"] + 0.5)
-    other_text = dict(batch, instruction=["push the blue cylinder onto the green pad"] * 2)
-    (_, _, a), (_, _, b), (_, _, c) = (_prefix_parts(policy, x) for x in (batch, other_state, other_text))
-    goal, state = (slice(-2, -1), slice(-1, None))  # body prefix tokens: [goal, state]
-    assert a.kv.shape[4] == b.kv.shape[4] and policy.cfg.body_prefix_tokens == 2
-    assert torch.equal(a.kv[..., goal, :], b.kv[..., goal, :]), "the goal token must not see the state"
-    assert not torch.allclose(a.kv[..., state, :], b.kv[..., state, :])
-    assert not torch.allclose(a.kv[..., goal, :], c.kv[..., goal, :]), "it reads the instruction"
-    # A checkpoint without one (align's) gets it when the body starts training, as a trainable input.
-    plain = MoTPolicy(PolicyConfig.preset("tiny"))
-    plain.add_goal_token()
-    assert plain.cfg.goal_token and plain.goal_query.requires_grad
 
 
 def test_instruction_changes_sampled_actions(tiny_policy):

@@ -21,6 +21,7 @@ rclpy = pytest.importorskip("rclpy", reason="ROS 2 rclpy not installed: pip inst
 
 from rclpy.exceptions import InvalidHandle  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from policy.checkpoint import save_checkpoint
 
 # Domain ids 1..200, offset by the process id so two test runs on one machine do not collide either.
 _domain_counter = [(os.getpid() * 37) % 200]
@@ -104,5 +105,5 @@ def tiny_checkpoint(tmp_path_factory):
     """A randomly initialised tiny-preset checkpoint (cameras front+wrist, 7-D state/action)."""
     policy = pytest.importorskip("policy")
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    policy.MoTPolicy(policy.PolicyConfig.preset("tiny")).save(path)
+    save_checkpoint(policy.MoTPolicy(policy.PolicyConfig.preset("tiny")), path)
     return path

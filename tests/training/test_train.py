@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from policy.checkpoint import load_checkpoint, save_checkpoint
 from policy import MoTPolicy, PolicyConfig
 from training.data import ChunkDataset, read_episodes
 from training.prefix_cache import PrefixCache, cache_key
-from training.train import StageLoss, TrainConfig, batch_indices, cell_targets, pixel_cells, train
+from training.config import TrainConfig
+from training.losses import StageLoss, cell_targets, pixel_cells
+from training.train import batch_indices, train
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
@@ -30,54 +33,18 @@ def test_policy_stage_lowers_the_loss_and_writes_a_loadable_checkpoint(sim_datas
     assert [int(r["step"]) for r in rows] == list(range(5, 41, 5))
     assert np.mean(losses[-2:]) < 0.7 * losses[0], losses
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
-    policy = MoTPolicy.load(result["checkpoint"])
+    policy = load_checkpoint(result["checkpoint"])
     assert not np.allclose(policy.norm_stats.action_std, 1.0), "normalisation stats come from the data"
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 40
-    assert 0.0 <= result["grounding_acc"] <= 1.0 and result["grounding_err_m"] >= 0.0  # the body's aux head
-    assert result["start_grounding_err_m"] >= 0.0 and result["start_guess_err_m"] >= 0.0  # held-out first frames
-    assert rows[-1]["grounding_err_m"] != ""
+    assert result["val_loss"] > 0 and rows[-1]["val_loss"] != ""
+    # The same scalars in TensorBoard event files, which TensorBoard's own reader parses.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-
-def test_body_grounding_loss_reaches_the_body_through_the_state_token_only(sim_dataset, tmp_path):
-    _, episodes = read_episodes(sim_dataset)
-    torch.manual_seed(0)
-    policy = MoTPolicy(PolicyConfig.preset("tiny"))
-    policy.set_stage("policy")
-    data = ChunkDataset(episodes, ["front", "wrist"], policy.cfg.horizon)
-    batch = data.batch(np.linspace(0, len(data) - 1, 8).astype(int))
-    assert np.isfinite(batch["grounding"]["target_object_pos"]).all()
-
-    def grads(weight: float, policy=policy) -> tuple[dict, StageLoss]:
-        module = StageLoss(policy, "policy", body_grounding=weight)
-        policy.zero_grad(set_to_none=True)
-        torch.manual_seed(1)  # the same flow noise and times for both losses
-        module(batch).backward()
-        return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}, module
-
-    flow_only, plain = grads(0.0)
-    with_aux, aux = grads(1.0)
-    assert plain.body_head is None and aux.body_head is not None
-    assert set(flow_only) == set(with_aux) and not any(n.startswith(("image_embed", "text_embed")) for n in with_aux)
-    # The head reads the state token: the state embedding's gradient changes, the action read-out's
-    # (which the state token never passes through) does not.
-    assert not torch.allclose(flow_only["state_in.weight"], with_aux["state_in.weight"])
-    assert torch.allclose(flow_only["action_out.weight"], with_aux["action_out.weight"])
-    # With a goal token the head reads that token, which never sees the state: the state embedding's
-    # gradient is the flow loss's alone, the goal token's is not.
-    torch.manual_seed(0)
-    goal_policy = MoTPolicy(PolicyConfig.preset("tiny", goal_token=True))
-    goal_policy.set_stage("policy")
-    (flow_only, _), (with_aux, _) = grads(0.0, goal_policy), grads(1.0, goal_policy)
-    assert torch.allclose(flow_only["state_in.weight"], with_aux["state_in.weight"])
-    assert not torch.allclose(flow_only["goal_query"], with_aux["goal_query"])
-    # Without the head, training reports no grounding figures.
-    result = train(_cfg(sim_dataset, tmp_path / "flow_only", steps=2, eval_every=2, ckpt_every=2, body_grounding=0.0),
-                   progress=False)
-    assert "grounding_acc" not in result and "val_loss" in result
-    # `--goal-token` from a checkpoint without one (as from align's): the trained policy has it.
-    result = train(_cfg(sim_dataset, tmp_path / "goal", steps=2, eval_every=2, ckpt_every=2, goal_token=True,
-                        init=str(tmp_path / "flow_only" / "checkpoint")), progress=False)
-    assert MoTPolicy.load(result["checkpoint"]).cfg.goal_token and result["grounding_err_m"] >= 0.0
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(5, 41, 5))
+    assert events.Scalars("train/loss")[0].value == pytest.approx(losses[0], rel=1e-5)
+    assert [e.step for e in events.Scalars("val/val_loss")] == [40]
 
 
 def test_resume_continues_the_step_count_and_optimizer_state(sim_dataset, tmp_path, capsys):
@@ -89,7 +56,7 @@ def test_resume_continues_the_step_count_and_optimizer_state(sim_dataset, tmp_pa
     capsys.readouterr()
     resumed = train(_cfg(sim_dataset, tmp_path / "resumed", resume=True, ema=0.9), progress=False)
     assert "prefix cache: loaded" in capsys.readouterr().out  # the resumed run does not rebuild it
-    a, b = MoTPolicy.load(straight["checkpoint"]), MoTPolicy.load(resumed["checkpoint"])
+    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.allclose(x, y, atol=1e-6), name
     steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "resumed" / "metrics.csv"))]
@@ -97,7 +64,7 @@ def test_resume_continues_the_step_count_and_optimizer_state(sim_dataset, tmp_pa
     # Resuming a finished run trains nothing and evaluates the saved state again.
     again = train(_cfg(sim_dataset, tmp_path / "resumed", resume=True, ema=0.9), progress=False)
     assert again["val_loss"] == pytest.approx(resumed["val_loss"], rel=1e-5)
-    assert MoTPolicy.load(again["checkpoint"]).state_dict()["action_out.weight"].equal(
+    assert load_checkpoint(again["checkpoint"]).state_dict()["action_out.weight"].equal(
         b.state_dict()["action_out.weight"])
 
 
@@ -110,7 +77,7 @@ def test_align_stage_trains_vision_only_and_reports_grounding(sim_dataset, tmp_p
     assert rows[-1]["grounding_acc"] != "" and rows[-1]["referent_cell_acc"] != ""
     # Only the image projection and the vision expert moved (fresh model = same init seed, no training).
     torch.manual_seed(0)
-    fresh, aligned = MoTPolicy(PolicyConfig.preset("tiny")), MoTPolicy.load(result["checkpoint"])
+    fresh, aligned = MoTPolicy(PolicyConfig.preset("tiny")), load_checkpoint(result["checkpoint"])
     changed = {name.split(".")[2] if name.startswith("layers.") else name.split(".")[0]
                for (name, x), (_, y) in zip(fresh.state_dict().items(), aligned.state_dict().items())
                if not torch.equal(x, y)}
@@ -149,8 +116,8 @@ def test_prefix_cache_on_disk_is_reused_only_for_the_same_frozen_prefix_and_fram
     # Loaded caches read their frames with pread: the same rows as a cache built in memory, any order.
     idx = np.array([len(data) - 1, 0, 7, 7])
     assert torch.equal(again.prefix(idx).kv, PrefixCache(policy, data, progress=False).prefix(idx).kv)
-    # A body-only change (a goal token) leaves the text/image K/V, and so the key, as they were.
-    policy.add_goal_token()
+    # A body-only change (target points widen the state) leaves the text/image K/V, and the key, as they were.
+    policy.set_target_points("sim")
     assert cache_key(policy, data) == built_key(tmp_path)
     # Other frozen weights (another align checkpoint) or other frames: another key, a fresh build.
     with torch.no_grad():
@@ -175,7 +142,7 @@ def test_two_processes_train_with_ddp_and_agree(sim_dataset, tmp_path):
     result = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert result["world_size"] == 2
     assert result["max_rank_param_diff"] == 0.0
-    MoTPolicy.load(tmp_path / "ddp" / "checkpoint")
+    load_checkpoint(tmp_path / "ddp" / "checkpoint")
 
 
 def test_cell_targets_point_at_the_tokens_that_show_the_object():
@@ -193,21 +160,6 @@ def test_cell_targets_point_at_the_tokens_that_show_the_object():
     bi, ci, token, offset = pixel_cells(pixels, grid=4)
     assert bi.tolist() == [0, 1, 1] and ci.tolist() == [0, 0, 1] and token.tolist() == [5, 3, 28]
     np.testing.assert_allclose(offset, [[-0.30, 0.34], [0.46, -0.46], [0.02, -0.30]], atol=1e-5)
-
-
-def test_early_fraction_draws_that_share_of_the_batch_from_the_first_frames(sim_dataset, tmp_path):
-    _, episodes = read_episodes(sim_dataset)
-    data = ChunkDataset(episodes, ["front", "wrist"], 8)
-    early = np.flatnonzero(data.index[:, 1] < 2)
-    uniform = _cfg(sim_dataset, tmp_path, batch_size=16)
-    mixed = _cfg(sim_dataset, tmp_path, batch_size=16, early_fraction=0.25, early_window=2)
-    frames = [data.index[batch_indices(step, 0, mixed, len(data), early), 1] for step in range(50)]
-    assert all((f[:4] < 2).all() for f in frames)  # 0.25 * 16 from each episode's first two frames
-    assert np.mean([(f[4:] >= 2).mean() for f in frames]) > 0.5  # the rest stays uniform over all frames
-    # Reproducible per (seed, step, rank), and without early_fraction the draw is what it always was.
-    np.testing.assert_array_equal(batch_indices(7, 1, mixed, len(data), early), batch_indices(7, 1, mixed, len(data), early))
-    np.testing.assert_array_equal(batch_indices(7, 1, uniform, len(data), early),
-                                  np.random.default_rng([0, 7, 1]).integers(0, len(data), 16))
 
 
 def test_align_head_learns_where_in_its_cell_the_object_is(sim_dataset):
@@ -234,12 +186,37 @@ def test_bad_train_config_is_refused(sim_dataset, tmp_path):
         _cfg(sim_dataset, tmp_path, stage="finetune")
     with pytest.raises(ValueError, match="ema: expected a decay in"):
         _cfg(sim_dataset, tmp_path, ema=1.5)
-    with pytest.raises(ValueError, match=r"referents: expected a probability in \[0, 1\], received 2"):
+    with pytest.raises(ValueError, match=r"referents: expected a number in \[0, 1\], received 2"):
         _cfg(sim_dataset, tmp_path, referents=2.0)
-    with pytest.raises(ValueError, match=r"early_fraction: expected a share of the batch in \[0, 1\], received -0.1"):
-        _cfg(sim_dataset, tmp_path, early_fraction=-0.1)
-    with pytest.raises(ValueError, match="early_window: expected > 0, received 0"):
-        _cfg(sim_dataset, tmp_path, early_window=0)
+    for name, value in (("lr", -1.0), ("lr", float("nan")), ("grad_clip", 0.0)):
+        with pytest.raises(ValueError, match=f"{name}: expected a finite number > 0, received {value}"):
+            _cfg(sim_dataset, tmp_path, **{name: value})
+    for name in ("steps", "batch_size", "eval_every"):
+        with pytest.raises(ValueError, match=f"{name}: expected an int > 0, received 0"):
+            _cfg(sim_dataset, tmp_path, **{name: 0})
+    # The experiment-only options are gone from the config (git tag experiments-2026-11).
+    for retired in ("body_grounding", "goal_token", "point_cameras", "point_noise", "train_points_from",
+                    "early_fraction"):
+        with pytest.raises(TypeError, match=retired):
+            _cfg(sim_dataset, tmp_path, **{retired: 1})
+
+
+def test_runs_of_removed_experiments_are_refused_on_resume_and_old_configs_still_load(sim_dataset, tmp_path):
+    """train_state.pt of a removed experiment's run is refused by --resume; a config.json that stores the
+    retired keys at their "off" value loads (every checkpoint from before), any other value is refused."""
+    train(_cfg(sim_dataset, tmp_path / "old", steps=2, eval_every=2, ckpt_every=2, stop_at=1), progress=False)
+    path = tmp_path / "old" / "train_state.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["body_grounding"] = 1.0
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"body_grounding=1.0, an experiment removed from the product"):
+        train(_cfg(sim_dataset, tmp_path / "old", steps=2, eval_every=2, ckpt_every=2, resume=True), progress=False)
+    d = PolicyConfig.preset("tiny").to_dict()
+    assert PolicyConfig.from_dict({**d, "goal_token": False, "point_cameras": None}) == PolicyConfig.preset("tiny")
+    with pytest.raises(ValueError, match=r"config: goal_token=True was an experiment, removed from the product"):
+        PolicyConfig.from_dict({**d, "goal_token": True})
+    with pytest.raises(ValueError, match=r"config: point_cameras=\['front'\] was an experiment"):
+        PolicyConfig.from_dict({**d, "point_cameras": ["front"]})
 
 
 def test_delta_actions_choose_the_action_space_of_the_trained_policy(sim_dataset, tmp_path):
@@ -252,10 +229,10 @@ def test_delta_actions_choose_the_action_space_of_the_trained_policy(sim_dataset
     assert build_policy(_cfg(sim_dataset, tmp_path, preset="small")).cfg.delta_action_mask == (True,) * 6 + (False,)
     assert build_policy(_cfg(sim_dataset, tmp_path, preset="small", delta_actions="off")).cfg.delta_action_mask is None
     # From a checkpoint without them (e.g. align's), "on" sets them; the stats and the saved config follow.
-    init = MoTPolicy(PolicyConfig.preset("tiny")).save(tmp_path / "init")
-    absolute = MoTPolicy.load(train(_cfg(sim_dataset, tmp_path / "abs", init=str(init), steps=2, eval_every=2,
+    init = save_checkpoint(MoTPolicy(PolicyConfig.preset("tiny")), tmp_path / "init")
+    absolute = load_checkpoint(train(_cfg(sim_dataset, tmp_path / "abs", init=str(init), steps=2, eval_every=2,
                                          ckpt_every=2), progress=False)["checkpoint"])
-    delta = MoTPolicy.load(train(_cfg(sim_dataset, tmp_path / "delta", init=str(init), preset="small",
+    delta = load_checkpoint(train(_cfg(sim_dataset, tmp_path / "delta", init=str(init), preset="small",
                                       delta_actions="on", steps=2, eval_every=2, ckpt_every=2),
                                  progress=False)["checkpoint"])
     assert absolute.cfg.delta_action_mask is None and delta.cfg.delta_action_mask == (True,) * 6 + (False,)
@@ -285,7 +262,7 @@ def test_target_points_widen_the_state_with_the_sims_ground_truth(sim_dataset, t
         _cfg(sim_dataset, tmp_path, stage="align", target_points="sim")
     result = train(_cfg(sim_dataset, tmp_path / "run", steps=2, eval_every=2, ckpt_every=2, target_points="sim"),
                    progress=False)
-    policy = MoTPolicy.load(result["checkpoint"])
+    policy = load_checkpoint(result["checkpoint"])
     cams = len(policy.cfg.cameras)
     assert policy.cfg.target_points == "sim" and policy.cfg.state_dim == 7 + 4 * cams
     assert policy.state_in.in_features == policy.cfg.state_dim
@@ -314,92 +291,3 @@ def test_target_points_widen_the_state_with_the_sims_ground_truth(sim_dataset, t
     assert np.std(points[~with_pad, 2 * cams:], axis=0).min() > 0.1
 
 
-def test_point_cameras_keep_only_those_cameras_points(sim_dataset, tmp_path):
-    with pytest.raises(ValueError, match="point_cameras: expected target_points set with it"):
-        _cfg(sim_dataset, tmp_path, point_cameras=["front"])
-    with pytest.raises(ValueError, match=r"point_cameras: expected unique names among cameras \['front', 'wrist'\]"):
-        PolicyConfig.preset("tiny", target_points="sim", point_cameras=["top"])
-    result = train(_cfg(sim_dataset, tmp_path / "run", steps=2, eval_every=2, ckpt_every=2, target_points="sim",
-                        point_cameras=["wrist"]), progress=False)
-    policy = MoTPolicy.load(result["checkpoint"])
-    assert policy.cfg.point_cameras == ("wrist",) and policy.cfg.state_dim == 7 + 4
-    _, episodes = read_episodes(sim_dataset)
-    cameras = list(policy.cfg.cameras)
-    every = ChunkDataset(episodes, cameras, 4, target_points=True)
-    every = every.batch(np.arange(len(every)), images=False)["state"]
-    wrist = ChunkDataset(episodes, cameras, 4, target_points=True, point_cameras=["wrist"])
-    kept = wrist.batch(np.arange(len(wrist)), images=False)["state"]
-    # target_point_vector layout: object (u, v) per camera, then pad (u, v) per camera; wrist is camera 1
-    np.testing.assert_array_equal(kept[:, :9], every[:, [0, 1, 2, 3, 4, 5, 6, 9, 10]])
-    with_pad = np.isin([episodes[e].task for e, _ in wrist.index], ["push", "place"])
-    assert with_pad.any()
-    np.testing.assert_array_equal(kept[with_pad, 9:], every[with_pad][:, 13:15])
-    with pytest.raises(ValueError, match=r"point_cameras: expected names among the dataset's cameras"):
-        ChunkDataset(episodes, cameras, 4, target_points=True, point_cameras=["top"])
-    # An --init checkpoint that already reads the wrist's points is not silently given other cameras.
-    with pytest.raises(ValueError, match=r"point_cameras: the --init checkpoint's body reads the points of \['wrist'\]"):
-        train(_cfg(sim_dataset, tmp_path / "again", steps=2, eval_every=2, ckpt_every=2, target_points="sim",
-                   point_cameras=["front"], init=result["checkpoint"]), progress=False)
-
-
-def test_point_noise_jitters_the_training_points_only(sim_dataset, tmp_path):
-    from training.train import jitter_points
-
-    with pytest.raises(ValueError, match="point_noise: expected >= 0, and target_points set"):
-        _cfg(sim_dataset, tmp_path, point_noise=0.02)
-    state = np.concatenate([np.full((4000, 7), 0.3, np.float32), np.full((4000, 8), 0.5, np.float32)], axis=1)
-    noisy = jitter_points(state, 8, 0.02, np.random.default_rng(0))
-    np.testing.assert_array_equal(noisy[:, :7], state[:, :7])
-    assert noisy[:, 7:].std() == pytest.approx(0.02, rel=0.05) and state[0, 7] == 0.5  # a copy
-    edge = jitter_points(np.zeros((100, 9), np.float32), 2, 0.5, np.random.default_rng(1))
-    assert edge.min() == 0.0 and edge[:, -2:].max() <= 1.0 and (edge[:, -2:] > 0).any()
-    # From a checkpoint that has target points already, the run keeps them (no second widening).
-    first = train(_cfg(sim_dataset, tmp_path / "a", steps=2, eval_every=2, ckpt_every=2, target_points="sim"),
-                  progress=False)["checkpoint"]
-    again = train(_cfg(sim_dataset, tmp_path / "b", steps=2, eval_every=2, ckpt_every=2, target_points="sim",
-                       init=first, point_noise=0.02), progress=False)["checkpoint"]
-    assert MoTPolicy.load(again).cfg.state_dim == MoTPolicy.load(first).cfg.state_dim == 7 + 8
-
-
-def test_train_points_from_a_pointer_swap_in_its_points_for_a_share_of_the_samples(sim_dataset, tmp_path):
-    """--train-points-from ALIGN_RUN: the pointer runs once over every frame (kept by the prefix cache's
-    directory, loaded again by the next run); per sample and with probability --pointed-share, its points
-    replace the exact ones, and nothing else of the state changes."""
-    from policy.pointing import Pointer
-    from training.pointed import pointed_points, swap_points
-
-    with pytest.raises(ValueError, match="train_points_from: expected target_points set and pointed_share in"):
-        _cfg(sim_dataset, tmp_path, train_points_from="x")
-    with pytest.raises(ValueError, match="pointed_share 0.0"):
-        _cfg(sim_dataset, tmp_path, train_points_from="x", target_points="sim", pointed_share=0.0)
-    state, pointed = np.zeros((2000, 15), np.float32), np.ones((2000, 8), np.float32)
-    mixed = swap_points(state, pointed, 0.25, np.random.default_rng(0))
-    swapped = mixed[:, 7:].all(axis=1)
-    assert (mixed[:, :7] == 0).all() and (mixed[~swapped, 7:] == 0).all() and swapped.mean() == pytest.approx(0.25, abs=0.03)
-    assert not state.any()  # a copy
-    with pytest.raises(ValueError, match=r"pointed: expected \(3, P <= 15\) points, received \(2, 8\)"):
-        swap_points(state[:3], pointed[:2], 0.5, np.random.default_rng(0))
-
-    train(_cfg(sim_dataset, tmp_path / "align", stage="align", steps=2, eval_every=2, ckpt_every=2), progress=False)
-    cache = tmp_path / "cache"
-    run = dict(steps=2, eval_every=2, ckpt_every=2, target_points="sim", train_points_from=str(tmp_path / "align"),
-               pointed_share=0.5, prefix_cache_dir=str(cache))
-    first = train(_cfg(sim_dataset, tmp_path / "a", **run), progress=False)["checkpoint"]
-    assert MoTPolicy.load(first).cfg.state_dim == 7 + 8
-    [saved] = cache.glob("pointed-*.npy")
-    # What the file holds is the pointer's own output for those frames (the run's training split).
-    _, episodes = read_episodes(sim_dataset, warn=False)
-    from training.data import split_episodes
-
-    data = ChunkDataset(split_episodes(episodes, 0.1, 0)[0], ["front", "wrist"], 8, target_points=True)
-    pointer = Pointer.from_align_run(tmp_path / "align", ("front", "wrist"))
-    points = np.load(saved)
-    assert points.shape == (len(data), 8) and ((points >= 0) & (points <= 1)).all()
-    batch = data.batch(np.array([0, len(data) - 1]))
-    frames = torch.from_numpy(np.stack([batch["images"][c] for c in ("front", "wrist")], axis=1))
-    np.testing.assert_allclose(pointer.batch(frames, batch["instruction"]), points[[0, -1]], atol=1e-6)
-    # A second run with the same pointer and frames loads the file instead of pointing again.
-    mtime = saved.stat().st_mtime_ns
-    train(_cfg(sim_dataset, tmp_path / "b", **run), progress=False)
-    assert saved.stat().st_mtime_ns == mtime and len(list(cache.glob("pointed-*.npy"))) == 1
-    np.testing.assert_array_equal(pointed_points(pointer, data, cache, progress=False), points)

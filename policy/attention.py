@@ -1,0 +1,90 @@
+"""The pieces of joint attention and flow sampling that MoTPolicy (policy/model.py) is built from.
+
+Prefix (the cached K/V of earlier modality blocks), make_attn_mask (the block-causal mask, with a worked
+example), the flow-time embedding and the Euler sampler shared by every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, TypeVar
+
+import torch
+
+from policy.errors import InputError
+
+# Modality blocks, in token order. Block ids feed `make_attn_mask`.
+TEXT, IMAGE, STATE, ACTION = 0, 1, 2, 3
+
+
+class Prefix(NamedTuple):
+    """Cached keys/values of every token before the ones being computed.
+
+    kv:    (layers, 2, B, heads, L, head_dim)   2 = (key, value)
+    valid: (B, L) bool                           False for text padding; such keys are never attended
+    token_ids, text_valid: (B, L_text) kept only for the bidirectional-prefix ablation, whose image
+                  pass must recompute the text (its text K/V depend on the images)
+    """
+
+    kv: torch.Tensor
+    valid: torch.Tensor
+    token_ids: torch.Tensor | None = None
+    text_valid: torch.Tensor | None = None
+
+    def extend(self, kv: torch.Tensor, valid: torch.Tensor) -> "Prefix":
+        return self._replace(kv=torch.cat([self.kv, kv], dim=4), valid=torch.cat([self.valid, valid], dim=1))
+
+
+def make_attn_mask(blocks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Block-causal attention mask over modality blocks, with key padding.
+
+    blocks: (L,) int   block id of each token, non-decreasing (TEXT=0, IMAGE=1, STATE=2, ACTION=3)
+    valid:  (B, L) bool  False marks padding
+    returns (B, 1, L, L) bool, True = query may attend to key:
+        mask[b, 0, q, k] = blocks[k] <= blocks[q] and valid[b, k]
+
+    Worked example, blocks = [0 0 | 1 | 2 | 3 3] (two text, one image, state, two actions):
+
+        query\\key  t t i s a a
+        t           1 1 0 0 0 0     text sees only text: the frozen language expert computes exactly
+        t           1 1 0 0 0 0     what the pretrained model does, and its K/V cache per instruction
+        i           1 1 1 0 0 0     images see text + images (not state: body weights never reach them)
+        s           1 1 1 1 0 0     state sees the whole observation
+        a           1 1 1 1 1 1     actions see everything, including each other (bidirectional chunk)
+        a           1 1 1 1 1 1
+
+    With the bidirectional-prefix ablation, text and image share block 0 and see each other.
+    """
+    causal = blocks[None, :] <= blocks[:, None]  # (L_query, L_key)
+    return causal[None, None] & valid[:, None, None, :]
+
+
+def posemb_sincos(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
+    """Sine-cosine embedding of scalar flow times t (B,) in [0, 1] -> (B, dim), as pi0 embeds time."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = t.float()[:, None] * (2 * math.pi / period)[None]
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
+
+
+X = TypeVar("X")
+
+
+def euler_sample(denoise: Callable[[X, float], X], noise: X, num_steps: int) -> X:
+    """Integrates dx/dt = v(x, t) from t = 1 (noise) to t = 0 (actions) in `num_steps` Euler steps.
+
+    Backend-agnostic (torch tensors or numpy arrays): the runtime shares it with onnxruntime/TensorRT.
+    """
+    if num_steps < 1:
+        raise InputError(f"num_steps: expected >= 1, received {num_steps}")
+    dt = -1.0 / num_steps
+    x = noise
+    for i in range(num_steps):
+        x = x + dt * denoise(x, 1.0 + i * dt)
+    return x
+
+
+def cat_tokens(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-segment (B, heads, L_i, head_dim) along tokens; a single segment (every cached
+    pass) is returned as is, so exported graphs carry no one-input Concat per layer."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)

@@ -1,0 +1,103 @@
+"""`mot pack` and `mot export`: the command-line entry points of policy/ (the top of its layering).
+
+    mot pack   --checkpoint runs/tabletop/policy/checkpoint --pointer runs/tabletop/pointer --out checkpoints/default
+    mot export --checkpoint checkpoints/default [--out DIR] [--fp16]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from policy.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, storage_dtype
+from policy.export import DEFAULT_OPSET, export_policy, parity
+from policy.model import MoTPolicy
+from policy.options import parse
+from policy.pointing import Pointer
+from policy.runtime import PolicyRunner
+
+
+# -- mot pack ----------------------------------------------------------------------------------------
+@dataclass
+class PackConfig:
+    checkpoint: Path
+    """the policy checkpoint to pack"""
+    out: Path
+    """the packed checkpoint directory (replaced atomically)"""
+    dtype: Literal["float32", "float16", "bfloat16", "int8"] = "int8"
+    """storage dtype (int8: weight-only, one scale per output row; what fits body and pointer in 25 MB)"""
+    pointer: Path | None = None
+    """bundle this align run's pointer (vision expert + grounding head) into a target-points body
+    (default: keep the pointer the checkpoint already bundles, if any)"""
+
+
+def pack(cfg: PackConfig) -> dict:
+    """Re-stores cfg.checkpoint at cfg.dtype (with its pointer) under cfg.out; returns the JSON report."""
+    policy = load_checkpoint(cfg.checkpoint)
+    pointer = Pointer.for_checkpoint(cfg.pointer, cfg.checkpoint) if cfg.pointer else None
+    if pointer is None and policy.cfg.target_points is not None:
+        pointer = Pointer.bundled(cfg.checkpoint)  # re-packing a packed checkpoint keeps its pointer
+    out = save_checkpoint(policy, cfg.out, storage_dtype(cfg.dtype), pointer)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {"checkpoint": str(out), "dtype": cfg.dtype, "pointer": pointer.source if pointer else None,
+            "bytes": size, "id": checkpoint_id(out), **packing_error(policy, pointer, out)}
+
+
+def packing_error(policy: MoTPolicy, pointer: Pointer | None, packed: Path, observations: int = 4) -> dict:
+    """What packing changed: the largest action difference (robot units) and target-point difference (pixels)
+    between the source (policy, pointer) and the packed checkpoint, on seeded random observations with the
+    same flow noise."""
+    source = PolicyRunner(policy, pointer=pointer, allow_privileged=pointer is None)
+    target = PolicyRunner.from_checkpoint(packed, allow_privileged=pointer is None)
+    cfg, rng = policy.cfg, np.random.default_rng(0)
+    actions, points = 0.0, 0.0
+    for i in range(observations):
+        images = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
+        state = rng.standard_normal(source.robot_state_dim).astype(np.float32) * 0.1
+        noise = rng.standard_normal((cfg.horizon, cfg.action_dim)).astype(np.float32)
+        words = ("put the red cube on the blue pad", "pick up the green cylinder")[i % 2]
+        a, b = source.infer(images, state, words, noise=noise), target.infer(images, state, words, noise=noise)
+        actions = max(actions, float(np.abs(a - b).max()))
+        if pointer is not None:
+            points = max(points, float(np.abs(source.last_points - target.last_points).max()) * cfg.image_size)
+    return {"max_action_diff": round(actions, 6), **({"max_point_diff_px": round(points, 4)} if pointer else {})}
+
+
+def pack_main(argv: list[str] | None = None) -> int:
+    cfg = parse(PackConfig, argv, "mot pack", "Re-store a checkpoint at another dtype, optionally bundling an "
+                "align run's pointer (what made checkpoints/default).")
+    print(json.dumps(pack(cfg), indent=2))
+    return 0
+
+
+# -- mot export --------------------------------------------------------------------------------------
+@dataclass
+class ExportConfig:
+    checkpoint: Path
+    """checkpoint directory"""
+    out: Path | None = None
+    """output directory (default: <checkpoint>/onnx)"""
+    opset: int = DEFAULT_OPSET
+    """ONNX opset (the antialiased image resize needs >= 18)"""
+    fp16: bool = False
+    """fp16 weights and arithmetic (inputs and outputs stay fp32)"""
+    parity: bool = True
+    """check onnxruntime against torch on random inputs after the export"""
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    cfg = parse(ExportConfig, argv, "mot export", "Export a checkpoint to three ONNX graphs (text encoder, "
+                "observation encoder, denoiser) with metadata.")
+    policy = load_checkpoint(cfg.checkpoint)
+    out = cfg.out or cfg.checkpoint / "onnx"
+    paths = export_policy(policy, out, checkpoint_sha256=checkpoint_id(cfg.checkpoint), opset=cfg.opset, fp16=cfg.fp16)
+    report = {"out": str(out), "graphs": {g: str(p) for g, p in paths.items()},
+              "checkpoint_sha256": checkpoint_id(cfg.checkpoint), "dtype": "float16" if cfg.fp16 else "float32"}
+    if cfg.parity:
+        report["parity_max_abs"] = parity(policy, out)
+    print(json.dumps(report, indent=2))
+    return 0
