@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from typing import Any, Callable
 
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.serialization import deserialize_message
 from std_msgs.msg import String
 
 # Camera frames: best effort, keep only the newest (a late frame is worth less than the next one).
@@ -70,46 +71,109 @@ def declare(node: Node, defaults: dict[str, Any]) -> dict[str, Any]:
     return {name: node.get_parameter(name).value for name in defaults}
 
 
+# CDR encapsulation identifiers (first two bytes of a serialized message): big- / little-endian, for
+# plain CDR and XCDR2 (std_msgs/String is a final type, laid out the same in both).
+_CDR_LITTLE_ENDIAN = {b"\x00\x01", b"\x00\x07"}
+_CDR_BIG_ENDIAN = {b"\x00\x00", b"\x00\x06"}
+
+
+def string_from_cdr(raw: bytes) -> str:
+    """A serialized std_msgs/String -> its text, decoded as strict UTF-8. Raises ValueError otherwise.
+
+    Parsed here rather than with ``rclpy.serialization.deserialize_message``, which decodes invalid
+    UTF-8 with replacement characters: a corrupted instruction would reach the policy as U+FFFD text
+    instead of being dropped. Layout: 4-byte encapsulation header, uint32 length (including the
+    terminating NUL), the bytes, NUL, then up to 3 bytes of alignment padding.
+    """
+    raw = bytes(raw)
+    if len(raw) < 8 or raw[:2] not in _CDR_LITTLE_ENDIAN | _CDR_BIG_ENDIAN:
+        raise ValueError(f"instruction: expected a serialized std_msgs/String, received {len(raw)} bytes "
+                         f"starting {raw[:4].hex() or 'with nothing'}")
+    length = int.from_bytes(raw[4:8], "little" if raw[:2] in _CDR_LITTLE_ENDIAN else "big")
+    if length < 1 or 8 + length > len(raw) or raw[8 + length - 1] != 0:
+        raise ValueError(f"instruction: expected a NUL-terminated string of {length} bytes, received a "
+                         f"{len(raw)}-byte buffer")
+    try:
+        return raw[8:8 + length - 1].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"instruction: expected UTF-8 text, received undecodable bytes ({exc.reason} at byte "
+                         f"{exc.start})") from exc
+
+
 def decode_string(raw: bytes) -> str:
     """A serialized std_msgs/String -> its text. Raises ValueError for bytes that are not UTF-8.
 
-    Subscriptions to text topics are raw: rclpy would otherwise decode inside the executor, and a
-    non-UTF-8 payload from a misbehaving publisher would raise there and take the node down.
+    Subscriptions to text topics are raw: rclpy would otherwise decode inside the executor (and
+    replace invalid bytes with U+FFFD), so a non-UTF-8 payload from a misbehaving publisher is a
+    logged drop, never an instruction.
     """
-    try:
-        return deserialize_message(raw, String).data
-    except Exception as exc:  # UnicodeDecodeError, or a truncated/corrupt CDR buffer
-        raise ValueError(f"instruction: expected UTF-8 std_msgs/String, received undecodable bytes ({exc})") from exc
+    return string_from_cdr(raw)
 
 
 def json_string(payload: dict) -> String:
     return String(data=json.dumps(payload, sort_keys=True))
 
 
-def run_node(factory: Callable[[], Node], argv: list[str] | None = None, threads: int = 2) -> int:
-    """Console-script body: init, build the node, spin a multi-threaded executor, shut down cleanly."""
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+def install_stop_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGINT and SIGTERM set ``stop`` (nothing is raised anywhere); returns a function that restores
+    the previous handlers. Used with ``rclpy.init(signal_handler_options=SignalHandlerOptions.NO)``:
+    rclpy's own handler would shut the context down at once, after which no node can publish its
+    final hold, and threads still using the context would die with a traceback.
+    """
+    previous = {}
 
-    rclpy.init(args=sys.argv if argv is None else ["node", *argv])
-    node = None
+    def on_signal(signum, frame) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, on_signal)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return restore
+
+
+def spin_until(executor, stop: threading.Event, context=None) -> None:
+    """Spin ``executor`` on this thread until ``stop`` is set or the context shuts down."""
+    context = context or rclpy.get_default_context()
+    while not stop.is_set() and context.ok():
+        executor.spin_once(timeout_sec=0.1)
+
+
+def close_node(node: Node) -> None:
+    close = getattr(node, "close", None)
+    if close:
+        close()  # policy_node publishes its final hold here, while the context is still up
+    node.destroy_node()
+
+
+def run_node(factory: Callable[[], Node], argv: list[str] | None = None, threads: int = 2) -> int:
+    """Console-script body: init, build the node, spin a multi-threaded executor, shut down cleanly.
+
+    SIGINT/SIGTERM end the spin loop; then the executor stops, the node closes (policy_node: final
+    hold), and only then is the context shut down. Exit code 0, and no traceback.
+    """
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=sys.argv if argv is None else ["node", *argv], signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    restore = install_stop_signals(stop)
+    node = executor = None
     try:
         node = factory()
         executor = MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until(executor, stop)
     except Exception as exc:  # a node that cannot start (missing checkpoint, bad parameters) says why
-        if node is not None and not rclpy.ok():  # a signal shut the context down while spinning: clean stop
-            return 0
         print(f"{factory.__name__ if hasattr(factory, '__name__') else 'node'}: {exc}", file=sys.stderr)
         return 1
     finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=2.0)
         if node is not None:
-            close = getattr(node, "close", None)
-            if close:
-                close()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+            close_node(node)
+        rclpy.try_shutdown()
+        restore()
     return 0

@@ -8,12 +8,16 @@ Topics (names relative, so a namespace or remap moves them):
     sub  estop                        std_msgs/Bool              True latches the e-stop
     pub  joint_trajectory             trajectory_msgs/JointTrajectory   chunks and holds, always guarded
     pub  policy/status                std_msgs/String (JSON)     mode, e-stop, stale inputs, latency
-    srv  policy/reset_estop           std_srvs/Trigger           the only way out of an e-stop
+    pub  /diagnostics                 diagnostic_msgs/DiagnosticArray   the same, for ros2 tools (1 Hz)
+    srv  policy/reset_estop           rcl_interfaces/SetParameters      the only way out of an e-stop:
+                                      one string parameter ``token`` holding the operator's token
 
 The node owns parameters, topics and threads only; ``ros_nodes.controller.PolicyController`` decides
 what to do and ``GuardedCommandPublisher`` (the only holder of the trajectory publisher) guards it.
 Inference runs on a dedicated worker thread, never on an executor thread, so callbacks and the
-control tick stay on time while the model thinks.
+control tick stay on time while the model thinks. The worker never dies silently: an exception
+outside the model, a dead thread or a hung inference call is a fault (hold, mode "fault", ERROR on
+/diagnostics). ``close()`` (SIGINT/SIGTERM through ``run_node`` / `mot stack`) publishes a final hold.
 """
 
 from __future__ import annotations
@@ -21,24 +25,31 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import SetParameters
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
-from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, lock_process_memory, now_s,
                                run_node)
 from ros_nodes.controller import (Command, ControllerConfig, GuardedCommandPublisher, Inference,
                                   PolicyController, Request)
-from ros_nodes.convert import chunk_to_trajectory, fit_image, image_to_numpy, joint_state_to_vector, seconds_to_time
-from ros_nodes.safety import SafetyGuard, SafetyLimits
+from ros_nodes.convert import (chunk_to_trajectory, fit_image, image_to_numpy, joint_state_to_vector,
+                               seconds_to_time, time_to_seconds)
+from ros_nodes.diagnostics import diagnostic_array
+from ros_nodes.estop import ensure_token, token_file_warning, token_from_request, token_matches
+from ros_nodes.safety import EStopLatch, SafetyGuard, SafetyLimits
 
 # Every parameter the node declares. A ``Parameter.Type`` means "required, no default": the node
 # refuses to start without it, because a joint limit or a checkpoint has no safe default.
@@ -59,9 +70,22 @@ PARAMETERS: dict[str, Any] = {
     "blend_steps": 2,
     "stale_image_s": 0.5,
     "stale_joint_state_s": 0.5,
+    # Input plausibility (ros_nodes.plausibility): header stamps against this node's clock.
+    "max_input_age": 0.25,  # an image / joint state stamped further than this from now is dropped (s)
+    "require_stamps": True,  # drop unstamped images / joint states
+    "max_frozen_s": 1.0,  # identical camera frames for longer than this: frozen camera (0: off)
+    "joint_limit_margin": [0.05],  # a joint state this far outside position_lower/upper is a fault
+    "joint_speed_limit": Parameter.Type.DOUBLE_ARRAY,  # fastest real motion per joint; unset: 2 x max_velocity
+    "joint_jump_tolerance": [0.05],  # slack on top of speed x time between two joint states
     "max_instruction_chars": 256,
+    "instruction_debounce_s": 0.5,  # a new instruction replaces the current one at most this often
+    "inference_timeout_s": 5.0,  # an inference call that takes longer is a fault
+    # E-stop: the latch survives a restart; the reset service needs the token in estop_token_file.
+    "estop_latch_file": "~/.local/state/mot_policy/{node}.estop.json",  # "": in memory only (not for robots)
+    "estop_token_file": "~/.config/mot_policy/estop_token",  # created (0600) if missing; "": resets refused
     "dry_run": False,
     "status_hz": 2.0,
+    "diagnostics_hz": 1.0,
     "lock_memory": False,  # mlockall once loaded (no page-fault stalls); the launch YAMLs turn it on
 }
 
@@ -75,6 +99,12 @@ def _read_parameters(node: Node) -> dict[str, Any]:
         except ParameterUninitializedException:
             values[name] = None
     return values
+
+
+def _stamp(msg) -> float | None:
+    """header.stamp in seconds, None when unset (0)."""
+    seconds = time_to_seconds(msg.header.stamp)
+    return seconds if seconds > 0 else None
 
 
 class PolicyNode(Node):
@@ -110,27 +140,53 @@ class PolicyNode(Node):
         replan = p["replan_steps"] if p["replan_steps"] > 0 else max(1, horizon // 2)
         self.joint_names = joint_names
         self.image_size = p["image_size"] or (model.image_size if model else 0)
-        self.config = ControllerConfig(joint_names=joint_names, cameras=cameras, control_hz=p["control_hz"],
-                                       replan_steps=replan, blend_steps=p["blend_steps"],
-                                       stale_image_s=p["stale_image_s"], stale_joint_state_s=p["stale_joint_state_s"],
-                                       max_instruction_chars=p["max_instruction_chars"])
+        self.config = ControllerConfig(
+            joint_names=joint_names, cameras=cameras, control_hz=p["control_hz"], replan_steps=replan,
+            blend_steps=p["blend_steps"], stale_image_s=p["stale_image_s"], stale_joint_state_s=p["stale_joint_state_s"],
+            max_instruction_chars=p["max_instruction_chars"], max_input_age=p["max_input_age"],
+            max_frozen_s=p["max_frozen_s"], require_stamps=p["require_stamps"],
+            joint_limit_margin=tuple(p["joint_limit_margin"]), joint_speed_limit=tuple(p["joint_speed_limit"] or ()),
+            joint_jump_tolerance=tuple(p["joint_jump_tolerance"]), instruction_debounce_s=p["instruction_debounce_s"],
+            inference_timeout_s=p["inference_timeout_s"])
         limits = SafetyLimits(lower=p["position_lower"], upper=p["position_upper"], max_step=p["max_step"],
                               max_velocity=p["max_velocity"], dt=self.config.dt)
         if limits.dim != len(joint_names):
             raise ValueError(f"position_lower: expected {len(joint_names)} values (one per joint), received {limits.dim}")
 
+        log = self.get_logger()
+        # E-stop latch file ({node}: this node's fully qualified name, so two arms on one computer do
+        # not share a latch) and the operator's token for the reset service.
+        latch_file = p["estop_latch_file"].format(node=self.get_fully_qualified_name().strip("/").replace("/", "."))
+        if not latch_file:
+            log.warning("estop_latch_file is empty: the e-stop latch lives in memory and a restart clears it")
+        estop = EStopLatch(latch_file or None)
+        self._token: bytes | None = None
+        if p["estop_token_file"]:
+            self._token, created = ensure_token(p["estop_token_file"])
+            if created:
+                log.warning(f"created the e-stop reset token file {Path(p['estop_token_file']).expanduser()} (0600)")
+            if warning := token_file_warning(p["estop_token_file"]):
+                log.warning(warning)
+        else:
+            log.warning("estop_token_file is empty: policy/reset_estop refuses every call")
+
         # The trajectory publisher is captured by this closure and handed only to the guarded
-        # publisher: no other code in the node can reach it.
+        # publisher: no other code in the node can reach it (close() only waits for its acks).
         trajectory_pub = self.create_publisher(JointTrajectory, "joint_trajectory", RELIABLE_QOS)
+        self._wait_for_commands_acked = trajectory_pub.wait_for_all_acked
 
         def publish(command: Command) -> None:
             trajectory_pub.publish(chunk_to_trajectory(command.points, joint_names, seconds_to_time(command.start_time),
                                                        self.config.dt))
 
-        log = self.get_logger()
         self.commands = GuardedCommandPublisher(SafetyGuard(limits), publish, log.info, dry_run=p["dry_run"])
-        self.controller = PolicyController(self.config, self.commands, t0=now_s(self), log=log.warning)
+        self.controller = PolicyController(self.config, self.commands, t0=now_s(self), log=log.warning, estop=estop)
         self._status_pub = self.create_publisher(String, "policy/status", RELIABLE_QOS)
+        # Absolute: /diagnostics is one topic per robot, whatever namespace the node runs in.
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._reported_rejections = 0
+        self._diagnostic_name = f"{self.get_name()}: policy"
+        self._hardware_id = str(p["checkpoint"] or type(runner).__name__)
 
         # One reentrant group: callbacks may overlap on the executor's threads; the controller's lock
         # serialises what must be serialised, and the slow work (inference) is not on these threads.
@@ -140,24 +196,27 @@ class PolicyNode(Node):
             self.create_subscription(Image, topic, lambda msg, c=camera: self._on_image(c, msg), IMAGE_QOS,
                                      callback_group=group)
         self.create_subscription(JointState, "joint_states", self._on_joint_state, IMAGE_QOS, callback_group=group)
-        # raw=True: we deserialize ourselves so non-UTF-8 bytes are a logged drop, not an executor crash.
+        # raw=True: we deserialize ourselves so non-UTF-8 bytes are a logged drop, not an executor crash
+        # (nor, as rclpy would decode them, an instruction made of U+FFFD).
         self.create_subscription(String, "instruction", self._on_instruction, RELIABLE_QOS, callback_group=group,
                                  raw=True)
         self.create_subscription(Bool, "estop", self._on_estop, RELIABLE_QOS, callback_group=group)
-        self.create_service(Trigger, "policy/reset_estop", self._on_reset, callback_group=group)
+        self.create_service(SetParameters, "policy/reset_estop", self._on_reset, callback_group=group)
         self.create_timer(self.config.dt, self._on_tick, callback_group=group)
         self.create_timer(1.0 / p["status_hz"], self._publish_status, callback_group=group)
+        self.create_timer(1.0 / p["diagnostics_hz"], self._publish_diagnostics, callback_group=group)
 
+        self._closing = False
         self._jobs: queue.Queue[Request | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="policy-inference", daemon=True)
         self._worker.start()
         self.get_logger().info(f"policy_node ready: cameras {list(cameras)}, joints {list(joint_names)}, "
-                               f"{self.config.control_hz} Hz, replan at {replan} points left, dry_run={p['dry_run']}")
+                               f"{self.config.control_hz} Hz, replan at {replan} points left, dry_run={p['dry_run']}, "
+                               f"e-stop latch {latch_file or '(memory)'}")
 
     # -- callbacks: convert, validate, hand to the controller; a bad message is logged and dropped ----
     def _reject(self, what: str, exc: Exception) -> None:
-        self.controller.metrics.rejected_messages += 1
-        self.get_logger().warning(f"dropped {what}: {exc}", throttle_duration_sec=1.0)
+        self.controller.reject("malformed", f"{what}: {exc}", now_s(self))
 
     def _on_image(self, camera: str, msg: Image) -> None:
         try:
@@ -166,21 +225,21 @@ class PolicyNode(Node):
                 image = fit_image(image, self.image_size)
         except ValueError as exc:
             return self._reject(f"image from {camera}", exc)
-        self._submit(self.controller.on_image(camera, image, now_s(self)))
+        self._submit(self.controller.on_image(camera, image, now_s(self), _stamp(msg)))
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
             state = joint_state_to_vector(msg, self.joint_names)
         except ValueError as exc:
             return self._reject("joint state", exc)
-        self.controller.on_joint_state(state, now_s(self))
+        self.controller.on_joint_state(state, now_s(self), _stamp(msg))
 
     def _on_instruction(self, raw: bytes) -> None:
         try:
-            text = self.controller.on_instruction(decode_string(raw), now_s(self))
+            text, outcome = self.controller.on_instruction(decode_string(raw), now_s(self))
         except (ValueError, TypeError) as exc:
             return self._reject("instruction", exc)
-        self.get_logger().info(f"instruction: {text!r}")
+        self.get_logger().info(f"instruction {text!r}: {outcome}")
 
     def _on_estop(self, msg: Bool) -> None:
         if msg.data:
@@ -189,16 +248,38 @@ class PolicyNode(Node):
             self.get_logger().info("estop False ignored: the e-stop clears only through policy/reset_estop",
                                    throttle_duration_sec=5.0)
 
-    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        response.success = self.controller.reset_estop(now_s(self))
-        response.message = "e-stop reset" if response.success else "e-stop was not latched"
+    def _on_reset(self, request: SetParameters.Request, response: SetParameters.Response) -> SetParameters.Response:
+        token = token_from_request(request)
+        if self._token is None:
+            ok, reason = False, "refused: no estop_token_file is configured on the node"
+        elif token is None:
+            ok, reason = False, "refused: expected exactly one string parameter 'token'"
+        elif not token_matches(self._token, token):
+            ok, reason = False, "refused: wrong token"
+        else:
+            ok = self.controller.reset_estop(now_s(self))
+            reason = "e-stop reset; send a new instruction" if ok else "e-stop was not latched"
+        if not ok and reason.startswith("refused"):
+            self.controller.metrics.refused_resets += 1
+            self.get_logger().warning(f"policy/reset_estop {reason}")
+        response.results = [SetParametersResult(successful=ok, reason=reason)]
         return response
 
     def _on_tick(self) -> None:
-        self.controller.tick(now_s(self))
+        now = now_s(self)
+        if not self._worker.is_alive() and not self._closing:
+            self.controller.on_fault("the inference worker thread has died", now)
+        self.controller.tick(now)
 
     def _publish_status(self) -> None:
         self._status_pub.publish(json_string(self.controller.status(now_s(self))))
+
+    def _publish_diagnostics(self) -> None:
+        status = self.controller.status(now_s(self))
+        new = status["rejected_messages"] - self._reported_rejections
+        self._reported_rejections = status["rejected_messages"]
+        self._diagnostics_pub.publish(diagnostic_array(self._diagnostic_name, self._hardware_id, status, new,
+                                                       self.get_clock().now().to_msg()))
 
     # -- inference worker --------------------------------------------------------------------------
     def _submit(self, request: Request | None) -> None:
@@ -207,17 +288,37 @@ class PolicyNode(Node):
 
     def _work(self) -> None:
         while (request := self._jobs.get()) is not None:
-            started = time.perf_counter()
             try:
-                chunk = self.runner.infer(request.images, request.state.astype(np.float32), request.instruction)
-            except Exception as exc:  # a refused input or a broken backend: the controller holds
-                self.controller.on_failure(request, exc, now_s(self))
-                continue
-            self.controller.on_result(request, chunk, now_s(self), time.perf_counter() - started)
+                started = time.perf_counter()
+                try:
+                    chunk = self.runner.infer(request.images, request.state.astype(np.float32), request.instruction)
+                except Exception as exc:  # a refused input or a broken backend: the controller holds
+                    self.controller.on_failure(request, exc, now_s(self))
+                    continue
+                self.controller.on_result(request, chunk, now_s(self), time.perf_counter() - started)
+            except Exception as exc:  # outside the model: a bug or a broken publisher, never silent
+                if self._closing:
+                    return
+                try:
+                    self.controller.on_fault(f"inference worker: {type(exc).__name__}: {exc}", now_s(self))
+                except Exception as hold_error:  # the hold itself failed: the tick's fault check reports it
+                    self.get_logger().error(f"inference worker: {exc!r}; the fault hold failed too: {hold_error!r}")
 
     def close(self) -> None:
+        """Final hold, then stop the worker; the context must still be up (run_node / mot stack ensure it)."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            self.controller.shutdown(now_s(self))  # nothing the worker finishes after this is published
+        except Exception as exc:
+            self.get_logger().error(f"final hold failed: {exc!r}")
         self._jobs.put(None)
         self._worker.join(timeout=5.0)
+        try:
+            self._wait_for_commands_acked(Duration(seconds=1.0))  # the final hold reaches reliable readers
+        except Exception:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ Pure numpy, no rclpy. Three independent pieces, each with its own tests:
   non-finite value: a model emitting one is broken, so we hold instead).
 - ``Watchdog``: tracks when each required input last arrived; any one older than its limit means
   "stale" and the node must hold and stop planning.
-- ``EStopLatch``: once tripped it stays tripped until ``reset()``; nothing else clears it.
+- ``EStopLatch``: once tripped it stays tripped until ``reset()``; nothing else clears it, not even
+  a restart when it is given a file to persist to.
 
 The node wraps its trajectory publisher in ``ros_nodes.policy_node.GuardedCommandPublisher``, which
 only accepts chunks and holds that went through ``SafetyGuard``, so the guard cannot be bypassed.
@@ -15,10 +16,15 @@ only accepts chunks and holds that went through ``SafetyGuard``, so the guard ca
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from policy.artifacts import atomic_write_json
 
 
 @dataclass
@@ -143,12 +149,39 @@ class Watchdog:
 
 
 class EStopLatch:
-    """Thread-safe latch: ``trip()`` from any thread; only ``reset()`` (the service) clears it."""
+    """Thread-safe latch: ``trip()`` from any thread; only ``reset()`` (the service) clears it.
 
-    def __init__(self) -> None:
+    With a ``path`` the latch survives a restart: every trip and reset is written there atomically
+    (temp file + rename, ``policy.artifacts.atomic_write_json``) before the call returns, and a new
+    latch reads it back. It fails closed: a latch file that exists but cannot be read or parsed
+    counts as tripped. If writing fails (read-only disk) the latch still holds in memory and
+    ``persist_error`` says why, so the node can report it.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
         self._tripped = False
         self._reason = ""
         self._lock = threading.Lock()
+        self.path = Path(path).expanduser() if path else None
+        self.persist_error = ""
+        if self.path is not None and self.path.exists():
+            try:
+                record = json.loads(self.path.read_text())
+                if not isinstance(record, dict) or not isinstance(record.get("latched"), bool):
+                    raise ValueError(f"expected an object with a boolean 'latched', received {record!r:.80}")
+                self._tripped = record["latched"]
+                self._reason = str(record.get("reason", "")) if self._tripped else ""
+            except (OSError, ValueError) as exc:  # unreadable, not JSON (JSONDecodeError is a ValueError)
+                self._tripped, self._reason = True, f"latch file {self.path} unreadable ({exc}): latched to be safe"
+
+    def _persist(self) -> None:
+        if self.path is None:
+            return
+        try:
+            atomic_write_json(self.path, {"latched": self._tripped, "reason": self._reason, "time": time.time()})
+            self.persist_error = ""
+        except OSError as exc:
+            self.persist_error = f"cannot write {self.path}: {exc}"
 
     def trip(self, reason: str) -> bool:
         """Returns True if this call tripped it (it was clear before)."""
@@ -156,12 +189,15 @@ class EStopLatch:
             newly = not self._tripped
             if newly:
                 self._tripped, self._reason = True, reason
+                self._persist()
             return newly
 
     def reset(self) -> bool:
         """Returns True if it was tripped."""
         with self._lock:
             was, self._tripped, self._reason = self._tripped, False, ""
+            if was:
+                self._persist()
             return was
 
     @property

@@ -20,6 +20,7 @@ from typing import Callable
 import yaml
 
 from ros_nodes.ament import share_directory
+from ros_nodes.common import close_node
 
 # Which nodes each graph starts: (node name in the YAML, factory "module:Class"). Mirrors launch/*.launch.py
 # (tests/ros_nodes/test_launch.py checks that the two agree).
@@ -67,10 +68,7 @@ def build_nodes(graph: str, overrides: dict[str, dict], extra: list[tuple[str, s
 
 
 def _close(node) -> None:
-    close = getattr(node, "close", None)
-    if close:
-        close()
-    node.destroy_node()
+    close_node(node)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=None, help="a parameter YAML instead of the installed one")
     args = parser.parse_args(argv)
 
+    import threading
+
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from ros_nodes.common import install_stop_signals, spin_until
 
     policy = {"checkpoint": str(Path(args.checkpoint).resolve()), "dry_run": bool(args.dry_run)}
     if args.backend:
@@ -95,27 +98,32 @@ def main(argv: list[str] | None = None) -> int:
         overrides["audio_node"] = {"source": str(Path(args.audio_source).resolve())}
     extra = [("audio_node", OPTIONAL["audio_node"])] if args.graph == "sim" and (args.audio or args.audio_source) else []
 
-    rclpy.init(args=["mot_stack"])
-    nodes = []
+    # Our own SIGINT/SIGTERM handling (not rclpy's, which would shut the context down under the
+    # nodes): the spin loop ends, the executor stops, policy_node publishes its final hold, and only
+    # then does the context go down. Ctrl-C exits 0 without a traceback.
+    rclpy.init(args=["mot_stack"], signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    restore = install_stop_signals(stop)
+    nodes, executor = [], None
     try:
         nodes = build_nodes(args.graph, overrides, extra, params=args.params)
         executor = MultiThreadedExecutor(num_threads=max(2, os.cpu_count() or 2))
         for node in nodes:
             executor.add_node(node)
         print(f"mot stack {args.graph}: running {[n.get_name() for n in nodes]} (Ctrl-C to stop)", flush=True)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until(executor, stop)
     except Exception as exc:
-        if not rclpy.ok():  # SIGTERM/SIGINT shut the context down under the spinning executor: a clean stop
-            return 0
         print(f"mot stack: {exc}", file=sys.stderr)
         return 1
     finally:
-        for node in nodes:
+        if executor is not None:
+            executor.shutdown(timeout_sec=2.0)
+        for node in reversed(nodes):  # policy_node (last in every graph) first: its final hold goes out
             _close(node)
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.try_shutdown()
+        restore()
+        if stop.is_set():
+            print(f"mot stack {args.graph}: stopped", flush=True)
     return 0
 
 

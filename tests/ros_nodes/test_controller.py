@@ -21,7 +21,10 @@ def make(horizon=8, replan=4, dry_run=False):
 
 
 def feed(controller, now, state=(0.0, 0.0)):
-    controller.on_joint_state(np.array(state, np.float32), now)
+    # Two joint states per frame, as a robot publishing them faster than its camera: the first state
+    # after a reset (start, a new instruction) must be confirmed by a second before it is used.
+    for t in (now - 1e-3, now):
+        controller.on_joint_state(np.array(state, np.float32), t)
     return controller.on_image("cam", np.zeros((4, 4, 3), np.uint8), now)
 
 
@@ -54,10 +57,13 @@ def test_first_chunk_then_replan_when_half_is_left():
 def test_instruction_change_drops_in_flight_results():
     controller, sent = make()
     controller.on_instruction("pick up the red cube", 0.0)
-    request = feed(controller, 0.01)
-    controller.on_instruction("push the blue block", 0.02)
-    controller.on_result(request, ramp(request), 0.05)
-    assert sent == [] and controller.metrics.dropped_results == 1
+    first = feed(controller, 0.01)
+    controller.on_result(first, ramp(first), 0.05)
+    replan = feed(controller, 0.42)  # half the chunk left: a re-plan for the same instruction
+    assert replan is not None
+    assert controller.on_instruction("push the blue block", 0.6)[1] == "applied"
+    controller.on_result(replan, ramp(replan), 0.65)
+    assert len(sent) == 1 and controller.metrics.dropped_results == 1
 
 
 def test_stale_camera_holds_within_one_control_period_and_resumes():
@@ -96,7 +102,11 @@ def test_estop_latches_until_reset():
     assert feed(controller, 0.2) is None and controller.tick(0.2) is None and controller.mode == "estop"
     assert controller.reset_estop(0.3) and not controller.reset_estop(0.3)
     controller.tick(0.35)
-    assert feed(controller, 0.36) is not None
+    # The instruction given during the e-stop (and the one before it) was discarded: wait for a new one.
+    assert controller.mode == "idle" and feed(controller, 0.36) is None
+    assert controller.metrics.discarded_instructions == 1
+    controller.on_instruction("go again", 0.4)
+    assert feed(controller, 0.5) is not None
 
 
 def test_non_finite_chunk_is_refused_with_a_hold():

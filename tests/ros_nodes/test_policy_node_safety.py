@@ -4,8 +4,10 @@ A small "robot" in the test publishes camera frames and joint states at 10 Hz li
 everything the node publishes on joint_trajectory is checked against the limits in launch/config/sim.yaml.
 """
 
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -13,12 +15,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
-from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ros_nodes.ament import share_directory
 from ros_nodes.convert import numpy_to_image, time_to_seconds
 from ros_nodes.policy_node import PolicyNode
+from policy.checkpoint import save_checkpoint
 
 SIM_YAML = share_directory() / "config" / "sim.yaml"
 PARAMS = yaml.safe_load(SIM_YAML.read_text())["policy_node"]["ros__parameters"]
@@ -39,23 +41,36 @@ class FakeRobot:
         self.cameras_on = True
         self.last_image_time = 0.0
         self.frame = numpy_to_image(np.full((64, 64, 3), 128, np.uint8))
+        self.position = HOME.copy()
         self.clock = node.get_clock()
         node.create_timer(DT, self.tick)
 
     def tick(self):
         stamp = self.clock.now().to_msg()
         if self.cameras_on:
+            self.frame.header.stamp = stamp
             for publisher in self.images.values():
                 publisher.publish(self.frame)
             self.last_image_time = time_to_seconds(stamp)
-        self.joints.publish(JointState(name=JOINTS, position=HOME.tolist()))
+        joint_state = JointState(name=JOINTS, position=self.position.tolist())
+        joint_state.header.stamp = stamp
+        self.joints.publish(joint_state)
 
 
 def start(ros, checkpoint, **overrides):
+    """policy_node with sim.yaml (plus ``overrides``), a FakeRobot, and an instruction publisher.
+
+    The e-stop latch and token files live in a fresh temporary directory (``node.state_dir``) unless
+    given: a test never reads or writes the user's own latch.
+    """
+    state = Path(tempfile.mkdtemp(prefix="mot-policy-node-"))
+    overrides = {"estop_latch_file": str(state / "estop.json"), "estop_token_file": str(state / "token"),
+                 "lock_memory": "false", **overrides}
     args = ["--ros-args", "--params-file", str(SIM_YAML), "-p", f"checkpoint:={checkpoint}"]
     for key, value in overrides.items():
         args += ["-p", f"{key}:={value}"]
     node = ros.add(PolicyNode(cli_args=args, context=ros.context))
+    node.state_dir = state
     robot = FakeRobot(ros)
     instruction = ros.node.create_publisher(String, "instruction", 10)
     ros.wait_subscribers(instruction)
@@ -155,11 +170,27 @@ def test_stale_camera_holds_within_one_control_period(ros, tiny_checkpoint):
     assert_safe(trajectories)
 
 
-def test_estop_latches_until_the_reset_service(ros, tiny_checkpoint):
+def call_reset(ros, token=None, parameters=None):
+    """Call policy/reset_estop with ``token`` (or raw ``parameters``) -> SetParametersResult."""
+    from rcl_interfaces.srv import SetParameters
+
+    from ros_nodes.estop import reset_request
+
+    client = ros.node.create_client(SetParameters, "policy/reset_estop")
+    assert client.wait_for_service(timeout_sec=5)
+    request = reset_request(token) if parameters is None else SetParameters.Request(parameters=parameters)
+    done = threading.Event()
+    future = client.call_async(request)
+    future.add_done_callback(lambda f: done.set())
+    assert done.wait(5)
+    ros.node.destroy_client(client)
+    return future.result().results[0]
+
+
+def test_estop_reset_needs_the_token_and_then_waits_for_a_new_instruction(ros, tiny_checkpoint):
     node, robot, instruction = start(ros, tiny_checkpoint)
     trajectories = ros.collect(JointTrajectory, "joint_trajectory")
     estop = ros.node.create_publisher(Bool, "estop", 10)
-    reset = ros.node.create_client(Trigger, "policy/reset_estop")
     ros.wait_subscribers(estop)
     instruction.publish(String(data="pick up the red cube"))
     ros.wait_for(lambda: len(chunks(trajectories)) >= 1, 20, "chunks")
@@ -168,17 +199,43 @@ def test_estop_latches_until_the_reset_service(ros, tiny_checkpoint):
     wait_for_every_hold(ros, node, trajectories)
     n = len(trajectories)
     estop.publish(Bool(data=False))  # does not clear it
-    instruction.publish(String(data="push the blue block"))  # neither does a new instruction
-    time.sleep(1.0)
+    instruction.publish(String(data="push the blue block"))  # neither does a new instruction: it is discarded
+    ros.wait_for(lambda: node.controller.metrics.discarded_instructions == 1, 5, "the instruction to be discarded")
+    # Anyone on the domain may call the service; without the operator's token it refuses.
+    assert not call_reset(ros, parameters=[]).successful
+    refused = call_reset(ros, "not-the-token-0123456789")
+    assert not refused.successful and "wrong token" in refused.reason
+    assert node.controller.mode == "estop" and node.controller.metrics.refused_resets == 2
     assert all(len(t.points) == 1 for t in trajectories[n - 1:]), "only holds while latched"
-    assert node.controller.mode == "estop"
-    assert reset.wait_for_service(timeout_sec=5)
-    done = threading.Event()
-    future = reset.call_async(Trigger.Request())
-    future.add_done_callback(lambda f: done.set())
-    assert done.wait(5) and future.result().success
-    ros.wait_for(lambda: len(chunks(trajectories[n:])) >= 1, 10, "planning after the reset")
+    token = (node.state_dir / "token").read_text().strip()
+    assert call_reset(ros, token).successful
+    assert node.controller.mode == "idle"
+    n = len(trajectories)
+    time.sleep(1.0)  # the instruction that arrived during the e-stop is not executed
+    assert chunks(trajectories[n:]) == [] and node.controller.mode == "idle"
+    instruction.publish(String(data="pick up the red cube"))
+    ros.wait_for(lambda: len(chunks(trajectories[n:])) >= 1, 10, "planning after a new instruction")
     assert_safe(trajectories)
+
+
+def test_a_restart_while_latched_stays_latched(ros, tiny_checkpoint):
+    node, robot, instruction = start(ros, tiny_checkpoint)
+    estop = ros.node.create_publisher(Bool, "estop", 10)
+    ros.wait_subscribers(estop)
+    estop.publish(Bool(data=True))
+    ros.wait_for(lambda: node.controller.mode == "estop", 5, "the latch")
+    files = {"estop_latch_file": str(node.state_dir / "estop.json"), "estop_token_file": str(node.state_dir / "token")}
+    ros.nodes.remove(node)
+    ros.executor.remove_node(node)
+    node.close()
+    node.destroy_node()  # the process would exit here; the latch is on disk
+    restarted, _, instruction = start(ros, tiny_checkpoint, **files)
+    trajectories = ros.collect(JointTrajectory, "joint_trajectory")
+    assert restarted.controller.mode == "estop" and restarted.controller.estop.reason == "estop topic"
+    instruction.publish(String(data="pick up the red cube"))
+    ros.wait_for(lambda: restarted.controller.metrics.discarded_instructions == 1, 5, "the instruction discarded")
+    time.sleep(0.5)
+    assert chunks(trajectories) == []
 
 
 def test_dry_run_publishes_no_command(ros, tiny_checkpoint):
@@ -201,9 +258,9 @@ def _body_and_align_run(tmp_path):
 
     body = MoTPolicy(PolicyConfig.preset("tiny"))
     body.set_target_points("sim")
-    checkpoint = body.save(tmp_path / "body")
+    checkpoint = save_checkpoint(body, tmp_path / "body")
     align = MoTPolicy(PolicyConfig.preset("tiny"))
-    align.save(tmp_path / "align" / "checkpoint")
+    save_checkpoint(align, tmp_path / "align" / "checkpoint")
     head = {f"head.{k}": v for k, v in GroundingHead(align.dims.width).state_dict().items()}
     torch.save({"config": {"stage": "align"}, "params": head, "ema": None}, tmp_path / "align" / "train_state.pt")
     return checkpoint
@@ -226,7 +283,7 @@ def test_a_target_points_checkpoint_plans_with_its_pointer_and_is_refused_withou
 
 def test_a_packed_checkpoint_brings_its_own_pointer(ros, tmp_path):
     """`mot pack --pointer`: with points_from left empty the node plans with the pointer the checkpoint bundles."""
-    from policy.checkpoint import main as pack
+    from policy.cli import pack_main as pack
 
     checkpoint = _body_and_align_run(tmp_path)
     assert pack(["--checkpoint", str(checkpoint), "--pointer", str(tmp_path / "align"),
