@@ -57,3 +57,36 @@ def test_trajectory_round_trip():
     assert np.allclose(times, [0.0, 0.1, 0.2, 0.3])
     assert np.array_equal(back, points[:, ::-1])
     assert list(msg.points[-1].velocities) == [0.0, 0.0, 0.0]  # the last point holds
+
+
+# -- instructions: serialized std_msgs/String -> text, strict UTF-8 (issue 19) --------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+from rclpy.serialization import serialize_message  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from ros_nodes.common import decode_string  # noqa: E402
+
+
+def _raw(payload: bytes) -> bytes:
+    placeholder = b"\x01" * len(payload)
+    return serialize_message(String(data=placeholder.decode())).replace(placeholder, payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.characters(blacklist_characters="\x00"), max_size=300))
+def test_decode_string_round_trips_what_rclpy_serializes(text):
+    assert decode_string(serialize_message(String(data=text))) == text
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xfe", b"pick up \xc3", b"\xed\xa0\x80", b"stop\x80"])
+def test_non_utf8_instructions_are_dropped_not_replaced(payload):
+    """rclpy's own deserializer turns these into U+FFFD text; ours refuses them."""
+    with pytest.raises(ValueError, match="UTF-8"):
+        decode_string(_raw(payload))
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00\x01\x00\x00", b"\x00\x01\x00\x00\xff\x00\x00\x00abc\x00",
+                                 b"\x09\x09\x00\x00\x02\x00\x00\x00a\x00", b"\x00\x01\x00\x00\x02\x00\x00\x00ab"])
+def test_truncated_or_foreign_buffers_are_refused(raw):
+    with pytest.raises(ValueError, match="instruction"):
+        decode_string(raw)

@@ -1,0 +1,79 @@
+"""The e-stop reset token and the /diagnostics status, without a ROS graph."""
+
+import stat
+
+import pytest
+
+from ros_nodes.diagnostics import ERROR, OK, WARN, assess, diagnostic_array
+from ros_nodes.estop import (ensure_token, read_token, reset_request, token_file_warning, token_from_request,
+                             token_matches)
+
+
+def test_a_token_file_is_created_private_once_and_read_back(tmp_path):
+    path = tmp_path / "cfg" / "estop_token"
+    token, created = ensure_token(path)
+    assert created and len(token) >= 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_token(path) == (token, False) and read_token(path) == token
+    assert token_file_warning(path) == ""
+    path.chmod(0o644)
+    assert "chmod 600" in token_file_warning(path)
+
+
+def test_a_short_or_missing_token_file_is_refused(tmp_path):
+    (tmp_path / "short").write_text("abc\n")
+    with pytest.raises(ValueError, match="at least 16"):
+        read_token(tmp_path / "short")
+    with pytest.raises(ValueError, match="readable"):
+        read_token(tmp_path / "missing")
+
+
+def test_only_the_exact_token_matches():
+    token = b"s3cret-token-0123456789"
+    assert token_matches(token, "s3cret-token-0123456789") and token_matches(token, " s3cret-token-0123456789\n")
+    assert not token_matches(token, "s3cret-token-012345678") and not token_matches(token, "")
+    assert not token_matches(None, "anything") and not token_matches(b"", "")
+
+
+def test_the_reset_request_carries_exactly_one_string_token():
+    from rcl_interfaces.msg import Parameter, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    assert token_from_request(reset_request("abc")) == "abc"
+    assert token_from_request(SetParameters.Request()) is None
+    two = reset_request("abc")
+    two.parameters.append(Parameter(name="token", value=ParameterValue(type=4, string_value="x")))
+    assert token_from_request(two) is None
+    wrong_type = SetParameters.Request(parameters=[Parameter(name="token", value=ParameterValue(type=2, integer_value=1))])
+    assert token_from_request(wrong_type) is None
+
+
+STATUS = {"mode": "running", "estop": False, "estop_reason": "", "estop_persisted": True, "estop_persist_error": "",
+          "error": "", "fault": "", "stale": [], "dry_run": False, "input_age_s": {"camera/front": 0.05, "joint_states": None},
+          "stamp_delay_s": {"camera/front": 0.012}, "instruction": "pick", "pending_instruction": "",
+          "inference": {"n": 3, "median_ms": 80.0, "p99_ms": 95.0, "max_ms": 96.0, "last_ms": 81.0},
+          "latency": {"n": 3, "p99_ms": 99.0}, "chunks": 3, "holds": 0, "starved_ticks": 0, "unsafe_chunks": 0,
+          "rejected_messages": 2, "rejections": {"jump": 2}, "last_rejection": {"jump": "joint 0 jumped"},
+          "discarded_instructions": 0, "refused_resets": 0, "faults": 0}
+
+
+@pytest.mark.parametrize("change,new,level,words", [
+    ({}, 0, OK, "running"), ({}, 2, WARN, "rejected"),
+    ({"mode": "hold", "stale": ["camera/front"]}, 0, WARN, "holding"),
+    ({"mode": "estop", "estop": True, "estop_reason": "estop topic"}, 0, WARN, "e-stop latched"),
+    ({"mode": "fault", "fault": "inference worker: boom"}, 0, ERROR, "fault"),
+    ({"estop": True, "estop_persist_error": "cannot write /x"}, 0, ERROR, "not persisted")])
+def test_diagnostic_levels(change, new, level, words):
+    got, message, pairs = assess({**STATUS, **change}, new_rejections=new)
+    assert got == level and words in message
+    values = dict(pairs)
+    assert values["input_age_s/camera/front"] == "0.05" and values["input_age_s/joint_states"] == "never"
+    assert values["inference_ms/median"] == "80" and values["rejected/jump"] == "2"
+    assert all(isinstance(v, str) for v in values.values())
+
+
+def test_one_diagnostic_status_per_node():
+    from builtin_interfaces.msg import Time
+
+    array = diagnostic_array("policy_node: policy", "ckpt", STATUS, 0, stamp=Time(sec=5))
+    assert len(array.status) == 1 and array.status[0].name == "policy_node: policy"
+    assert array.status[0].level == bytes([OK]) and array.header.stamp.sec == 5
