@@ -29,7 +29,9 @@ source resolution (CompressedImage JPEGs are kept as they are, not re-encoded).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -135,9 +137,17 @@ def _storage(bag: Path) -> str:
         raise DatasetError(f"bag: expected {meta} (a ROS 2 bag directory), received none readable ({e})") from e
 
 
-def _reader(bag: Path) -> AnyReader:
+@contextlib.contextmanager
+def _reader(bag: Path):
+    """An open AnyReader on the ROS 2 bag directory `bag`."""
     _storage(bag)
-    return AnyReader([bag], default_typestore=get_typestore(Stores.LATEST))
+    with tempfile.TemporaryDirectory() as tmp:
+        if bag.suffix == ".bag":  # AnyReader takes "*.bag" for ROS 1: read it through a link without the suffix
+            link = Path(tmp) / "bag"
+            link.symlink_to(bag.resolve(), target_is_directory=True)
+            bag = link
+        with AnyReader([bag], default_typestore=get_typestore(Stores.LATEST)) as reader:
+            yield reader
 
 
 def bag_info(bag: str | Path) -> dict:
@@ -271,27 +281,31 @@ def import_rosbag(bag: str | Path, out: str | Path, topics: str | Path | dict | 
 
         # Pass 1: every stream's stamps; small messages' values (images: their ordinal, decoded in pass 2).
         streams = {k: _Stream() for k in wanted}
-        key_of = {by_topic[v].id: k for k, v in wanted.items()}
+        keys_of: dict[int, list[str]] = {}  # a topic may serve twice (instruction and episode_topic)
+        for k, v in wanted.items():
+            keys_of.setdefault(by_topic[v].id, []).append(k)
         ordinals = {k: 0 for k in wanted}
         joints = list(cfg.joints) if cfg.joints else None
-        for conn, log_ns, raw in reader.messages(connections=[by_topic[v] for v in wanted.values()]):
-            key = key_of[conn.id]
+        connections = list({by_topic[v].id: by_topic[v] for v in wanted.values()}.values())
+        for conn, log_ns, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, conn.msgtype)
-            stream = streams[key]
-            stream.stamps.append(_stamp(msg, log_ns))
-            if key.startswith("camera:"):
-                stream.values.append(ordinals[key])
-                ordinals[key] += 1
-            elif key == "state":
-                if joints is None:
-                    joints = [str(n) for n in msg.name]
-                stream.values.append(_ordered(list(msg.name), msg.position, joints, "state"))
-            elif key == "action":
-                stream.values.append(_action_value(msg, conn.msgtype, joints, _stamp(msg, log_ns)))
-            elif key in ("instruction", "status"):
-                stream.values.append(str(msg.data))
-            else:
-                stream.values.append(None)
+            stamp = _stamp(msg, log_ns)
+            for key in keys_of[conn.id]:
+                stream = streams[key]
+                stream.stamps.append(stamp)
+                if key.startswith("camera:"):
+                    stream.values.append(ordinals[key])
+                    ordinals[key] += 1
+                elif key == "state":
+                    if joints is None:
+                        joints = [str(n) for n in msg.name]
+                    stream.values.append(_ordered(list(msg.name), msg.position, joints, "state"))
+                elif key == "action":
+                    stream.values.append(_action_value(msg, conn.msgtype, joints, stamp))
+                elif key in ("instruction", "status"):
+                    stream.values.append(str(msg.data))
+                else:
+                    stream.values.append(None)
         for key in ("state", "instruction", *(k for k in wanted if k.startswith("camera:"))):
             if not streams[key].stamps:
                 raise DatasetError(f"bag: expected messages on {wanted[key]}, received none")
@@ -308,13 +322,18 @@ def import_rosbag(bag: str | Path, out: str | Path, topics: str | Path | dict | 
         image_conns = [by_topic[wanted[k]] for k in needed]
         total = sum(len(v) for v in needed.values())
         bar = tqdm(total=total, desc="import rosbag", unit="frame", disable=not progress)
+        image_conns = list({c.id: c for c in image_conns}.values())
         for conn, _, raw in reader.messages(connections=image_conns):
-            key = key_of[conn.id]
-            n = counters[key]
-            counters[key] += 1
-            if n in needed[key]:
-                jpegs[key][n] = _jpeg(reader.deserialize(raw, conn.msgtype), conn.msgtype)
-                bar.update(1)
+            msg = None
+            for key in keys_of[conn.id]:
+                if key not in needed:
+                    continue
+                n = counters[key]
+                counters[key] += 1
+                if n in needed[key]:
+                    msg = msg or reader.deserialize(raw, conn.msgtype)
+                    jpegs[key][n] = _jpeg(msg, conn.msgtype)
+                    bar.update(1)
         bar.close()
 
     # Assemble the episodes.
