@@ -19,7 +19,7 @@ from training.cli import pick
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = {"inference": "inference.py", "sim": "sim.py", "train": "train.py", "ros": "ros_latency.py",
-           "language": "language.py"}
+           "language": "language.py", "speech": "speech.py"}
 
 
 def load_script(name: str):
