@@ -50,6 +50,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 import cv2
 import numpy as np
 import pyarrow as pa
@@ -326,6 +327,9 @@ class _VideoCursor:
         self.container = None
         self.frames = None
         self.prev = self.cur = None  # decoded av.VideoFrame before / at the cursor
+        # one reformatter for all frames: it keeps its swscale context (Frame.to_ndarray(format=) builds one
+        # per frame, several times slower)
+        self.reformatter = VideoReformatter()
 
     def close(self) -> None:
         if self.container is not None:
@@ -365,7 +369,7 @@ class _VideoCursor:
                 got = "no frame" if best is None else f"the nearest at {best.time:.4f} s"
                 raise DatasetError(f"lerobot: expected a frame at {target:.4f} s in {path} (within {tolerance:.4f} s), "
                                    f"received {got}")
-            out.append(best.to_ndarray(format="rgb24"))
+            out.append(self.reformatter.reformat(best, format="rgb24").to_ndarray())
         return out
 
 
