@@ -43,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from policy.errors import InputError
+from policy.options import parse
 from training.data import (
     GROUNDING_KEYS,
     Episode,
@@ -291,9 +292,7 @@ class CollectConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tyro
-
-    args = tyro.cli(CollectConfig, args=argv, prog="mot collect")
+    args = parse(CollectConfig, argv, "mot collect", "Scripted-expert demonstrations to disk (resumable, parallel).")
     tasks = task_families(args.env) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     manifest = collect(args.out, args.episodes, tasks, args.split, args.workers, args.seed, args.image_size,
                        args.env, args.expert, action_noise=args.action_noise)

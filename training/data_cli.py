@@ -17,12 +17,13 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 from tyro.conf import Positional
 
 from policy.errors import InputError
+from policy.options import parse
 from training.data import dataset_features, load_manifest, read_episodes
 
 
@@ -31,7 +32,7 @@ from training.data import dataset_features, load_manifest, read_episodes
 class InfoConfig:
     """Counts, sizes, fps, cameras and source format of a dataset (JSON on stdout)."""
 
-    dir: Positional[Path]
+    dir: Positional[Annotated[Path, tyro.conf.arg(metavar="DIR")]]
     """a dataset: ours (collected or imported), a LeRobot dataset root (meta/info.json) or a ROS 2 bag"""
 
 
@@ -39,7 +40,7 @@ class InfoConfig:
 class VideoConfig:
     """One episode as an mp4: the cameras side by side, the instruction on top."""
 
-    dir: Positional[Path]
+    dir: Positional[Annotated[Path, tyro.conf.arg(metavar="DIR")]]
     """our dataset directory"""
     episode: int
     """episode seed (as in episode_<seed>.npz)"""
@@ -51,7 +52,7 @@ class VideoConfig:
 class ImportLerobotConfig:
     """A LeRobot dataset on disk (v3.0 or v2.1) -> our training dataset (resumable)."""
 
-    src: Positional[Path]
+    src: Positional[Annotated[Path, tyro.conf.arg(metavar="SRC")]]
     """the LeRobot dataset's root (the folder with meta/info.json)"""
     out: Path
     """our dataset directory to write (an existing import of the same source is resumed)"""
@@ -72,7 +73,7 @@ class ImportLerobotConfig:
 class ImportRosbagConfig:
     """A ROS 2 bag (mcap or sqlite3, read with rosbags: no ROS install) -> our training dataset."""
 
-    bag: Positional[Path]
+    bag: Positional[Annotated[Path, tyro.conf.arg(metavar="BAG")]]
     """the bag directory (metadata.yaml + .mcap/.db3) or a single .mcap file"""
     out: Path
     """our dataset directory to write (must be new or an import of the same bag)"""
@@ -92,7 +93,7 @@ class ImportRosbagConfig:
 class ExportConfig:
     """Our dataset -> another format on disk (LeRobot v3.0: parquet + H.264 mp4 + meta/)."""
 
-    dir: Positional[Path]
+    dir: Positional[Annotated[Path, tyro.conf.arg(metavar="DIR")]]
     """our dataset directory"""
     out: Path
     """the directory to create"""
@@ -115,8 +116,8 @@ class ExportConfig:
 
 
 def _cli(config, argv: list[str], prog: str):
-    """tyro over a config dataclass; positional arguments shown by their field name (SRC, BAG, DIR)."""
-    return tyro.cli(config, args=argv, prog=prog, config=(tyro.conf.PositionalMetavarFromFieldName,))
+    """argv -> the validated config (policy.options.parse: one-line InputError for a CLI mistake)."""
+    return parse(config, argv, prog, (config.__doc__ or "").strip())
 
 
 # -- commands ------------------------------------------------------------------------------------------

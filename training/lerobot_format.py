@@ -50,13 +50,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-from av.video.reformatter import VideoReformatter
 import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
+from av.video.reformatter import VideoReformatter
 from tqdm import tqdm
 
 from policy.artifacts import atomic_path, atomic_write_json, temp_dir_beside

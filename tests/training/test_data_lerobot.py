@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
