@@ -17,15 +17,15 @@ Prints one JSON object:
   threads/device) and MFU = FLOPs / time / peak;
 - the ratios the issues set targets on: cached / naive chunk, backend / torch-eager chunk.
 
-An untrained policy is used unless --checkpoint is given (adaLN gates are randomised so the body
-does real work; cost does not depend on the weights). Timings on a shared machine are noisy:
+It times the shipped checkpoint (checkpoints/default) unless --checkpoint names another; an untrained
+preset only with --random-weights (adaLN gates randomised so the body does real work), and the JSON
+says so in "weights". Timings on a shared machine are noisy:
 every figure is timed round-robin with the others (so load hits all alike), and median, p90 and
 min are reported.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -40,10 +40,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from policy.checkpoint import load_checkpoint
+from dataclasses import dataclass  # noqa: E402
+from typing import Literal  # noqa: E402
+
 from policy import MoTPolicy, PolicyConfig  # noqa: E402
-from policy.model import euler_sample  # noqa: E402
+from policy.attention import euler_sample  # noqa: E402
+from policy.backends import physical_cores  # noqa: E402
+from policy.checkpoint import load_checkpoint  # noqa: E402
+from policy.errors import InputError  # noqa: E402
+from policy.options import parse  # noqa: E402
+from policy.pointing import Pointer  # noqa: E402
 from policy.runtime import PolicyRunner  # noqa: E402
+
+DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
 
 
 def summarize(times: list[float]) -> dict[str, float]:
@@ -130,7 +139,7 @@ def count_flops(policy: MoTPolicy, fn) -> int:
 
 
 def build_policy(args) -> tuple[MoTPolicy, Path | None]:
-    if args.checkpoint:
+    if not args.random_weights:
         return load_checkpoint(args.checkpoint), Path(args.checkpoint)
     torch.manual_seed(0)
     policy = MoTPolicy(PolicyConfig.preset(args.preset))
@@ -188,21 +197,37 @@ def count_text_encodes(runner: PolicyRunner, fn, calls: int = 3) -> int:
     return len(count)
 
 
+@dataclass
+class InferenceBenchConfig:
+    checkpoint: Path = DEFAULT_CHECKPOINT
+    """the checkpoint to time (default: the shipped one, what users run)"""
+    random_weights: bool = False
+    """time an untrained --preset policy instead of a checkpoint (its figures are labelled random weights)"""
+    preset: Literal["tiny", "small"] = "small"
+    """with --random-weights: the preset to build"""
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    """which runtime runs the graphs"""
+    batch: int = 1
+    """observations per call"""
+    iters: int = 20
+    """timed iterations per figure (denoise step: 3x)"""
+    naive_iters: int | None = None
+    """iterations of the naive chunk (default iters/4)"""
+    threads: int | None = None
+    """CPU threads (default: physical cores)"""
+    onnx_dir: Path | None = None
+    """exported graphs (default: <checkpoint>/onnx or the mot cache)"""
+    json: bool = False
+    """print only the JSON object"""
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "iters"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"{name}: expected an int > 0, received {getattr(self, name)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mot bench inference", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="small", help="policy preset (tiny|small); ignored with --checkpoint")
-    parser.add_argument("--checkpoint", help="a checkpoint directory instead of an untrained preset")
-    parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=20, help="timed iterations per figure (denoise step: 3x)")
-    parser.add_argument("--naive-iters", type=int, default=None, help="iterations of the naive chunk (default iters/4)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
-    parser.add_argument("--onnx-dir", help="exported graphs (default: <checkpoint>/onnx or the mot cache)")
-    parser.add_argument("--json", action="store_true", help="print only the JSON object")
-    args = parser.parse_args(argv)
-
-    from policy.backends import physical_cores
-
+    args = parse(InferenceBenchConfig, argv, "mot bench inference", __doc__.split("\n\n")[0])
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
     policy, ckpt = build_policy(args)
@@ -219,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         options = {"onnx_dir": args.onnx_dir, "max_batch": max(1, b), "opt_batch": b}
     # A target_points checkpoint: its bundled pointer runs (torch) inside PolicyRunner.infer, as on a robot;
     # without one, the graphs are timed on a state that already carries the points.
-    from policy.pointing import Pointer
-
     pointer = Pointer.bundled(ckpt) if ckpt is not None and cfg.target_points is not None else None
     privileged = cfg.target_points is not None and pointer is None
     t0 = time.perf_counter()
@@ -287,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "inference",
         "command": "mot bench inference " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "preset": None if args.checkpoint else args.preset,
-        "checkpoint": args.checkpoint,
+        "weights": "random (untrained preset): not the product's figures" if args.random_weights else "checkpoint",
+        "preset": args.preset if args.random_weights else None,
+        "checkpoint": None if args.random_weights else str(args.checkpoint),
         "pointer": pointer.source if pointer is not None else None,
         "backend": args.backend,
         "batch": b,

@@ -21,7 +21,6 @@ and reports how often it means the same colour / shape:
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -29,10 +28,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dataclasses import dataclass  # noqa: E402
+
 import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 from transformers import BertModel  # noqa: E402
 
+from policy.options import parse  # noqa: E402
 from policy.language import resolve_language_model  # noqa: E402
 from sim.language import COLOR_WORDS, SHAPE_WORDS  # noqa: E402
 
@@ -105,11 +107,16 @@ def measure(folder: str | None = None) -> dict:
             "chance_colour": round(1 / len(COLOR_WORDS["train"]), 4)}
 
 
+@dataclass
+class LanguageBenchConfig:
+    json: bool = False
+    """print one JSON object"""
+    language_model: str | None = None
+    """a BERT folder (default: the installed MiniLM-L6)"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--language-model", default=None, help="a BERT folder (default: the installed MiniLM-L6)")
-    args = p.parse_args(argv)
+    args = parse(LanguageBenchConfig, argv, "mot bench language", __doc__.split("\n\n")[0])
     result = measure(args.language_model)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0

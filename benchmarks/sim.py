@@ -13,7 +13,6 @@ Figures (one process, one core, same run):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,6 +24,10 @@ import numpy as np  # noqa: E402
 
 import sim  # noqa: E402  (sets MUJOCO_GL before mujoco is imported)
 import mujoco  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Literal  # noqa: E402
+
+from policy.options import parse  # noqa: E402
 
 
 def _rate(fn, n: int) -> float:
@@ -89,14 +92,22 @@ def measure_experts(episodes: int, split: str) -> dict:
     return res
 
 
+@dataclass
+class SimBenchConfig:
+    json: bool = False
+    """print one JSON object"""
+    episodes: int = 200
+    """expert episodes per family"""
+    steps: int = 300
+    """env steps per throughput figure"""
+    image_size: int = 128
+    """camera frame size, px"""
+    split: Literal["train", "heldout"] = "train"
+    """which scenes and instructions"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--episodes", type=int, default=200, help="expert episodes per family")
-    p.add_argument("--steps", type=int, default=300, help="env steps per throughput figure")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--split", default="train", choices=sim.SPLITS)
-    args = p.parse_args(argv)
+    args = parse(SimBenchConfig, argv, "mot bench sim", __doc__.split("\n\n")[0])
 
     result = {
         "mujoco": mujoco.__version__,

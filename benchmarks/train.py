@@ -14,7 +14,6 @@ Without --data, 8 scripted episodes are collected into a temporary directory fir
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,10 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataclasses import dataclass  # noqa: E402
+from typing import Literal  # noqa: E402
+
 from policy import MoTPolicy, NormStats, PolicyConfig  # noqa: E402
+from policy.options import parse  # noqa: E402
 from training.data import ChunkDataset, read_episodes  # noqa: E402
 from training.prefix_cache import PrefixCache  # noqa: E402
-from training.train import StageLoss  # noqa: E402
+from training.losses import StageLoss  # noqa: E402
 
 
 def samples_per_s(step, batch_size: int, iters: int) -> float:
@@ -56,17 +59,26 @@ def optimizer_step(module: torch.nn.Module, loss_fn):
     return step
 
 
+@dataclass
+class TrainBenchConfig:
+    data: Path | None = None
+    """dataset from `mot collect` (default: collect 8 episodes into a temporary directory)"""
+    preset: Literal["tiny", "small"] = "small"
+    """policy preset (random weights: training cost does not depend on them)"""
+    episodes: int = 8
+    """episodes of --data to use (the cache is built over them)"""
+    image_token_stride: Literal[16, 32] | None = None
+    """PolicyConfig.image_token_stride (default: the preset's)"""
+    batch_size: int = 16
+    """samples per step"""
+    iters: int = 5
+    """timed steps per figure"""
+    json: bool = True
+    """print one JSON object (always; kept for symmetry with the other benchmarks)"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=None, help="dataset from `mot collect` (default: collect 8 episodes)")
-    p.add_argument("--preset", default="small", choices=["tiny", "small"])
-    p.add_argument("--episodes", type=int, default=8, help="episodes of --data to use (the cache is built over them)")
-    p.add_argument("--image-token-stride", type=int, choices=[16, 32], default=None,
-                   help="PolicyConfig.image_token_stride (default: the preset's)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--json", action="store_true", help="(always JSON; kept for symmetry with the other benchmarks)")
-    args = p.parse_args(argv)
+    args = parse(TrainBenchConfig, argv, "mot bench train", __doc__.splitlines()[0])
     torch.manual_seed(0)
     overrides = {} if args.image_token_stride is None else {"image_token_stride": args.image_token_stride}
     cfg = PolicyConfig.preset(args.preset, **overrides)

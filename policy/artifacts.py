@@ -20,6 +20,33 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Removes what a killed writer of `path` left beside it: temporaries named `.<name>.<pid>.*.tmp*`
+    (and `.old-<pid>` directories) whose process no longer runs. A live writer's are kept."""
+    for other in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        parts = other.name[len(path.name) + 2:].split(".", 1)
+        pid = parts[0].removeprefix("old-")
+        if pid.isdigit() and (".tmp" in other.name or parts[0].startswith("old-")) and not _alive(int(pid)):
+            if other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
+            else:
+                other.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 def current_umask() -> int:
     """The process umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0)
@@ -36,7 +63,8 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     Side files a writer adds next to it (ONNX external data: "<tmp>.data") are removed too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    remove_stale_temps(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -73,13 +101,16 @@ def atomic_directory(directory: str | Path, write: Callable[[Path], None]) -> Pa
     tmp = temp_dir_beside(directory)
     try:
         write(tmp)
+        mask = current_umask()
         for path in sorted(tmp.rglob("*")):
+            # Writers that make their own temp files (safetensors: 0600) get the mode open() would give.
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
             if path.is_file():
                 with open(path, "rb") as f:
                     os.fsync(f.fileno())
         old = None
         if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")  # (see remove_stale_temps)
             os.replace(directory, old)
         os.replace(tmp, directory)
         if old is not None:
@@ -95,7 +126,8 @@ def temp_dir_beside(path: str | Path) -> Path:
     umask's mode: tempfile.mkdtemp makes 0700, which would make the final directory unreadable to others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import sys
 from typing import TypeVar
 
 import tyro
@@ -46,7 +47,8 @@ def parse(cls: type[T], argv: list[str] | None, prog: str, description: str, def
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            return tyro.cli(cls, args=list(argv or []), prog=prog, description=description, default=default)
+            args = sys.argv[1:] if argv is None else list(argv)  # a script's `main()`: its own command line
+            return tyro.cli(cls, args=args, prog=prog, description=description, default=default)
     except SystemExit as e:
         if e.code in (0, None):
             raise

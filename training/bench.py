@@ -29,6 +29,7 @@ def load_script(name: str):
         raise FileNotFoundError(f"mot bench {name}: expected {path}, it does not exist")
     spec = importlib.util.spec_from_file_location(f"mot_benchmarks_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (the scripts' configs) look their module up there
     spec.loader.exec_module(module)
     if not callable(getattr(module, "main", None)):
         raise AttributeError(f"mot bench {name}: {path} has no main(argv) function")

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("policy.cli:export_main", "export a checkpoint to ONNX (text encoder, observation encoder, denoiser)"),
     "recipe": ("training.recipe:main", "run a whole pipeline from one file: `mot recipe run recipes/tabletop.yaml --out DIR`"),
     "collect": ("training.collect:main", "scripted-expert demonstrations to disk (resumable, parallel)"),
-    "data": ("training.data_cli:main", "inspect a dataset: `mot data info DIR`, `mot data video DIR --episode K`"),
+    "data": ("training.data_cli:main", "datasets: mot data info|video|import lerobot|rosbag|export --format lerobot"),
     "train": ("training.train:main", "train a stage: --stage align (grounding) or --stage policy (flow matching)"),
     "eval": ("training.evaluate:main", "success per task family on the train and held-out splits, videos, JSON"),
     "run": ("training.run:main", "the main job: `mot run \"put the red cube on the blue pad\"` in sim"),

@@ -32,6 +32,10 @@ class EpisodeTrace:
         self.point_errs_px: dict[str, list[float]] = {}
 
     def observe(self, info: dict) -> None:
+        """Reads the sim's info (TCP, objects); an env that reports none of it (another robot) leaves the
+        trace empty and its episodes get success rates without diagnostics."""
+        if not {"tcp_pos", "target_object_pos", "objects"} <= set(info):
+            return
         tcp = np.asarray(info["tcp_pos"], np.float64)
         target = np.asarray(info["target_object_pos"], np.float64)
         self.closest_target = min(self.closest_target, float(np.linalg.norm(tcp - target)))
@@ -43,6 +47,8 @@ class EpisodeTrace:
             self.object_to_pad = float(np.linalg.norm(target[:2] - np.asarray(info["target_pad_pos"])[:2]))
 
     def summary(self) -> dict:
+        if not np.isfinite(self.closest_target):  # nothing observed (see observe)
+            return {}
         out = {"closest_target_m": self.closest_target, "went_to_target": self.closest_is_target}
         if self.object_to_pad is not None:
             out["object_to_pad_m"] = self.object_to_pad
@@ -59,6 +65,9 @@ class EpisodeTrace:
 
 def diagnostics(traces: list[dict]) -> dict:
     """Per-family means of `EpisodeTrace.summary()`s (medians for distances: a few wild episodes do not hide the rest)."""
+    traces = [t for t in traces if t]
+    if not traces:  # an env without the sim's info
+        return {}
     out = {"median_closest_target_m": round(float(np.median([t["closest_target_m"] for t in traces])), 4),
            "went_to_target_rate": round(float(np.mean([t["went_to_target"] for t in traces])), 3)}
     pads = [t["object_to_pad_m"] for t in traces if "object_to_pad_m" in t]

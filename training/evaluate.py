@@ -33,6 +33,7 @@ from policy.errors import InputError
 from policy.options import parse
 from policy.pointing import Pointer
 from policy.runtime import PolicyRunner
+from training.collect import DEFAULT_ENV, load_callable, task_families
 from training.data import ChunkDataset, pixels_from_info, read_episodes, split_episodes, target_point_vector
 from training.episode_trace import EpisodeTrace, diagnostics
 from training.paths import DEFAULT_CHECKPOINT
@@ -108,7 +109,19 @@ class ChunkedPolicy:
             trace.first_pad_point_err_px = float(np.linalg.norm(points[pad_at:pad_at + 2] - pad[0]) * cfg.image_size)
 
 
-def make_env(task: str, split: str, runner: PolicyRunner):
+def make_env(task: str, split: str, runner: PolicyRunner, env_spec: str | None = None):
+    """The sim's tabletop env for `task`, or `env_spec` ("module:factory", called as factory(task=, split=,
+    image_size=)): any env that follows the observation contract, e.g. the one a dataset was collected in."""
+    if env_spec is not None:
+        env = load_callable(env_spec)(task=task, split=split, image_size=runner.config.image_size)
+        cameras = set(env.observation_space["images"].spaces)
+        if cameras != set(runner.config.cameras):
+            raise InputError(f"env: expected cameras {sorted(runner.config.cameras)} (the checkpoint's), "
+                             f"{env_spec} has {sorted(cameras)}")
+        return env
+    if not set(runner.config.cameras) <= set(sim.CAMERAS):
+        raise InputError(f"env: the checkpoint reads cameras {list(runner.config.cameras)}, the tabletop sim has "
+                         f"{list(sim.CAMERAS)}; pass --env module:factory of the robot it was trained for")
     return gym.make("mot/Tabletop-v0", task=task, split=split, image_size=runner.config.image_size,
                     cameras=tuple(runner.config.cameras), render_mode="rgb_array")
 
@@ -143,10 +156,12 @@ def append_log(path: Path, record: dict) -> None:
 
 
 def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: list[str], execute_steps: int,
-             video: Path | None = None, progress: bool = True, log: Path | None = None) -> dict:
+             video: Path | None = None, progress: bool = True, log: Path | None = None,
+             env_spec: str | None = None) -> dict:
     """Closed-loop success per split and family. log: JSON lines, one per finished episode; episodes it
     already holds for this same evaluation are taken from it instead of being run again."""
     identity = {"checkpoint_id": getattr(runner.policy, "checkpoint_id", None), "backend": runner.backend.name,
+                "env": env_spec,
                 "execute_steps": execute_steps,
                 "target_points": runner.pointer.source if runner.pointer is not None else None}
     done = read_log(log, identity)
@@ -159,7 +174,7 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
     for split in splits:
         per_family = {}
         for family in families:
-            env = make_env(family, split, runner)
+            env = make_env(family, split, runner, env_spec)
             wins, traces = 0, []
             for i in range(episodes):
                 record = done.get((split, family, i))
@@ -264,7 +279,10 @@ class EvalConfig:
     split: Literal["train", "heldout", "both"] = "both"
     """instruction split: train words, held-out paraphrases, or both"""
     tasks: str = "all"
-    """comma-separated task families (reach, pick, push, place) or 'all'"""
+    """comma-separated task families (reach, pick, push, place) or 'all' (the --env factory's TASK_FAMILIES)"""
+    env: str | None = None
+    """another env to roll out in, "module:factory" (called with task=, split=, image_size=; as `mot collect
+    --env`): any env that follows the observation contract (default: the MuJoCo tabletop)"""
     execute_steps: int | None = None
     """actions executed per chunk before re-planning (default: horizon / 2)"""
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
@@ -295,14 +313,15 @@ class EvalConfig:
                 raise InputError(f"{name}: expected an int > 0, received {getattr(self, name)}")
         if self.execute_steps is not None and self.execute_steps <= 0:
             raise InputError(f"execute_steps: expected an int > 0, received {self.execute_steps}")
-        unknown = sorted(set(self.families()) - set(sim.TASK_FAMILIES))
+        known = task_families(self.env or DEFAULT_ENV)
+        unknown = sorted(set(self.families()) - set(known))
         if unknown:
-            raise InputError(f"tasks: expected 'all' or families among {list(sim.TASK_FAMILIES)}, received {unknown}")
+            raise InputError(f"tasks: expected 'all' or families among {known}, received {unknown}")
         if self.sim_points and self.points_from:
             raise InputError("sim_points: expected without --points-from (they name two sources of target points)")
 
     def families(self) -> list[str]:
-        return list(sim.TASK_FAMILIES) if self.tasks == "all" else [t.strip() for t in self.tasks.split(",")]
+        return task_families(self.env or DEFAULT_ENV) if self.tasks == "all" else [t.strip() for t in self.tasks.split(",")]
 
     def splits(self) -> list[str]:
         return ["train", "heldout"] if self.split == "both" else [self.split]
@@ -327,7 +346,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     print(f"eval: {cfg.episodes} episodes x {len(families)} families x {len(splits)} splits = "
           f"{cfg.episodes * len(families) * len(splits)} episodes", file=sys.stderr)
     results = {"checkpoint": str(cfg.checkpoint), "checkpoint_id": checkpoint_id(cfg.checkpoint), "backend": cfg.backend,
-               **evaluate(runner, cfg.episodes, splits, families, execute, cfg.video, progress, cfg.log_path())}
+               **evaluate(runner, cfg.episodes, splits, families, execute, cfg.video, progress, cfg.log_path(),
+                         cfg.env)}
     summary = cfg.summary or ((cfg.video or cfg.out or Path("eval.json")).with_suffix(".png"))
     results["summary_png"] = str(summary_png(results, summary))
     if cfg.out:

@@ -41,7 +41,7 @@ from policy.checkpoint import STORAGE_DTYPES, load_checkpoint, save_checkpoint
 from policy.errors import InputError
 from policy.options import parse
 from training.config import RETIRED_FIELDS, TrainConfig
-from training.data import ChunkDataset, read_episodes, split_episodes
+from training.data import ChunkDataset, DatasetFeatures, dataset_features, read_episodes, split_episodes
 from training.holdout import evaluate_stage
 from training.losses import StageLoss
 from training.metrics import MetricsLog
@@ -64,9 +64,28 @@ def batch_indices(step: int, rank: int, cfg: TrainConfig, n: int) -> np.ndarray:
 
 
 # -- the policy and its data -------------------------------------------------------------------------
-def build_policy(cfg: TrainConfig) -> MoTPolicy:
-    """A new policy from the preset, or the --init checkpoint; then the body's action space and target
-    points, which are chosen when the body starts training."""
+def action_mask(cfg: TrainConfig, features: DatasetFeatures) -> tuple[bool, ...] | None:
+    """Which action dimensions a new body predicts relative to the state: the dataset's own mask (joint
+    targets named like the state's joints, not the gripper) when it has one, else the preset's when it fits
+    the dataset's action size; none with --delta-actions off."""
+    preset = PolicyConfig.preset(cfg.preset).delta_action_mask
+    fits = preset if preset is not None and len(preset) == features.action_dim <= features.state_dim else None
+    known = features.delta_action_mask if features.delta_action_mask and any(features.delta_action_mask) else None
+    if cfg.delta_actions == "off":
+        return None
+    mask = known or fits
+    if cfg.delta_actions == "on" and mask is None:
+        raise InputError(f"delta_actions: 'on' needs to know which actions are joint targets: the dataset names none "
+                         f"(state {features.state_names}, actions {features.action_names}) and preset {cfg.preset!r} "
+                         f"defines no delta_action_mask for {features.action_dim} actions")
+    return mask
+
+
+def build_policy(cfg: TrainConfig, features: DatasetFeatures) -> MoTPolicy:
+    """A new policy fits its dataset (as LeRobot builds a policy's features from its dataset): cameras, state
+    and action sizes and the relative action dimensions come from `features`, the architecture from the
+    preset. An --init checkpoint must fit the dataset already. Then the target points, chosen when the body
+    starts training."""
     if cfg.init:
         policy = load_checkpoint(cfg.init)
         if cfg.routing != policy.cfg.routing or cfg.prefix_mask != policy.cfg.prefix_mask:
@@ -75,15 +94,20 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
         if cfg.image_token_stride not in (None, policy.cfg.image_token_stride):
             raise InputError(f"image_token_stride: the init checkpoint's image tokens have stride "
                              f"{policy.cfg.image_token_stride}, this run asks for {cfg.image_token_stride}")
+        robot_state = policy.cfg.state_dim - (policy.cfg.target_point_dim if policy.cfg.target_points else 0)
+        got = (sorted(features.cameras), features.state_dim, features.action_dim)
+        if got != (sorted(policy.cfg.cameras), robot_state, policy.cfg.action_dim):
+            raise InputError(f"data: the init checkpoint reads cameras {sorted(policy.cfg.cameras)}, state {robot_state}, "
+                             f"actions {policy.cfg.action_dim}; the dataset has cameras {got[0]}, state {got[1]}, "
+                             f"actions {got[2]}")
+        if cfg.delta_actions is not None:  # the action space belongs to the body: chosen when it starts training
+            policy.set_delta_action_mask(action_mask(cfg, features))
     else:
         overrides = {} if cfg.image_token_stride is None else {"image_token_stride": cfg.image_token_stride}
-        policy = MoTPolicy(PolicyConfig.preset(cfg.preset, routing=cfg.routing, prefix_mask=cfg.prefix_mask,
-                                               **overrides))
-    if cfg.delta_actions is not None:
-        mask = PolicyConfig.preset(cfg.preset).delta_action_mask if cfg.delta_actions == "on" else None
-        if cfg.delta_actions == "on" and mask is None:
-            raise InputError(f"delta_actions: preset {cfg.preset!r} defines no delta_action_mask")
-        policy.set_delta_action_mask(mask)
+        policy = MoTPolicy(PolicyConfig.preset(
+            cfg.preset, routing=cfg.routing, prefix_mask=cfg.prefix_mask, cameras=features.cameras,
+            state_dim=features.state_dim, action_dim=features.action_dim,
+            delta_action_mask=action_mask(cfg, features), **overrides))
     if cfg.target_points is not None and policy.cfg.target_points != cfg.target_points:
         policy.set_target_points(cfg.target_points)  # (an --init checkpoint trained with them keeps its own)
     return policy
@@ -92,10 +116,11 @@ def build_policy(cfg: TrainConfig) -> MoTPolicy:
 def load_data(cfg: TrainConfig, policy: MoTPolicy, rank: int) -> tuple[ChunkDataset, ChunkDataset]:
     """(train, held-out) chunk datasets of cfg.data for `policy`; sets the policy's norm stats from the
     train split when the body starts (or a new policy)."""
-    manifest, episodes = read_episodes(cfg.data, warn=rank == 0)
+    _, episodes = read_episodes(cfg.data, warn=rank == 0)
+    if cfg.stage == "align" and not any(ep.track is not None for ep in episodes):
+        raise InputError(f"data: the align stage needs scene tracks (where each object is per frame), which "
+                         f"{cfg.data} lacks (imported data has none); train --stage policy on it instead")
     cameras = list(policy.cfg.cameras)
-    if sorted(cameras) != sorted(manifest["cameras"]):
-        raise InputError(f"data: expected cameras {cameras} (the policy's), received {manifest['cameras']}")
     train_eps, hold_eps = split_episodes(episodes, cfg.holdout_fraction, cfg.seed)
     points = policy.cfg.target_points is not None
     data = ChunkDataset(train_eps, cameras, policy.cfg.horizon, target_points=points)
@@ -199,7 +224,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    policy = build_policy(cfg)
+    policy = build_policy(cfg, dataset_features(cfg.data))
     data, holdout = load_data(cfg, policy, rank)
     policy.set_stage(cfg.stage, train_vision=cfg.train_vision)
     cache = prefix_cache(cfg, policy, data, rank, distributed, progress)

@@ -1,6 +1,7 @@
 """`mot train`: learning, checkpoints, exact resume, prefix cache, DDP."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -220,18 +221,24 @@ def test_runs_of_removed_experiments_are_refused_on_resume_and_old_configs_still
 
 
 def test_delta_actions_choose_the_action_space_of_the_trained_policy(sim_dataset, tmp_path):
+    from training.data import dataset_features
     from training.train import build_policy
 
+    features = dataset_features(sim_dataset)
     with pytest.raises(ValueError, match="delta_actions: expected 'on', 'off' or None"):
         _cfg(sim_dataset, tmp_path, delta_actions="yes")
-    with pytest.raises(ValueError, match="preset 'tiny' defines no delta_action_mask"):
-        build_policy(_cfg(sim_dataset, tmp_path, delta_actions="on"))
-    assert build_policy(_cfg(sim_dataset, tmp_path, preset="small")).cfg.delta_action_mask == (True,) * 6 + (False,)
-    assert build_policy(_cfg(sim_dataset, tmp_path, preset="small", delta_actions="off")).cfg.delta_action_mask is None
+    # The dataset names its joints: the joint targets are relative, the gripper absolute, whatever the preset.
+    assert features.delta_action_mask == (True,) * 6 + (False,)
+    assert build_policy(_cfg(sim_dataset, tmp_path), features).cfg.delta_action_mask == (True,) * 6 + (False,)
+    assert build_policy(_cfg(sim_dataset, tmp_path, delta_actions="off"), features).cfg.delta_action_mask is None
+    unnamed = dataclasses.replace(features, delta_action_mask=None, state_names=None, action_names=None)
+    assert build_policy(_cfg(sim_dataset, tmp_path, preset="small"), unnamed).cfg.delta_action_mask == (True,) * 6 + (False,)
+    with pytest.raises(ValueError, match="delta_actions: 'on' needs to know which actions are joint targets"):
+        build_policy(_cfg(sim_dataset, tmp_path, delta_actions="on"), unnamed)
     # From a checkpoint without them (e.g. align's), "on" sets them; the stats and the saved config follow.
     init = save_checkpoint(MoTPolicy(PolicyConfig.preset("tiny")), tmp_path / "init")
     absolute = load_checkpoint(train(_cfg(sim_dataset, tmp_path / "abs", init=str(init), steps=2, eval_every=2,
-                                         ckpt_every=2), progress=False)["checkpoint"])
+                                         ckpt_every=2, delta_actions="off"), progress=False)["checkpoint"])
     delta = load_checkpoint(train(_cfg(sim_dataset, tmp_path / "delta", init=str(init), preset="small",
                                       delta_actions="on", steps=2, eval_every=2, ckpt_every=2),
                                  progress=False)["checkpoint"])
