@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             save_checkpoint(MoTPolicy(PolicyConfig.preset(args.preset)), checkpoint)
         context = rclpy.Context()
         rclpy.init(context=context, domain_id=args.domain_id)
-        overrides = {"policy_node": {"checkpoint": checkpoint, "backend": args.backend},
+        overrides = {"policy_node": {"checkpoint": checkpoint, "backend": args.backend,  # e-stop files: not the user's
+                                     "estop_latch_file": str(Path(tmp) / "estop.json"),
+                                     "estop_token_file": str(Path(tmp) / "estop_token")},
                      "sim_node": {"max_episode_steps": 1_000_000}}  # one episode for the whole run
         log(f"building nodes (backend {args.backend}, layout {args.layout}) ...")
         nodes = build_nodes("sim", overrides, context=context, only=["policy_node"] if args.layout == "launch" else None)

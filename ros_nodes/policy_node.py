@@ -216,7 +216,8 @@ class PolicyNode(Node):
 
     # -- callbacks: convert, validate, hand to the controller; a bad message is logged and dropped ----
     def _reject(self, what: str, exc: Exception) -> None:
-        self.controller.reject("malformed", f"{what}: {exc}", now_s(self))
+        message = str(exc) if str(exc).startswith(what) else f"{what}: {exc}"
+        self.controller.reject("malformed", message, now_s(self))
 
     def _on_image(self, camera: str, msg: Image) -> None:
         try:

@@ -81,7 +81,11 @@ class SafetyGuard:
         self.limits = limits
 
     def check_shape(self, points: np.ndarray) -> np.ndarray:
-        points = np.asarray(points, dtype=np.float64)
+        try:
+            points = np.asarray(points, dtype=np.float64)
+        except (TypeError, ValueError) as exc:  # not numbers at all (a broken backend's output)
+            raise UnsafeCommand(f"chunk: expected a numeric (T, {self.limits.dim}) array, received "
+                                f"{type(points).__name__} ({exc})") from exc
         if points.ndim == 1:
             points = points[None]
         if points.ndim != 2 or points.shape[1] != self.limits.dim or points.shape[0] == 0:

@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +21,10 @@ UPPER = np.array([2.9, 2.0, 2.6, 2.4, 2.0, 2.9, 0.08])
 
 def start_sim_stack(ros, checkpoint, max_steps):
     # lock_memory off: mlockall would lock the whole pytest process (tests/ros_nodes/test_memory_lock.py
-    # covers it in a child process).
-    overrides = {"policy_node": {"checkpoint": str(checkpoint), "lock_memory": False},
+    # covers it in a child process). The e-stop files live in a temporary directory, not the user's.
+    state = Path(tempfile.mkdtemp(prefix="mot-closed-loop-"))
+    overrides = {"policy_node": {"checkpoint": str(checkpoint), "lock_memory": False,
+                                 "estop_latch_file": str(state / "estop.json"), "estop_token_file": str(state / "token")},
                  "sim_node": {"max_episode_steps": max_steps, "image_size": 64, "lock_memory": False}}
     for node in build_nodes("sim", overrides, context=ros.context):
         ros.add(node)

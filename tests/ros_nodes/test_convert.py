@@ -43,7 +43,8 @@ def test_joint_state_reorders_and_ignores_extra_joints():
 
 @pytest.mark.parametrize("names,positions,match", [
     (["a", "b"], [1.0, 2.0], "missing"), (["a", "b", "c"], [1.0, 2.0], "one per name"),
-    (["a", "b", "c"], [1.0, float("nan"), 3.0], "finite"), (["a", "a", "b", "c"], [1.0] * 4, "unique")])
+    (["a", "b", "c"], [1.0, float("nan"), 3.0], "finite"), (["a", "a", "b", "c"], [1.0] * 4, "unique"),
+    (["a", "b", "c"], [1.0, 1e300, 3.0], "finite")])  # finite as a double, inf as the float32 we plan with
 def test_bad_joint_states(names, positions, match):
     with pytest.raises(ValueError, match=match):
         joint_state_to_vector(JointState(name=names, position=positions), JOINTS)

@@ -74,18 +74,28 @@ def test_bad_and_flooding_instructions(ros, tiny_checkpoint):
 
 
 class _Runner:
-    """A stand-in for PolicyRunner: holds still (chunks at the observed state), then breaks as told."""
+    """A stand-in for PolicyRunner: holds still (chunks at the observed state); "die" ends the worker."""
 
     def __init__(self, breaks_after: int, how: str) -> None:
         self.calls, self.breaks_after, self.how = 0, breaks_after, how
 
     def infer(self, images, state, instruction):
         self.calls += 1
-        if self.calls > self.breaks_after:
-            if self.how == "die":
-                raise SystemExit  # ends the worker thread silently, like a thread killed from inside
-            return "not a chunk"  # result handling (outside infer) raises: a bug in our own code
+        if self.calls > self.breaks_after and self.how == "die":
+            raise SystemExit  # ends the worker thread silently, like a thread killed from inside
         return np.tile(state, (10, 1))
+
+
+def _break_result_handling(node, after: int) -> None:
+    """Our own code after infer raises (a bug, a broken publisher) from the ``after``-th result on."""
+    on_result, calls = node.controller.on_result, [0]
+
+    def broken(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > after:
+            raise RuntimeError("result handling failed")
+        return on_result(*args, **kwargs)
+    node.controller.on_result = broken
 
 
 def _fake_node(ros, runner, state_dir):
@@ -103,6 +113,8 @@ def test_a_failing_or_dead_worker_is_a_fault_with_a_hold_and_an_error_diagnostic
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
     for how in ("raise", "die"):
         node = _fake_node(ros, _Runner(breaks_after=2, how=how), tmp_path / how)
+        if how == "raise":
+            _break_result_handling(node, after=2)
         ros.wait_subscribers(instruction)
         n_trajectories, n_diagnostics = len(trajectories), len(diagnostics)
         instruction.publish(String(data="pick up the red cube"))

@@ -46,6 +46,9 @@ def test_wrong_shapes_are_refused():
     for shape in [(4, 2), (0, 3), (2, 3, 1)]:
         with pytest.raises(UnsafeCommand):
             GUARD.apply(np.zeros(shape), np.zeros(3))
+    for garbage in ["not a chunk", None, [[1, "a", 2]], {"a": 1}]:  # a broken backend's output
+        with pytest.raises(UnsafeCommand):
+            GUARD.apply(garbage, np.zeros(3))
 
 
 def test_hold_is_clamped():

@@ -1,0 +1,422 @@
+"""Fuzz campaign: hostile messages into policy_node's callbacks and the pure functions under them.
+
+hypothesis generates sequences of events -- camera frames (valid, garbage, stamped old / in the future /
+repeated / unset), joint states (valid, 1e6 rad, NaN, missing or extra joints, stale stamps), instructions
+(text, floods, random and non-UTF-8 bytes, oversized), e-stop messages, reset calls (right token, wrong
+token, none), control ticks and short pauses -- and plays them into a real ``PolicyNode``'s subscription
+callbacks (no executor: called directly, so an exception is a crash we see). The policy is a stand-in
+that answers fast and sometimes adversarially (NaN, huge values, wrong shapes, non-arrays, exceptions).
+A second campaign calls the pure functions directly (image/joint-state/instruction conversion, the
+plausibility gates, the safety guard).
+
+Every command the node publishes is checked against an oracle that knows only what was sent:
+
+- limits: every point finite and inside position_lower/upper;
+- velocity: every step inside a chunk within the step bound, and its first point within the bound of
+  a recently reported (in-range) joint state or of the previous command;
+- e-stop: no chunk between an e-stop message and a successful reset;
+- stale: no chunk while any camera or the joint state has sent no fresh, well-stamped message for
+  longer than its staleness limit (+ one control period, the documented reaction time);
+- implausible: no chunk within the suspicion period after an out-of-range joint state.
+
+Prints JSON: messages by type, crashes, unsafe commands by rule, chunks and holds published.
+
+    python benchmarks/fuzz_policy_node.py --json                  # >= 10,000 messages
+    python benchmarks/fuzz_policy_node.py --examples 20 --json    # a quick run (the test's)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter, deque
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CAMERAS = ("front", "wrist")
+SLACK_S = 0.05  # thread scheduling between the fuzzer and the worker thread
+PACE_S = 0.004  # between two events: ~250 messages/s, a busy robot's rate (time must pass for staleness)
+
+
+class FuzzRunner:
+    """A policy stand-in: a short ramp from the observed state, or (rarely) something hostile."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng, self.calls = rng, 0
+        self.lock = threading.Lock()
+
+    def infer(self, images, state, instruction):
+        with self.lock:
+            self.calls += 1
+            roll = self.rng.random()
+        horizon = 10
+        if roll < 0.04:
+            return np.full((horizon, state.size), np.nan)
+        if roll < 0.08:
+            return np.full((horizon, state.size), 1e9)
+        if roll < 0.10:
+            return np.zeros((horizon, state.size + 1))
+        if roll < 0.12:
+            return "not a chunk"
+        if roll < 0.14:
+            raise ValueError("images['front']: the stand-in refuses this observation")
+        if roll < 0.15:
+            raise RuntimeError("backend hiccup")
+        steps = np.arange(1, horizon + 1)[:, None] * 0.3 * (self.rng.random(state.size) - 0.5)
+        return state[None] + steps
+
+
+class Oracle:
+    """What the fuzzer sent, and the rules every published command must satisfy."""
+
+    def __init__(self, p: dict, lower, upper, bound, dt) -> None:
+        self.p, self.lower, self.upper, self.bound, self.dt = p, lower, upper, bound, dt
+        self.fresh: dict[str, float] = {}  # input -> wall time of its last fresh, well-stamped message
+        self.last_stamp: dict[str, float] = {}
+        self.implausible_at = -1e9
+        self.latched = False
+        self.states: deque = deque(maxlen=200)  # in-range joint states recently sent
+        self.previous: np.ndarray | None = None  # the last command's points
+        self.unsafe: Counter = Counter()
+        self.examples: list[str] = []
+        self.published = Counter()
+        self.lock = threading.Lock()
+
+    def sent_fresh(self, key: str, stamp: float, now: float) -> bool:
+        """Would a correct node accept this stamp? (fresh and after the last accepted one)."""
+        ok = abs(now - stamp) <= self.p["max_input_age"] and stamp > self.last_stamp.get(key, 0.0)
+        if ok:
+            self.last_stamp[key] = stamp
+        return ok
+
+    def check(self, kind: str, points: np.ndarray, now: float) -> None:
+        with self.lock:
+            self.published[kind] += 1
+            bad = []
+            if not np.all(np.isfinite(points)) or np.any(points < self.lower - 1e-9) or np.any(points > self.upper + 1e-9):
+                bad.append("joint_limits")
+            if kind == "chunk":
+                if np.any(np.abs(np.diff(points, axis=0)) > self.bound + 1e-9):
+                    bad.append("velocity")
+                references = [np.clip(s, self.lower, self.upper) for s in self.states]
+                if self.previous is not None:
+                    references += list(self.previous)
+                if not any(np.all(np.abs(points[0] - r) <= self.bound + 1e-6) for r in references):
+                    bad.append("velocity_first_point")
+                if self.latched:
+                    bad.append("while_estopped")
+                limits = {**{f"camera/{c}": self.p["stale_image_s"] for c in CAMERAS},
+                          "joint_states": self.p["stale_joint_state_s"]}
+                if any(now - self.fresh.get(k, -1e9) > limit + self.dt + SLACK_S for k, limit in limits.items()):
+                    bad.append("stale_inputs")
+                if self.implausible_at < now < self.implausible_at + self.p["stale_joint_state_s"] - SLACK_S:
+                    bad.append("implausible_inputs")
+            self.previous = points
+            for rule in bad:
+                self.unsafe[rule] += 1
+                if len(self.examples) < 10:
+                    self.examples.append(f"{kind} at {now:.3f}: {rule}")
+
+
+def strategies(joints, lower, upper):
+    from hypothesis import strategies as st
+
+    image_kinds = st.sampled_from(["valid", "valid", "valid", "garbage", "old", "future", "repeat", "unstamped"])
+    joint_kinds = st.sampled_from(["valid", "valid", "valid", "valid", "huge", "nan", "missing", "extra", "old",
+                                   "beyond_margin", "jump"])
+    text_kinds = st.one_of(st.sampled_from(["pick up the red cube", "push the blue block", "pick up the red cube",
+                                            "stop", " ", ""]),
+                           st.text(max_size=40), st.binary(min_size=1, max_size=40),
+                           st.just(b"pick up \xff\xfe"), st.just("x" * 5000))
+    valid_image = st.tuples(st.just("image"), st.sampled_from(CAMERAS), st.just("valid"), st.just(b""))
+    valid_state = st.tuples(st.just("joint_state"), st.just("valid"), st.just([]))
+    branches = {  # branch: how many of the equally likely one_of slots it gets
+        valid_image: 8, valid_state: 6, st.tuples(st.just("tick")): 3, st.tuples(st.just("sleep"), st.floats(0.0, 0.03)): 3,
+        st.tuples(st.just("image"), st.sampled_from(CAMERAS), image_kinds, st.binary(max_size=64)): 2,
+        st.tuples(st.just("joint_state"), joint_kinds, st.lists(st.floats(allow_nan=True, allow_infinity=True),
+                                                                min_size=len(joints), max_size=len(joints))): 2,
+        st.tuples(st.just("instruction"), text_kinds): 2,
+        st.tuples(st.just("estop"), st.sampled_from([True, False, False])): 1,
+        st.tuples(st.just("reset"), st.sampled_from(["token", "token", "wrong", "none"])): 1}
+    hostile = st.lists(st.one_of([b for b, n in branches.items() for _ in range(n)]), min_size=10, max_size=40)
+    # Half the examples are a robot working normally for a while (reset, an instruction, then valid
+    # frames and states), so that the node does plan and every rule is checked on real chunks too.
+    start = st.tuples(st.tuples(st.just("reset"), st.just("token")),
+                      st.tuples(st.just("instruction"), st.sampled_from(["pick up the red cube", "push the blue block"])))
+    calm = st.tuples(start, st.lists(st.one_of(valid_image, valid_image, valid_state, st.tuples(st.just("tick")),
+                                               st.tuples(st.just("sleep"), st.floats(0.0, 0.03))),
+                                     min_size=40, max_size=120)).map(lambda t: [*t[0], *t[1]])
+    return st.one_of(hostile, calm)
+
+
+def node_campaign(examples: int, seed: int, quiet: bool = True, domain_id: int | None = None) -> dict:
+    import rclpy
+    import yaml
+    from hypothesis import HealthCheck, given, settings
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Bool, String
+
+    from ros_nodes.ament import share_directory
+    from ros_nodes.convert import numpy_to_image, seconds_to_time
+    from ros_nodes.estop import reset_request
+    from ros_nodes.policy_node import PolicyNode
+
+    p = yaml.safe_load((share_directory() / "config" / "sim.yaml").read_text())["policy_node"]["ros__parameters"]
+    joints = p["joint_names"]
+    lower, upper = np.array(p["position_lower"]), np.array(p["position_upper"])
+    dt = 1.0 / p["control_hz"]
+    bound = np.minimum(np.array(p["max_step"]), np.array(p["max_velocity"]) * dt)
+    margin = np.array(p["joint_limit_margin"])
+    home = np.array([0.0, 0.4, 1.5, 1.24, 0.0, 0.0, 0.04])
+    oracle = Oracle(p, lower, upper, bound, dt)
+    rng = np.random.default_rng(seed)
+    counts, crashes, crash_examples = Counter(), Counter(), []
+    state = {"position": home.copy(), "pixel": 0, "moved_at": 0.0}
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id if domain_id is not None else int(os.environ.get("ROS_DOMAIN_ID", 77)))
+    tmp = Path(tempfile.mkdtemp(prefix="mot-fuzz-"))
+    args = ["--ros-args", "--params-file", str(share_directory() / "config" / "sim.yaml"),
+            "-p", "cameras:=[front,wrist]", "-p", "lock_memory:=false",
+            "-p", f"estop_latch_file:={tmp / 'estop.json'}", "-p", f"estop_token_file:={tmp / 'token'}"]
+    node = PolicyNode(runner=FuzzRunner(rng), cli_args=args, context=context)
+    if quiet:
+        from rclpy.logging import LoggingSeverity
+
+        node.get_logger().set_level(LoggingSeverity.FATAL)  # thousands of rejections would flood stderr
+    token = (tmp / "token").read_text().strip()
+    forward = node.commands._publish
+
+    def record(command):  # runs under the controller's lock, before the real publish
+        oracle.check(command.kind, command.points, time.time())
+        forward(command)
+    node.commands._publish = record
+
+    def now() -> float:
+        return node.get_clock().now().nanoseconds * 1e-9
+
+    def raw_string(payload: bytes) -> bytes:
+        placeholder = b"\x01" * len(payload)
+        return serialize_message(String(data=placeholder.decode())).replace(placeholder, payload)
+
+    def play(event) -> None:
+        kind = event[0]
+        t = now()
+        if kind == "image":
+            _, camera, how, data = event
+            key = f"camera/{camera}"
+            if how == "garbage":
+                msg = Image(encoding="rgb8", height=int(rng.integers(0, 70)), width=int(rng.integers(0, 70)),
+                            step=int(rng.integers(0, 300)), data=data)
+            else:
+                state["pixel"] = (state["pixel"] + 1) % 256  # a real camera's frames always differ
+                msg = numpy_to_image(np.full((16, 16, 3), state["pixel"], np.uint8))
+                stamp = {"valid": t, "old": t - 10.0, "future": t + 10.0, "unstamped": 0.0,
+                         "repeat": oracle.last_stamp.get(key, t)}[how]
+                msg.header.stamp = seconds_to_time(stamp)
+            fresh = how not in ("garbage", "unstamped") and oracle.sent_fresh(key, time_to(msg), t)
+            node._on_image(camera, msg)
+            if fresh:
+                oracle.fresh[key] = time.time()
+        elif kind == "joint_state":
+            _, how, values = event
+            position = state["position"]
+            if how == "valid":  # the robot moves toward the last command, no faster than it can
+                target = oracle.previous[0] if oracle.previous is not None else position
+                step = np.asarray(p["max_velocity"]) * max(t - state["moved_at"], 0.0)
+                position = np.clip(position + np.clip(target - position, -step, step), lower, upper)
+                state["position"], state["moved_at"] = position, t
+                q = position
+            elif how == "huge":
+                q = position.copy()
+                q[int(rng.integers(len(q)))] = 1e6
+            elif how == "beyond_margin":
+                q = position.copy()
+                j = int(rng.integers(len(q)))
+                q[j] = upper[j] + 3 * margin[j]
+            elif how == "jump":
+                q = np.clip(position + 1.5, lower, upper)
+            elif how == "nan":
+                q = position.copy()
+                q[0] = np.nan
+            else:
+                q = np.array(values if len(values) == len(joints) else position, dtype=np.float64)
+            names = list(joints)
+            if how == "missing":
+                names, q = names[:-1], q[:-1]
+            elif how == "extra":
+                names, q = names + ["extra_joint"], np.append(q, 0.0)
+            msg = JointState(name=names, position=[float(v) for v in q])
+            stamp = t - 10.0 if how == "old" else t
+            msg.header.stamp = seconds_to_time(stamp)
+            # The node converts first (a missing joint or a NaN is malformed), then checks the stamp,
+            # then the range: mirror that order, so the oracle knows which stamps the node accepted.
+            q = q[:len(joints)]
+            with np.errstate(over="ignore"):  # the node plans in float32: 1e300 is inf there, hence malformed
+                convertible = how != "missing" and bool(np.all(np.isfinite(q.astype(np.float32))))
+            stamp_ok = convertible and oracle.sent_fresh("joint_states", stamp, t)
+            in_range = convertible and bool(np.all(q >= lower - margin) and np.all(q <= upper + margin))
+            if stamp_ok and in_range:
+                oracle.states.append(np.array(q))  # a state the node may legitimately plan from
+            node._on_joint_state(msg)
+            if stamp_ok and in_range and how != "jump":
+                oracle.fresh["joint_states"] = time.time()
+            if stamp_ok and not in_range:
+                oracle.implausible_at = time.time()
+        elif kind == "instruction":
+            text = event[1]
+            node._on_instruction(raw_string(text) if isinstance(text, bytes) else serialize_message(String(data=text)))
+        elif kind == "estop":
+            node._on_estop(Bool(data=event[1]))
+            if event[1]:
+                oracle.latched = True
+        elif kind == "reset":
+            how = event[1]
+            request = reset_request(token) if how == "token" else (
+                reset_request("wrong-token-0123456789") if how == "wrong" else SetParameters.Request())
+            response = node._on_reset(request, SetParameters.Response())
+            if response.results[0].successful:
+                oracle.latched = False
+        elif kind == "tick":
+            node._on_tick()
+            if rng.random() < 0.1:
+                node._publish_diagnostics()
+        elif kind == "sleep":
+            time.sleep(event[1])
+
+    def time_to(msg) -> float:
+        return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(events=strategies(joints, lower, upper))
+    def campaign(events):
+        for event in events:
+            counts[event[0]] += 1
+            time.sleep(PACE_S)
+            try:
+                play(event)
+            except Exception as exc:  # any exception out of a callback would end the executor: a crash
+                crashes[type(exc).__name__] += 1
+                if len(crash_examples) < 5:
+                    crash_examples.append(f"{event[0]}: {traceback.format_exc(limit=3)}")
+        node._on_tick()  # the control tick runs between bursts, as its timer would
+
+    started = time.perf_counter()
+    try:
+        campaign()
+        time.sleep(0.2)  # let the last inference land (and be checked)
+        worker_alive = node._worker.is_alive()
+        metrics = node.controller.metrics.summary()
+        mode = node.controller.mode
+        if not quiet:
+            print(json.dumps(node.controller.status(now()), default=str), file=sys.stderr)
+    finally:
+        node.close()
+        node.destroy_node()
+        context.try_shutdown()
+    messages = sum(v for k, v in counts.items() if k not in ("tick", "sleep"))
+    return {"messages": messages, "by_type": dict(counts), "crashes": sum(crashes.values()), "crash_types": dict(crashes),
+            "crash_examples": crash_examples, "worker_alive": worker_alive,
+            "unsafe_commands": sum(oracle.unsafe.values()), "unsafe_by_rule": dict(oracle.unsafe),
+            "unsafe_examples": oracle.examples, "published": dict(oracle.published), "final_mode": mode,
+            "rejections": metrics["rejections"], "unsafe_chunks_refused": metrics["unsafe_chunks"],
+            "faults": metrics["faults"], "discarded_instructions": metrics["discarded_instructions"],
+            "inference_calls": node.runner.calls, "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def pure_campaign(examples: int) -> dict:
+    """The conversion / plausibility / guard functions called directly with hostile values."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis.extra.numpy import arrays
+    from sensor_msgs.msg import Image, JointState
+
+    from ros_nodes.common import decode_string
+    from ros_nodes.convert import image_to_numpy, joint_state_to_vector
+    from ros_nodes.plausibility import FreshnessGate, JointPlausibility, Verdict
+    from ros_nodes.safety import SafetyGuard, SafetyLimits, UnsafeCommand
+
+    joints = ["a", "b", "c"]
+    limits = SafetyLimits(lower=[-1, -2, 0], upper=[1, 2, 0.08], max_step=[0.2, 0.2, 0.02], max_velocity=[2, 2, 0.2], dt=0.1)
+    guard = SafetyGuard(limits)
+    check = JointPlausibility(limits.lower, limits.upper, 0.05, 4.0, 0.05)
+    gate = FreshnessGate(max_age=0.25, max_frozen_s=1.0)
+    counts, crashes, unsafe = Counter(), Counter(), Counter()
+    floats = st.floats(allow_nan=True, allow_infinity=True)
+
+    def call(name, fn):
+        counts[name] += 1
+        try:
+            return fn()
+        except (ValueError, TypeError, UnsafeCommand):  # a refused input: the documented outcome
+            return None
+        except Exception as exc:
+            crashes[f"{name}: {type(exc).__name__}"] += 1
+            return None
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(encoding=st.sampled_from(["rgb8", "bgr8", "mono8", "16UC1", "", "yuv422"]), h=st.integers(-2, 70),
+           w=st.integers(-2, 70), step=st.integers(-2, 300), data=st.binary(max_size=3000),
+           names=st.lists(st.sampled_from(joints + ["x", ""]), max_size=5), positions=st.lists(floats, max_size=5),
+           raw=st.binary(max_size=64), chunk=arrays(np.float64, st.tuples(st.integers(0, 6), st.integers(1, 4)),
+                                                     elements=floats),
+           start=arrays(np.float64, (3,), elements=floats), stamp=floats, now=st.floats(0, 1e9))
+    def campaign(encoding, h, w, step, data, names, positions, raw, chunk, start, stamp, now):
+        def image():
+            return image_to_numpy(Image(encoding=encoding, height=max(h, 0), width=max(w, 0), step=max(step, 0),
+                                        data=data))
+        call("image_to_numpy", image)
+        q = call("joint_state_to_vector", lambda: joint_state_to_vector(JointState(name=names, position=positions), joints))
+        call("decode_string", lambda: decode_string(raw))
+        call("freshness", lambda: gate.check("cam", stamp, now, raw[:4]))
+        verdict = call("plausibility", lambda: check.check(np.array(positions[:3] + [0.0] * (3 - len(positions[:3]))), now))
+        if verdict and verdict[0] is Verdict.ACCEPT and not np.all(np.isfinite(positions[:3])):
+            unsafe["accepted_non_finite"] += 1
+        safe = call("guard", lambda: guard.apply(chunk, start))
+        if safe is not None:
+            previous = np.clip(start, limits.lower, limits.upper)
+            if np.any(safe < limits.lower - 1e-9) or np.any(safe > limits.upper + 1e-9) or not np.all(np.isfinite(safe)):
+                unsafe["joint_limits"] += 1
+            if np.any(np.abs(np.diff(np.vstack([previous, safe]), axis=0)) > limits.step_bound + 1e-9):
+                unsafe["velocity"] += 1
+        del q
+
+    started = time.perf_counter()
+    campaign()
+    return {"calls": sum(counts.values()), "by_function": dict(counts), "crashes": sum(crashes.values()),
+            "crash_types": dict(crashes), "unsafe_commands": sum(unsafe.values()), "unsafe_by_rule": dict(unsafe),
+            "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=500, help="hypothesis examples (10-40 events each; default 500)")
+    parser.add_argument("--pure-examples", type=int, default=None, help="pure-function examples (default: 4 x --examples)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    node = node_campaign(args.examples, args.seed, quiet=args.json)
+    pure = pure_campaign(args.pure_examples if args.pure_examples is not None else 4 * args.examples)
+    result = {"benchmark": "fuzz_policy_node", "node": node, "pure": pure,
+              "messages_total": node["messages"] + pure["calls"],
+              "crashes_total": node["crashes"] + pure["crashes"] + (0 if node["worker_alive"] else 1),
+              "unsafe_commands_total": node["unsafe_commands"] + pure["unsafe_commands"]}
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
