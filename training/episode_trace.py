@@ -47,9 +47,9 @@ class EpisodeTrace:
             self.object_to_pad = float(np.linalg.norm(target[:2] - np.asarray(info["target_pad_pos"])[:2]))
 
     def summary(self) -> dict:
-        if not np.isfinite(self.closest_target):  # nothing observed (see observe)
-            return {}
-        out = {"closest_target_m": self.closest_target, "went_to_target": self.closest_is_target}
+        out = {}
+        if np.isfinite(self.closest_target):  # the sim's info was observed (see observe)
+            out.update(closest_target_m=self.closest_target, went_to_target=self.closest_is_target)
         if self.object_to_pad is not None:
             out["object_to_pad_m"] = self.object_to_pad
         if self.first_point_err_px is not None:
@@ -65,11 +65,11 @@ class EpisodeTrace:
 
 def diagnostics(traces: list[dict]) -> dict:
     """Per-family means of `EpisodeTrace.summary()`s (medians for distances: a few wild episodes do not hide the rest)."""
-    traces = [t for t in traces if t]
-    if not traces:  # an env without the sim's info
-        return {}
-    out = {"median_closest_target_m": round(float(np.median([t["closest_target_m"] for t in traces])), 4),
-           "went_to_target_rate": round(float(np.mean([t["went_to_target"] for t in traces])), 3)}
+    out = {}
+    reached = [t for t in traces if "closest_target_m" in t]  # none from an env without the sim's info
+    if reached:
+        out["median_closest_target_m"] = round(float(np.median([t["closest_target_m"] for t in reached])), 4)
+        out["went_to_target_rate"] = round(float(np.mean([t["went_to_target"] for t in reached])), 3)
     pads = [t["object_to_pad_m"] for t in traces if "object_to_pad_m" in t]
     if pads:
         out["median_object_to_pad_m"] = round(float(np.median(pads)), 4)
