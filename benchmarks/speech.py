@@ -92,6 +92,9 @@ def mix(speech: np.ndarray, snr_db: float, kind: str, rng: np.random.Generator) 
     return audio.astype(np.float32), lead / SAMPLE_RATE, (lead + speech.size) / SAMPLE_RATE
 
 
+TUNING: dict = {}  # --early-silence-ms / --partial-every-ms overrides of audio_node's defaults ("current")
+
+
 def make_listener(pipeline: str, transcriber, vad):
     """A fresh listener (one per trial: stream positions start at 0) on a reset, shared VAD model."""
     from ros_nodes.speech import CommandListener, UtteranceSegmenter
@@ -103,6 +106,7 @@ def make_listener(pipeline: str, transcriber, vad):
     from ros_nodes.audio_node import PARAMETERS as P
     from ros_nodes.commands import stop_phrases
 
+    P = {**P, **TUNING}
     segmenter = UtteranceSegmenter(vad, threshold=P["vad_threshold"], min_silence_ms=P["min_silence_ms"],
                                    early_silence_ms=P["early_silence_ms"], partial_every_ms=P["partial_every_ms"])
     return CommandListener(segmenter, transcriber, phrases=stop_phrases(), early_stop=True)
@@ -170,9 +174,13 @@ def evaluate(pipeline: str, transcriber, clips: dict, snrs: list[float], kind: s
         n_stop = len(latencies) + len(misses)
         results[f"{snr:g}"] = {
             "stop_latency_ms": stats_ms(latencies), "stop_latency_from_onset_ms": stats_ms(onset_latencies),
-            "miss_rate": round(len(misses) / n_stop, 3), "misses": misses,
+            "miss_rate": round(len(misses) / n_stop, 3),
+            "miss_rate_by_phrase": {phrase: round(sum(m.startswith(phrase + " (") for m in misses) /
+                                                  sum(p == phrase for p, _ in clips), 3)
+                                    for phrase in STOP if any(p == phrase for p, _ in clips)},
+            "misses": misses,
             "false_stop_rate": round(false_stops / others, 3),
-            "instruction_accuracy": round(correct / sum(p in OTHER for p, _ in clips), 3)}
+            "instruction_accuracy": round(correct / max(1, sum(p in OTHER for p, _ in clips)), 3)}
     return results
 
 
@@ -184,8 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voices", type=int, default=len(VOICES), help=f"how many of the {len(VOICES)} voices")
     parser.add_argument("--threads", type=int, default=1, help="Whisper CPU threads (audio_node's default: 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--early-silence-ms", type=int, default=None, help="override audio_node's (current only)")
+    parser.add_argument("--partial-every-ms", type=int, default=None, help="override audio_node's (current only)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)
+    TUNING.clear()
+    TUNING.update({k: v for k, v in (("early_silence_ms", args.early_silence_ms),
+                                     ("partial_every_ms", args.partial_every_ms)) if v is not None})
     if shutil.which("espeak-ng") is None:
         print("benchmarks/speech.py: needs espeak-ng (apt-get install espeak-ng)", file=sys.stderr)
         return 2
@@ -206,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         transcriber = Transcriber(prompt=BASELINE_PROMPT if pipeline == "baseline" else DEFAULT_PROMPT,
                                   threads=args.threads)
         out[pipeline] = evaluate(pipeline, transcriber, clips, args.snr, args.noise, args.seed)
+    if TUNING:
+        out["current_overrides"] = dict(TUNING)
     out.update(threads=args.threads, cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                wall_s=round(time.perf_counter() - started, 1))
     print(json.dumps(out, indent=None if args.json else 2))

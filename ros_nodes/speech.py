@@ -23,9 +23,10 @@ SPOT_PAD_S = 0.3  # at least this much silence after the clip inside that window
 VAD_CONTEXT = 64  # samples of the previous frame the v5 model expects prepended to each frame
 
 # Whisper tiny.en mishears short commands without context ("red" -> "rent"); an initial prompt with
-# the robot's vocabulary fixes that without biasing it to any one command.
+# the robot's vocabulary fixes that without biasing it to any one command. "halt" comes last: tiny.en
+# then hears espeak's "halt" as "halt" (not "Oh"/"Hold") more often (benchmarks/speech.py).
 DEFAULT_PROMPT = ("Commands for a robot arm: pick up the red cube, put the green block on the blue pad, "
-                  "push the yellow cylinder, stop, halt, freeze, don't move.")
+                  "push the yellow cylinder, stop, freeze, don't move, halt.")
 
 
 def load_wav(path: str | Path) -> tuple[np.ndarray, int]:
