@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -327,6 +328,7 @@ def node_campaign(examples: int, seed: int, quiet: bool = True, domain_id: int |
         node.close()
         node.destroy_node()
         context.try_shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
     messages = sum(v for k, v in counts.items() if k not in ("tick", "sleep"))
     return {"messages": messages, "by_type": dict(counts), "crashes": sum(crashes.values()), "crash_types": dict(crashes),
             "crash_examples": crash_examples, "worker_alive": worker_alive,
