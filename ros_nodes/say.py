@@ -29,7 +29,7 @@ def _spin_until(node, predicate, timeout: float) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mot say", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("text", help="the instruction; a sentence with 'stop' or 'halt' publishes the e-stop instead")
+    parser.add_argument("text", help="the instruction; a sentence with a stop phrase ('stop', 'halt', 'freeze', \"don't move\") publishes the e-stop instead")
     parser.add_argument("--wait", action="store_true", help="wait for the episode status and exit with its result")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)")
     parser.add_argument("--discovery-timeout", type=float, default=5.0,
