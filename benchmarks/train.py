@@ -31,6 +31,7 @@ from typing import Literal  # noqa: E402
 
 from policy import MoTPolicy, NormStats, PolicyConfig  # noqa: E402
 from policy.options import parse  # noqa: E402
+from training.collect import collect  # noqa: E402
 from training.data import ChunkDataset, read_episodes  # noqa: E402
 from training.prefix_cache import PrefixCache  # noqa: E402
 from training.losses import StageLoss  # noqa: E402
@@ -84,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PolicyConfig.preset(args.preset, **overrides)
     data_dir = args.data
     if data_dir is None:
-        from training.collect import collect
-
         data_dir = Path(tempfile.mkdtemp(prefix="mot-bench-train-"))
         collect(data_dir, episodes=8, tasks=["reach", "pick", "push", "place"], image_size=cfg.image_size,
                 progress=False)

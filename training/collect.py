@@ -39,9 +39,11 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
 
+import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
+import sim  # registers the tabletop envs (in spawned workers too: they import this module)
 from policy.errors import InputError
 from policy.options import parse
 from training.data import (
@@ -65,10 +67,6 @@ MAX_STEPS = 1000  # hard cap for envs without a time limit
 
 
 def tabletop_env(task: str, split: str, image_size: int):
-    import gymnasium as gym
-
-    import sim  # noqa: F401  (registers the envs)
-
     return gym.make("mot/Tabletop-v0", task=task, split=split, image_size=image_size, render_mode="rgb_array")
 
 
@@ -82,8 +80,6 @@ def load_callable(spec: str):
 def task_families(env_spec: str) -> list[str]:
     """`--tasks all`: the sim's families, or the factory's TASK_FAMILIES attribute for another env."""
     if env_spec == DEFAULT_ENV:
-        import sim
-
         return list(sim.TASK_FAMILIES)
     return list(getattr(load_callable(env_spec), "TASK_FAMILIES", ["default"]))
 
@@ -101,8 +97,6 @@ def env_joint_names(env_spec: str, env) -> list[str] | None:
     """Names of the state/action dimensions: the env's `joint_names`, the sim's JOINT_NAMES for the default env."""
     names = getattr(env.unwrapped, "joint_names", None)
     if names is None and env_spec == DEFAULT_ENV:
-        import sim
-
         names = sim.JOINT_NAMES
     return [str(n) for n in names] if names is not None else None
 
