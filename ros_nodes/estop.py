@@ -10,21 +10,29 @@ The token travels in clear over DDS unless the graph runs with SROS2 (docs/ros.m
 stray node or a script on the domain from releasing the robot; SROS2 access control is what stops an
 attacker who can read the traffic.
 
-    python -m ros_nodes.estop reset                       # token from ~/.config/mot_policy/estop_token
-    python -m ros_nodes.estop reset --token-file /etc/mot_policy/estop_token --service /arm/policy/reset_estop
-    python -m ros_nodes.estop token PATH                  # create a token file (0600) if there is none
+    mot estop reset                       # token from ~/.config/mot_policy/estop_token
+    mot estop reset --token-file /etc/mot_policy/estop_token --service /arm/policy/reset_estop
+    mot estop token PATH                  # create a token file (0600) if there is none
+
+(`python -m ros_nodes.estop ...` is the same command, for a robot without the `mot` entry point.)
 """
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import os
 import secrets
 import stat
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from policy.errors import InputError
+from policy.options import parse
 
 DEFAULT_TOKEN_FILE = "~/.config/mot_policy/estop_token"
 MIN_TOKEN_CHARS = 16
@@ -106,22 +114,54 @@ def reset_request(token: str):
     return SetParameters.Request(parameters=[Parameter(name=TOKEN_PARAMETER, value=value)])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ros_nodes.estop", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    reset = sub.add_parser("reset", help="call policy/reset_estop with the operator's token")
-    reset.add_argument("--token-file", default=DEFAULT_TOKEN_FILE)
-    reset.add_argument("--service", default="policy/reset_estop")
-    reset.add_argument("--timeout", type=float, default=5.0)
-    make = sub.add_parser("token", help="create a token file (0600) unless one exists; prints its path")
-    make.add_argument("path", nargs="?", default=DEFAULT_TOKEN_FILE)
-    args = parser.parse_args(argv)
+@dataclass
+class ResetConfig:
+    token_file: str = DEFAULT_TOKEN_FILE
+    """the file holding the operator's token (the one the node's estop_token_file names)"""
+    service: str = "policy/reset_estop"
+    """the node's reset service (prefix the robot's namespace: /arm/policy/reset_estop)"""
+    timeout: float = 5.0
+    """seconds to wait for the service and for its answer"""
 
-    if args.command == "token":
-        _, created = ensure_token(args.path)
-        print(f"{Path(args.path).expanduser()} ({'created' if created else 'exists'})")
+    def __post_init__(self) -> None:
+        if not self.token_file.strip():
+            raise InputError("token_file: expected a path to the token file, received an empty string")
+        if not self.service.strip():
+            raise InputError("service: expected a service name, received an empty string")
+        if not self.timeout > 0:
+            raise InputError(f"timeout: expected seconds > 0, received {self.timeout}")
+
+
+@dataclass
+class TokenConfig:
+    path: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="PATH")]] = DEFAULT_TOKEN_FILE
+    """the token file to create (mode 0600) unless it exists"""
+
+
+SUBCOMMANDS = {"reset": "call policy/reset_estop with the operator's token",
+               "token": "create a token file (0600) unless one exists; prints its path"}
+
+
+def _usage() -> str:
+    rows = "\n".join(f"  {name.ljust(6)} {help_line}" for name, help_line in SUBCOMMANDS.items())
+    summary = __doc__.split("\n\n")[0]
+    return (f"usage: mot estop {{reset,token}} [OPTIONS]\n\n{summary}\n\nsubcommands:\n{rows}\n\n"
+            "Run `mot estop <subcommand> --help` for its options.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
         return 0
+    if argv[0] not in SUBCOMMANDS:
+        raise InputError(f"expected a subcommand 'reset' or 'token', received {argv[0]!r}")
+    if argv[0] == "token":
+        made = parse(TokenConfig, argv[1:], "mot estop token", SUBCOMMANDS["token"])
+        _, created = ensure_token(made.path)
+        print(f"{Path(made.path).expanduser()} ({'created' if created else 'exists'})")
+        return 0
+    args = parse(ResetConfig, argv[1:], "mot estop reset", SUBCOMMANDS["reset"])
     try:
         token = read_token(args.token_file).decode("utf-8", "surrogateescape")
     except ValueError as exc:
@@ -150,5 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.shutdown()
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # python -m ros_nodes.estop: a mistake reads as in `mot estop`, one line and exit 2
+    try:
+        raise SystemExit(main())
+    except InputError as exc:
+        print(f"mot estop: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -7,17 +7,51 @@ failure, 2 on timeout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
+from typing import Annotated
+
+import rclpy
+import tyro
+from std_msgs.msg import Bool, String
+
+from policy.errors import InputError
+from policy.options import parse
+from ros_nodes.commands import parse_command
+from ros_nodes.common import RELIABLE_QOS
 
 EXIT_SUCCESS, EXIT_FAILURE, EXIT_TIMEOUT = 0, 1, 2
 
 
-def _spin_until(node, predicate, timeout: float) -> bool:
-    import rclpy
+@dataclass
+class SayConfig:
+    text: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="TEXT")]]
+    """the instruction; a sentence with a stop phrase ('stop', 'halt', 'freeze', "don't move") publishes the e-stop instead"""
+    wait: bool = False
+    """wait for the episode status and exit with its result"""
+    timeout: float = 120.0
+    """seconds to wait with --wait"""
+    discovery_timeout: float = 5.0
+    """seconds to wait for a subscriber before publishing anyway"""
+    topic: str = "instruction"
+    """the instruction topic"""
+    status_topic: str = "status"
+    """the episode status topic (JSON) that --wait reads"""
+    estop_topic: str = "estop"
+    """the e-stop topic (std_msgs/Bool) a stop phrase publishes True on"""
 
+    def __post_init__(self) -> None:
+        for name in ("timeout", "discovery_timeout"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"{name}: expected seconds >= 0, received {getattr(self, name)}")
+        for name in ("topic", "status_topic", "estop_topic"):
+            if not getattr(self, name).strip():
+                raise InputError(f"{name}: expected a topic name, received an empty string")
+
+
+def _spin_until(node, predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
         remaining = deadline - time.monotonic()
@@ -28,23 +62,7 @@ def _spin_until(node, predicate, timeout: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mot say", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("text", help="the instruction; a sentence with a stop phrase ('stop', 'halt', 'freeze', \"don't move\") publishes the e-stop instead")
-    parser.add_argument("--wait", action="store_true", help="wait for the episode status and exit with its result")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)")
-    parser.add_argument("--discovery-timeout", type=float, default=5.0,
-                        help="seconds to wait for a subscriber before publishing anyway (default 5)")
-    parser.add_argument("--topic", default="instruction")
-    parser.add_argument("--status-topic", default="status")
-    parser.add_argument("--estop-topic", default="estop")
-    args = parser.parse_args(argv)
-
-    import rclpy
-    from std_msgs.msg import Bool, String
-
-    from ros_nodes.commands import parse_command
-    from ros_nodes.common import RELIABLE_QOS
-
+    args = parse(SayConfig, argv, "mot say", __doc__)
     command = parse_command(args.text)
     if not command.estop and not command.instruction:
         print("mot say: nothing to say (empty instruction)", file=sys.stderr)

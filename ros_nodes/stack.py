@@ -7,20 +7,29 @@ the same topics over DDS.
 
     mot stack sim --checkpoint runs/small            # sim_node + policy_node
     mot stack sim --checkpoint runs/small --audio    # + audio_node on the microphone
+    mot stack sim --checkpoint runs/small --record runs/sim.bag   # + bag_recorder: the topics into a bag
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import os
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
+import rclpy
+import tyro
 import yaml
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 
+from policy.errors import InputError
+from policy.options import parse
 from ros_nodes.ament import share_directory
-from ros_nodes.common import close_node
+from ros_nodes.common import close_node, install_stop_signals, spin_until
 
 # Which nodes each graph starts: (node name in the YAML, factory "module:Class"). Mirrors launch/*.launch.py
 # (tests/ros_nodes/test_launch.py checks that the two agree).
@@ -30,6 +39,8 @@ GRAPHS: dict[str, list[tuple[str, str]]] = {
               ("audio_node", "ros_nodes.audio_node:AudioNode"), ("policy_node", "ros_nodes.policy_node:PolicyNode")],
 }
 OPTIONAL = {"audio_node": "ros_nodes.audio_node:AudioNode"}
+# `--record BAG`: one more node in the graph (no launch file starts it; `ros2 bag record` does that job there).
+RECORDER = ("bag_recorder", "ros_nodes.bag_recorder:BagRecorder")
 
 
 def params_file(graph: str) -> Path:
@@ -37,8 +48,6 @@ def params_file(graph: str) -> Path:
 
 
 def _factory(spec: str) -> Callable:
-    import importlib
-
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -71,32 +80,52 @@ def _close(node) -> None:
     close_node(node)
 
 
+@dataclass
+class StackConfig:
+    graph: tyro.conf.Positional[Annotated[Literal["robot", "sim"], tyro.conf.arg(metavar="{robot,sim}")]]
+    """which launch file's nodes to run"""
+    checkpoint: Path
+    """policy checkpoint directory"""
+    backend: Literal["torch", "onnxruntime", "tensorrt"] | None = None
+    """policy_node's runtime (default: the YAML's)"""
+    audio: bool = False
+    """(sim) also run audio_node"""
+    audio_source: Path | None = None
+    """audio_node source: a .wav file or a directory of them (implies --audio in the sim)"""
+    dry_run: bool = False
+    """policy_node computes and logs, publishes no command"""
+    params: Path | None = None
+    """a parameter YAML instead of the installed one"""
+    record: Path | None = None
+    """(sim) also record the graph's topics into this new ROS 2 bag directory (mcap; see
+    ros_nodes/bag_recorder.py): `mot data import rosbag BAG --topics launch/config/sim_topics.yaml`"""
+
+    def __post_init__(self) -> None:
+        if self.params is not None and not self.params.is_file():
+            raise InputError(f"params: expected a parameter YAML file, received {self.params} (no such file)")
+        if self.audio_source is not None and not self.audio_source.exists():
+            raise InputError(f"audio_source: expected a .wav file or a directory, received {self.audio_source} "
+                             "(no such file or directory)")
+        if self.record is not None:
+            if self.graph != "sim":
+                raise InputError(f"record: expected the sim graph (the recorder's topics are the sim stack's), "
+                                 f"received graph {self.graph!r}")
+            if self.record.exists():
+                raise InputError(f"record: expected a new bag directory, received {self.record} (it exists)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mot stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("graph", choices=sorted(GRAPHS), help="which launch file's nodes to run")
-    parser.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
-    parser.add_argument("--backend", default=None, help="torch | onnxruntime | tensorrt (default: the YAML's)")
-    parser.add_argument("--audio", action="store_true", help="(sim) also run audio_node")
-    parser.add_argument("--audio-source", default=None, help="audio_node source: a .wav file or directory")
-    parser.add_argument("--dry-run", action="store_true", help="policy_node computes and logs, publishes no command")
-    parser.add_argument("--params", type=Path, default=None, help="a parameter YAML instead of the installed one")
-    args = parser.parse_args(argv)
-
-    import threading
-
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
-    from ros_nodes.common import install_stop_signals, spin_until
-
-    policy = {"checkpoint": str(Path(args.checkpoint).resolve()), "dry_run": bool(args.dry_run)}
+    args = parse(StackConfig, argv, "mot stack", __doc__)
+    policy = {"checkpoint": str(args.checkpoint.resolve()), "dry_run": args.dry_run}
     if args.backend:
         policy["backend"] = args.backend
     overrides: dict[str, dict] = {"policy_node": policy}
     if args.audio_source:
-        overrides["audio_node"] = {"source": str(Path(args.audio_source).resolve())}
+        overrides["audio_node"] = {"source": str(args.audio_source.resolve())}
     extra = [("audio_node", OPTIONAL["audio_node"])] if args.graph == "sim" and (args.audio or args.audio_source) else []
+    if args.record is not None:
+        extra.append(RECORDER)
+        overrides["bag_recorder"] = {"path": str(args.record.resolve()), "storage": "mcap"}
 
     # Our own SIGINT/SIGTERM handling (not rclpy's, which would shut the context down under the
     # nodes): the spin loop ends, the executor stops, policy_node publishes its final hold, and only
@@ -118,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if executor is not None:
             executor.shutdown(timeout_sec=2.0)
-        for node in reversed(nodes):  # policy_node (last in every graph) first: its final hold goes out
+        # policy_node first (its final hold goes out), then the others, the recorder (finishing its bag) last.
+        for node in sorted(reversed(nodes), key=lambda n: {"policy_node": 0, "bag_recorder": 2}.get(n.get_name(), 1)):
             _close(node)
         rclpy.try_shutdown()
         restore()
@@ -127,5 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # python -m ros_nodes.stack: as `mot stack` reports a mistake, one line and exit 2
+    try:
+        raise SystemExit(main())
+    except InputError as exc:
+        print(f"mot stack: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

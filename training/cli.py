@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("training.run:main", "the main job: `mot run \"put the red cube on the blue pad\"` in sim"),
     "say": ("ros_nodes.say:main", "publish a typed instruction (ROS 2); --wait for the episode result"),
     "stack": ("ros_nodes.stack:main", "run the ROS 2 nodes of a launch file in one process: `mot stack sim`"),
+    "estop": ("ros_nodes.estop:main", "reset the policy node's e-stop with the operator's token: `mot estop reset`"),
 }
 
 
