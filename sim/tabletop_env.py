@@ -77,19 +77,21 @@ object's centre appears in its image, (u, v) in [0, 1] (u rightwards, v downward
 Works under `gymnasium.vector.AsyncVectorEnv`; with its default shared memory gymnasium does not refresh
 `Text` observations (use `info["instruction"]`, or `sim.make_vec_env`, which disables shared memory and
 spawns workers so that no GL context is inherited through fork).
+
+Its parts: `sim.tabletop_config` (every tunable number), `sim.tabletop_scene` (the model's object and pad
+slots, contacts, camera projection), `sim.tasks` (scene sampling, rewards, success), `sim.robot` (the arm).
 """
 
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field, replace
 
 import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from sim.language import PALETTE, SPLITS, TASK_FAMILIES, TaskSpec, generate_instruction, parse_instruction
+from sim.language import SPLITS, TASK_FAMILIES, TaskSpec, generate_instruction, parse_instruction
 from sim.robot import (
     ACTION_HIGH,
     ACTION_LOW,
@@ -101,65 +103,13 @@ from sim.robot import (
     ArmKinematics,
     load_model,
 )
-from sim.tasks import (
-    OBJECT_HALF_HEIGHT,
-    OBJECT_SLOTS,
-    PAD_SLOTS,
-    Scene,
-    SceneConfig,
-    TaskConfig,
-    TaskState,
-    reward_terms,
-    sample_scene,
-    success,
-)
+from sim.tabletop_config import TabletopConfig, default_config
+from sim.tabletop_scene import SceneSlots, mj_step, project_point, touching
+from sim.tasks import OBJECT_HALF_HEIGHT, Scene, TaskState, reward_terms, sample_scene, success
 
 CAMERAS: tuple[str, ...] = ("front", "wrist")
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + string.punctuation + " "
 MAX_INSTRUCTION_LEN = 256
-
-
-@dataclass(frozen=True)
-class TabletopConfig:
-    """Every tunable number of the env (mujoco_playground style)."""
-
-    physics_timestep: float = 0.002
-    max_episode_steps: dict[str, int] = field(
-        default_factory=lambda: {"reach": 80, "pick": 100, "push": 150, "place": 150}
-    )
-    terminate_on_success: bool = True
-    fell_off_z: float = -0.05  # target below this height: terminated (failure)
-    init_qpos_noise: float = 0.03  # rad, uniform, on the home pose
-    home_tcp: tuple[float, float, float] = (0.42, 0.0, 0.22)  # initial TCP position (IK from HOME_QPOS)
-    reward_weights: dict[str, dict[str, float]] = field(
-        default_factory=lambda: {
-            "reach": {"reach": 1.0, "grasp": 0.0, "lift": 0.0, "goal": 0.0, "success": 5.0},
-            "pick": {"reach": 1.0, "grasp": 0.5, "lift": 2.0, "goal": 0.0, "success": 5.0},
-            "push": {"reach": 0.5, "grasp": 0.0, "lift": 0.0, "goal": 2.0, "success": 5.0},
-            "place": {"reach": 0.5, "grasp": 0.5, "lift": 0.5, "goal": 2.0, "success": 5.0},
-        }
-    )
-    scene: SceneConfig = field(default_factory=SceneConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-
-    def __post_init__(self) -> None:
-        if not 0.0002 <= self.physics_timestep <= 0.01:
-            raise ValueError(f"physics_timestep: expected in [0.0002, 0.01] s, got {self.physics_timestep}")
-        missing = set(TASK_FAMILIES) - set(self.max_episode_steps)
-        if missing:
-            raise ValueError(f"max_episode_steps: missing families {sorted(missing)}")
-
-
-def default_config() -> TabletopConfig:
-    return TabletopConfig()
-
-
-def _mj_step(model: mujoco.MjModel, data: mujoco.MjData, n: int) -> None:
-    try:
-        mujoco.mj_step(model, data, n)
-    except TypeError:  # very old bindings without nstep
-        for _ in range(n):
-            mujoco.mj_step(model, data)
 
 
 class TabletopEnv(gym.Env):
@@ -208,16 +158,8 @@ class TabletopEnv(gym.Env):
         self._finger_qadr = np.array([m.joint(n).qposadr[0] for n in FINGER_JOINTS])
         self._tcp_site = m.site("tcp").id
         self._finger_geoms = (m.geom("finger_left").id, m.geom("finger_right").id)
-        slots = OBJECT_SLOTS["cube"] + OBJECT_SLOTS["cylinder"]
-        self._obj_body = {s: m.body(s).id for s in slots}
-        self._obj_geom = {s: m.geom(s).id for s in slots}
-        self._obj_qadr = {s: m.joint(s).qposadr[0] for s in slots}
-        self._obj_dadr = {s: m.joint(s).dofadr[0] for s in slots}
-        self._park_xyz = {s: np.array([-2.0, 2.0 + 0.2 * i, -0.7]) for i, s in enumerate(slots)}
-        self._pad_mocap = {p: m.body_mocapid[m.body(p).id] for p in PAD_SLOTS}
-        self._pad_geom = {p: m.geom(p).id for p in PAD_SLOTS}
-        self._default_contype = m.geom_contype.copy()
-        self._default_conaff = m.geom_conaffinity.copy()
+        self.slots = SceneSlots(m)
+        self._obj_geom = self.slots.obj_geom  # slot -> geom id (what a segmentation render shows)
 
         # home pose: IK for a TCP above the middle of the workspace, pointing down
         self.kinematics = ArmKinematics(m)
@@ -304,7 +246,7 @@ class TabletopEnv(gym.Env):
         d = self.data
         d.ctrl[:6] = clipped[:6]
         d.ctrl[6:8] = 0.5 * clipped[6]
-        _mj_step(self.model, d, self.n_substeps)
+        mj_step(self.model, d, self.n_substeps)
         self._step += 1
 
         ts = self._task_state()
@@ -331,32 +273,7 @@ class TabletopEnv(gym.Env):
     def _apply_scene(self, rng: np.random.Generator) -> None:
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
-        scene = self.scene
-        active = {o.slot: o for o in scene.objects}
-        for slot, bid in self._obj_body.items():
-            gid, qa = self._obj_geom[slot], self._obj_qadr[slot]
-            o = active.get(slot)
-            if o is None:  # parked out of view: no collisions, floats in place
-                m.geom_contype[gid] = 0
-                m.geom_conaffinity[gid] = 0
-                m.body_gravcomp[bid] = 1.0
-                d.qpos[qa : qa + 3] = self._park_xyz[slot]
-                d.qpos[qa + 3 : qa + 7] = (1.0, 0.0, 0.0, 0.0)
-                continue
-            m.geom_contype[gid] = self._default_contype[gid]
-            m.geom_conaffinity[gid] = self._default_conaff[gid]
-            m.body_gravcomp[bid] = 0.0
-            m.geom_rgba[gid] = PALETTE[o.color]
-            d.qpos[qa : qa + 3] = (o.xy[0], o.xy[1], OBJECT_HALF_HEIGHT + 0.0005)
-            d.qpos[qa + 3 : qa + 7] = (np.cos(o.yaw / 2), 0.0, 0.0, np.sin(o.yaw / 2))
-        used_pads = {p.slot: p for p in scene.pads}
-        for i, (slot, mid) in enumerate(self._pad_mocap.items()):
-            p = used_pads.get(slot)
-            if p is None:
-                d.mocap_pos[mid] = (3.0, 3.0 + 0.2 * i, -0.749)
-            else:
-                d.mocap_pos[mid] = (p.xy[0], p.xy[1], 0.001)
-                m.geom_rgba[self._pad_geom[slot]] = PALETTE[p.color]
+        self.slots.place(m, d, self.scene)
         q0 = self.home_qpos + rng.uniform(-1, 1, 6) * self.config.init_qpos_noise
         d.qpos[self._arm_qadr] = q0
         d.qpos[self._finger_qadr] = GRIPPER_MAX_OPENING / 2
@@ -378,45 +295,29 @@ class TabletopEnv(gym.Env):
         return float(self.data.qpos[self._finger_qadr].sum())
 
     def object_pos(self, i: int) -> np.ndarray:
-        return self.data.xpos[self._obj_body[self.scene.objects[i].slot]].copy()
+        return self.data.xpos[self.slots.obj_body[self.scene.objects[i].slot]].copy()
 
     def object_rot(self, i: int) -> np.ndarray:
-        return self.data.xmat[self._obj_body[self.scene.objects[i].slot]].reshape(3, 3).copy()
+        return self.data.xmat[self.slots.obj_body[self.scene.objects[i].slot]].reshape(3, 3).copy()
 
     def pad_pos(self, j: int) -> np.ndarray:
-        return self.data.mocap_pos[self._pad_mocap[self.scene.pads[j].slot]].copy()
+        return self.data.mocap_pos[self.slots.pad_mocap[self.scene.pads[j].slot]].copy()
 
     def project(self, point: np.ndarray, cam: str) -> np.ndarray:
-        """World point (3,) -> where it appears in camera `cam`'s image: (u, v) in [0, 1], u rightwards,
-        v downwards (pixel = (u, v) * image_size); (-1, -1) when it is behind the camera (outside the
-        image, like any point off [0, 1]; not NaN, so equal infos compare equal).
-
-        MuJoCo cameras look along their frame's -z with +y up; `cam_fovy` is the vertical field of view.
-        """
-        cam_id = self.model.camera(cam).id
-        local = self.data.cam_xmat[cam_id].reshape(3, 3).T @ (np.asarray(point, float) - self.data.cam_xpos[cam_id])
-        if local[2] >= 0:
-            return np.full(2, -1.0, np.float32)
-        scale = 0.5 / np.tan(np.deg2rad(self.model.cam_fovy[cam_id]) / 2) / -local[2]
-        return np.array([0.5 + local[0] * scale, 0.5 - local[1] * scale], np.float32)
+        """World point (3,) -> (u, v) in camera `cam`'s image: [0, 1] when in view, (-1, -1) behind the
+        camera (`sim.tabletop_scene.project_point`)."""
+        return project_point(self.model, self.data, point, cam)
 
     def finger_contacts(self, i: int) -> tuple[bool, bool]:
         """(left, right): does each finger touch object i?"""
-        d = self.data
-        n = d.ncon
-        if n == 0:
-            return False, False
-        g1, g2 = d.contact.geom1[:n], d.contact.geom2[:n]
-        go = self._obj_geom[self.scene.objects[i].slot]
-        out = []
-        for gf in self._finger_geoms:
-            out.append(bool(np.any(((g1 == gf) & (g2 == go)) | ((g1 == go) & (g2 == gf)))))
-        return out[0], out[1]
+        go = self.slots.obj_geom[self.scene.objects[i].slot]
+        left, right = (touching(self.data, gf, go) for gf in self._finger_geoms)
+        return left, right
 
     def set_object_pose(self, i: int, pos, quat=(1.0, 0.0, 0.0, 0.0)) -> None:
         """Teleport object i (tests, constructed states); call before stepping or use `forward()`."""
-        qa = self._obj_qadr[self.scene.objects[i].slot]
-        da = self._obj_dadr[self.scene.objects[i].slot]
+        qa = self.slots.obj_qadr[self.scene.objects[i].slot]
+        da = self.slots.obj_dadr[self.scene.objects[i].slot]
         self.data.qpos[qa : qa + 3] = pos
         self.data.qpos[qa + 3 : qa + 7] = quat
         self.data.qvel[da : da + 6] = 0.0
@@ -476,7 +377,3 @@ class TabletopEnv(gym.Env):
             info["reward_" + k] = v
         return info
 
-
-def with_config(**overrides) -> TabletopConfig:
-    """`default_config()` with top-level fields replaced, e.g. `with_config(terminate_on_success=False)`."""
-    return replace(default_config(), **overrides)
