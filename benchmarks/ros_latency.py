@@ -9,11 +9,13 @@ for --duration seconds on one long episode and prints JSON:
   on its last target): 0 means re-planning always finished in time;
 - late_chunks: chunks that finished after their whole horizon had passed (dropped).
 
-    python benchmarks/ros_latency.py --json                                # small preset, onnxruntime, 60 s
-    python benchmarks/ros_latency.py --backend torch --duration 10 --json
+    python benchmarks/ros_latency.py --json                                # shipped checkpoint, onnxruntime, 60 s
+    mot bench ros --backend torch --duration 10 --json
+    mot bench ros --random-weights --preset tiny --json                    # an untrained preset instead
 
-Without --checkpoint the small preset is built with random weights: latency does not depend on
-the weights' values. Targets (issue): p99 < 100 ms and 0 missed cycles with onnxruntime.
+It times the shipped checkpoint (checkpoints/default) unless --checkpoint names another; an untrained
+--preset only with --random-weights, and the JSON says which in "weights". Targets (issue): p99 < 100 ms
+and 0 missed cycles with onnxruntime.
 
 --layout single (default) runs both nodes in this process, as `mot stack sim` does; --layout launch
 runs sim_node in its own process, as `ros2 launch mot_policy sim.launch.py` does. On this 2-core
@@ -23,7 +25,6 @@ the two processes compete for the cores, the watchdog holds, and cycles are miss
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,40 +33,66 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from policy.checkpoint import save_checkpoint
+from typing import Literal
 
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # before rclpy initialises anything
 os.environ.setdefault("MUJOCO_GL", "egl")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
+import rclpy  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from policy import MoTPolicy, PolicyConfig  # noqa: E402
+from policy.checkpoint import save_checkpoint  # noqa: E402
+from policy.errors import InputError  # noqa: E402
+from policy.options import parse  # noqa: E402
+from ros_nodes.stack import build_nodes, params_file  # noqa: E402
+
+DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
 TARGET_P99_MS = 100.0
 
 
+@dataclass
+class RosLatencyConfig:
+    checkpoint: Path = DEFAULT_CHECKPOINT
+    """the checkpoint policy_node runs (default: the shipped one, what users run)"""
+    random_weights: bool = False
+    """run an untrained --preset policy instead of a checkpoint (its figures are labelled random weights)"""
+    preset: Literal["tiny", "small"] = "small"
+    """with --random-weights: the preset to build"""
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "onnxruntime"
+    """which runtime policy_node runs the graphs with"""
+    duration: float = 60.0
+    """seconds of closed-loop running, measured after the first chunk"""
+    domain_id: int = int(os.environ.get("ROS_DOMAIN_ID", 42))
+    """ROS domain id of the benchmark's graph"""
+    layout: Literal["single", "launch"] = "single"
+    """sim_node in this process (single, as `mot stack`) or in its own (launch, as `ros2 launch`)"""
+    json: bool = False
+    """print only the JSON result"""
+
+    def __post_init__(self) -> None:
+        if not self.duration > 0:
+            raise InputError(f"duration: expected seconds > 0, received {self.duration}")
+        if not 0 <= self.domain_id <= 232:
+            raise InputError(f"domain_id: expected an int in 0..232, received {self.domain_id}")
+        if not self.random_weights and not (self.checkpoint / "manifest.json").is_file():
+            raise InputError(f"checkpoint: expected a checkpoint directory (with manifest.json), received "
+                             f"{self.checkpoint}; or --random-weights --preset tiny|small for an untrained policy")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: small preset, random weights)")
-    parser.add_argument("--preset", default="small", help="preset for the random-weight checkpoint")
-    parser.add_argument("--backend", default="onnxruntime", help="torch | onnxruntime | tensorrt")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of closed-loop running (default 60)")
-    parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", 42)))
-    parser.add_argument("--layout", choices=("single", "launch"), default="single",
-                        help="sim_node in this process (single, default, as `mot stack`) or its own (launch)")
-    parser.add_argument("--json", action="store_true", help="print only the JSON result")
-    args = parser.parse_args(argv)
+    args = parse(RosLatencyConfig, argv, "mot bench ros", __doc__.split("\n\n")[0])
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
 
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from std_msgs.msg import String
-
-    from ros_nodes.stack import build_nodes, params_file
-
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint
-        if checkpoint is None:
-            from policy import MoTPolicy, PolicyConfig
-
+        checkpoint = str(args.checkpoint.resolve())
+        if args.random_weights:
             checkpoint = str(Path(tmp) / args.preset)
             save_checkpoint(MoTPolicy(PolicyConfig.preset(args.preset)), checkpoint)
         context = rclpy.Context()
@@ -92,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 sim_process = subprocess.Popen(
                     [sys.executable, "-m", "ros_nodes.sim_node", "--ros-args", "-r", "__node:=sim_node",
                      "--params-file", str(params_file("sim")), "-p", "max_episode_steps:=1000000"],
-                    env={**os.environ, "ROS_DOMAIN_ID": str(args.domain_id)}, cwd=Path(__file__).resolve().parents[1],
+                    env={**os.environ, "ROS_DOMAIN_ID": str(args.domain_id)}, cwd=ROOT,
                     stdout=quiet, stderr=quiet)
             helper = rclpy.create_node("ros_latency", context=context)
             executor.add_node(helper)
@@ -147,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "ros_latency",
         "backend": args.backend,
         "layout": args.layout,
-        "checkpoint": args.checkpoint or f"{args.preset} preset (random weights)",
+        "weights": "random (untrained preset): not the product's figures" if args.random_weights else "checkpoint",
+        "preset": args.preset if args.random_weights else None,
+        "checkpoint": None if args.random_weights else str(args.checkpoint),
         "duration_s": args.duration,
         "control_hz": policy.config.control_hz,
         "replan_steps": policy.config.replan_steps,

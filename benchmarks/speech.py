@@ -24,7 +24,6 @@ convenience, not a safety e-stop: see docs/ros.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -33,11 +32,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from policy.errors import InputError  # noqa: E402
+from policy.options import parse  # noqa: E402
+from ros_nodes.audio_node import PARAMETERS as AUDIO_NODE_PARAMETERS  # noqa: E402
+from ros_nodes.commands import stop_phrases, words  # noqa: E402
+from ros_nodes.speech import (DEFAULT_PROMPT, SAMPLE_RATE, VAD_FRAME, CommandListener, SileroVAD,  # noqa: E402
+                              Transcriber, UtteranceSegmenter, load_wav, resample)
 
 STOP = ["stop", "freeze", "halt", "don't move"]
 OTHER = ["pick up the red cube", "push the blue block"]
@@ -49,8 +59,6 @@ BASELINE_PROMPT = ("Commands for a robot arm: pick up the red cube, put the gree
 
 
 def speak(text: str, voice: tuple[str, int, int], folder: Path) -> np.ndarray:
-    from ros_nodes.speech import load_wav, resample
-
     name, speed, pitch = voice
     path = folder / "phrase.wav"
     subprocess.run(["espeak-ng", "-v", name, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
@@ -81,8 +89,6 @@ def noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def mix(speech: np.ndarray, snr_db: float, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
     """-> (audio, speech start s, speech end s). Noise runs through the whole clip."""
-    from ros_nodes.speech import SAMPLE_RATE
-
     lead, tail = int(LEAD_S * SAMPLE_RATE), int(TAIL_S * SAMPLE_RATE)
     clean = np.concatenate([np.zeros(lead), speech, np.zeros(tail)])
     scale = np.sqrt(active_power(speech) / 10 ** (snr_db / 10))
@@ -97,16 +103,11 @@ TUNING: dict = {}  # --early-silence-ms / --partial-every-ms overrides of audio_
 
 def make_listener(pipeline: str, transcriber, vad):
     """A fresh listener (one per trial: stream positions start at 0) on a reset, shared VAD model."""
-    from ros_nodes.speech import CommandListener, UtteranceSegmenter
-
     vad.reset()
     if pipeline == "baseline":
         segmenter = UtteranceSegmenter(vad, min_silence_ms=400)
         return CommandListener(segmenter, transcriber, phrases=(("halt",), ("stop",)), early_stop=False)
-    from ros_nodes.audio_node import PARAMETERS as P
-    from ros_nodes.commands import stop_phrases
-
-    P = {**P, **TUNING}
+    P = {**AUDIO_NODE_PARAMETERS, **TUNING}
     segmenter = UtteranceSegmenter(vad, threshold=P["vad_threshold"], min_silence_ms=P["min_silence_ms"],
                                    early_silence_ms=P["early_silence_ms"], partial_every_ms=P["partial_every_ms"])
     return CommandListener(segmenter, transcriber, phrases=stop_phrases(), early_stop=True)
@@ -114,8 +115,6 @@ def make_listener(pipeline: str, transcriber, vad):
 
 def run_trial(new_listener, audio: np.ndarray) -> list[tuple[float, object]]:
     """Stream ``audio`` through a new listener in audio time -> [(decision time s, Heard), ...]."""
-    from ros_nodes.speech import SAMPLE_RATE, VAD_FRAME
-
     listener = new_listener()
 
     busy_until, decisions = 0.0, []
@@ -138,9 +137,6 @@ def stats_ms(values: list[float]) -> dict:
 
 
 def evaluate(pipeline: str, transcriber, clips: dict, snrs: list[float], kind: str, seed: int) -> dict:
-    from ros_nodes.commands import words
-    from ros_nodes.speech import SileroVAD
-
     vad = SileroVAD()
 
     def listener():
@@ -184,18 +180,41 @@ def evaluate(pipeline: str, transcriber, clips: dict, snrs: list[float], kind: s
     return results
 
 
+@dataclass
+class SpeechBenchConfig:
+    pipeline: Literal["baseline", "current", "both"] = "both"
+    """audio_node before issue 19 (baseline), its defaults now (current), or both"""
+    snr: tuple[float, ...] = (20.0, 10.0, 0.0)
+    """SNRs in dB (speech active level over noise power)"""
+    noise: Literal["white", "pink"] = "white"
+    """the noise mixed into the speech"""
+    voices: int = len(VOICES)
+    """how many of the espeak-ng voices speak each phrase"""
+    threads: int = 1
+    """Whisper CPU threads (audio_node's default: 1)"""
+    seed: int = 0
+    """noise seed"""
+    early_silence_ms: int | None = None
+    """override audio_node's early_silence_ms (current pipeline only)"""
+    partial_every_ms: int | None = None
+    """override audio_node's partial_every_ms (current pipeline only)"""
+    json: bool = False
+    """print only the JSON result"""
+
+    def __post_init__(self) -> None:
+        if not self.snr:
+            raise InputError("snr: expected at least one SNR in dB, received none")
+        if not 1 <= self.voices <= len(VOICES):
+            raise InputError(f"voices: expected an int in 1..{len(VOICES)}, received {self.voices}")
+        if self.threads < 1:
+            raise InputError(f"threads: expected an int >= 1, received {self.threads}")
+        for name in ("early_silence_ms", "partial_every_ms"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise InputError(f"{name}: expected milliseconds > 0, received {getattr(self, name)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", choices=("baseline", "current", "both"), default="both")
-    parser.add_argument("--snr", type=float, nargs="+", default=[20.0, 10.0, 0.0], help="SNRs in dB (default 20 10 0)")
-    parser.add_argument("--noise", choices=("white", "pink"), default="white")
-    parser.add_argument("--voices", type=int, default=len(VOICES), help=f"how many of the {len(VOICES)} voices")
-    parser.add_argument("--threads", type=int, default=1, help="Whisper CPU threads (audio_node's default: 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--early-silence-ms", type=int, default=None, help="override audio_node's (current only)")
-    parser.add_argument("--partial-every-ms", type=int, default=None, help="override audio_node's (current only)")
-    parser.add_argument("--json", action="store_true", help="print only the JSON result")
-    args = parser.parse_args(argv)
+    args = parse(SpeechBenchConfig, argv, "mot bench speech", __doc__.split("\n\n")[0])
     TUNING.clear()
     TUNING.update({k: v for k, v in (("early_silence_ms", args.early_silence_ms),
                                      ("partial_every_ms", args.partial_every_ms)) if v is not None})
@@ -204,14 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
 
-    from ros_nodes.speech import DEFAULT_PROMPT, Transcriber
-
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         clips = {(phrase, voice): speak(phrase, voice, Path(tmp)) for phrase in STOP + OTHER
                  for voice in VOICES[: args.voices]}
     pipelines = ["baseline", "current"] if args.pipeline == "both" else [args.pipeline]
-    out = {"benchmark": "speech", "noise": args.noise, "snr_db": args.snr, "voices": [v[0] for v in VOICES[: args.voices]],
+    out = {"benchmark": "speech", "noise": args.noise, "snr_db": list(args.snr), "voices": [v[0] for v in VOICES[: args.voices]],
            "stop_phrases_spoken": STOP, "other_phrases": OTHER, "trials_per_snr": len(clips) + 4,
            "latency_from": "end of the spoken stop phrase (stop_latency_ms) / its onset (..._from_onset_ms)"}
     for pipeline in pipelines:
