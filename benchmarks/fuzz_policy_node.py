@@ -1,23 +1,15 @@
 """Fuzz campaign: hostile messages into policy_node's callbacks and the pure functions under them.
 
-hypothesis generates sequences of events -- camera frames (valid, garbage, stamped old / in the future /
-repeated / unset), joint states (valid, 1e6 rad, NaN, missing or extra joints, stale stamps), instructions
-(text, floods, random and non-UTF-8 bytes, oversized), e-stop messages, reset calls (right token, wrong
-token, none), control ticks and short pauses -- and plays them into a real ``PolicyNode``'s subscription
-callbacks (no executor: called directly, so an exception is a crash we see). The policy is a stand-in
-that answers fast and sometimes adversarially (NaN, huge values, wrong shapes, non-arrays, exceptions).
-A second campaign calls the pure functions directly (image/joint-state/instruction conversion, the
-plausibility gates, the safety guard).
+hypothesis generates sequences of events -- camera frames, joint states, instructions, e-stop messages,
+reset calls, control ticks and short pauses, valid and hostile (benchmarks/fuzz_oracle.py) -- and plays
+them into a real ``PolicyNode``'s subscription callbacks (no executor: called directly, so an exception
+is a crash we see). The policy is a stand-in that answers fast and sometimes adversarially. A second
+campaign calls the pure functions directly (image/joint-state/instruction conversion, the plausibility
+gates, the safety guard).
 
-Every command the node publishes is checked against an oracle that knows only what was sent:
-
-- limits: every point finite and inside position_lower/upper;
-- velocity: every step inside a chunk within the step bound, and its first point within the bound of
-  a recently reported (in-range) joint state or of the previous command;
-- e-stop: no chunk between an e-stop message and a successful reset;
-- stale: no chunk while any camera or the joint state has sent no fresh, well-stamped message for
-  longer than its staleness limit (+ one control period, the documented reaction time);
-- implausible: no chunk within the suspicion period after an out-of-range joint state.
+Every command the node publishes is checked against an oracle that knows only what was sent: inside
+the limits, within the step bound (also from where the robot was last reported), never while
+e-stopped, never with stale or implausible inputs (the rules: benchmarks/fuzz_oracle.py).
 
 Prints JSON: messages by type, crashes, unsafe commands by rule, chunks and holds published.
 
@@ -27,153 +19,50 @@ Prints JSON: messages by type, crashes, unsafe commands by rule, chunks and hold
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from collections import Counter, deque
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # before rclpy initialises anything
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-CAMERAS = ("front", "wrist")
-SLACK_S = 0.05  # thread scheduling between the fuzzer and the worker thread
+import rclpy  # noqa: E402
+import yaml  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.logging import LoggingSeverity  # noqa: E402
+from rclpy.serialization import serialize_message  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
+
+from benchmarks.fuzz_oracle import CAMERAS, FuzzRunner, Oracle, strategies  # noqa: E402
+from policy.errors import InputError  # noqa: E402
+from policy.options import parse  # noqa: E402
+from ros_nodes.ament import share_directory  # noqa: E402
+from ros_nodes.common import decode_string  # noqa: E402
+from ros_nodes.convert import image_to_numpy, joint_state_to_vector, numpy_to_image, seconds_to_time  # noqa: E402
+from ros_nodes.estop import reset_request  # noqa: E402
+from ros_nodes.plausibility import FreshnessGate, JointPlausibility, Verdict  # noqa: E402
+from ros_nodes.policy_node import PolicyNode  # noqa: E402
+from ros_nodes.safety import SafetyGuard, SafetyLimits, UnsafeCommand  # noqa: E402
+
 PACE_S = 0.004  # between two events: ~250 messages/s, a busy robot's rate (time must pass for staleness)
 
 
-class FuzzRunner:
-    """A policy stand-in: a short ramp from the observed state, or (rarely) something hostile."""
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng, self.calls = rng, 0
-        self.lock = threading.Lock()
-
-    def infer(self, images, state, instruction):
-        with self.lock:
-            self.calls += 1
-            roll = self.rng.random()
-        horizon = 10
-        if roll < 0.04:
-            return np.full((horizon, state.size), np.nan)
-        if roll < 0.08:
-            return np.full((horizon, state.size), 1e9)
-        if roll < 0.10:
-            return np.zeros((horizon, state.size + 1))
-        if roll < 0.12:
-            return "not a chunk"
-        if roll < 0.14:
-            raise ValueError("images['front']: the stand-in refuses this observation")
-        if roll < 0.15:
-            raise RuntimeError("backend hiccup")
-        steps = np.arange(1, horizon + 1)[:, None] * 0.3 * (self.rng.random(state.size) - 0.5)
-        return state[None] + steps
-
-
-class Oracle:
-    """What the fuzzer sent, and the rules every published command must satisfy."""
-
-    def __init__(self, p: dict, lower, upper, bound, dt) -> None:
-        self.p, self.lower, self.upper, self.bound, self.dt = p, lower, upper, bound, dt
-        self.fresh: dict[str, float] = {}  # input -> wall time of its last fresh, well-stamped message
-        self.last_stamp: dict[str, float] = {}
-        self.implausible_at = -1e9
-        self.latched = False
-        self.states: deque = deque(maxlen=200)  # in-range joint states recently sent
-        self.previous: np.ndarray | None = None  # the last command's points
-        self.unsafe: Counter = Counter()
-        self.examples: list[str] = []
-        self.published = Counter()
-        self.lock = threading.Lock()
-
-    def sent_fresh(self, key: str, stamp: float, now: float) -> bool:
-        """Would a correct node accept this stamp? (fresh and after the last accepted one)."""
-        ok = abs(now - stamp) <= self.p["max_input_age"] and stamp > self.last_stamp.get(key, 0.0)
-        if ok:
-            self.last_stamp[key] = stamp
-        return ok
-
-    def check(self, kind: str, points: np.ndarray, now: float) -> None:
-        with self.lock:
-            self.published[kind] += 1
-            bad = []
-            if not np.all(np.isfinite(points)) or np.any(points < self.lower - 1e-9) or np.any(points > self.upper + 1e-9):
-                bad.append("joint_limits")
-            if kind == "chunk":
-                if np.any(np.abs(np.diff(points, axis=0)) > self.bound + 1e-9):
-                    bad.append("velocity")
-                references = [np.clip(s, self.lower, self.upper) for s in self.states]
-                if self.previous is not None:
-                    references += list(self.previous)
-                if not any(np.all(np.abs(points[0] - r) <= self.bound + 1e-6) for r in references):
-                    bad.append("velocity_first_point")
-                if self.latched:
-                    bad.append("while_estopped")
-                limits = {**{f"camera/{c}": self.p["stale_image_s"] for c in CAMERAS},
-                          "joint_states": self.p["stale_joint_state_s"]}
-                if any(now - self.fresh.get(k, -1e9) > limit + self.dt + SLACK_S for k, limit in limits.items()):
-                    bad.append("stale_inputs")
-                if self.implausible_at < now < self.implausible_at + self.p["stale_joint_state_s"] - SLACK_S:
-                    bad.append("implausible_inputs")
-            self.previous = points
-            for rule in bad:
-                self.unsafe[rule] += 1
-                if len(self.examples) < 10:
-                    self.examples.append(f"{kind} at {now:.3f}: {rule}")
-
-
-def strategies(joints, lower, upper):
-    from hypothesis import strategies as st
-
-    image_kinds = st.sampled_from(["valid", "valid", "valid", "garbage", "old", "future", "repeat", "unstamped"])
-    joint_kinds = st.sampled_from(["valid", "valid", "valid", "valid", "huge", "nan", "missing", "extra", "old",
-                                   "beyond_margin", "jump"])
-    text_kinds = st.one_of(st.sampled_from(["pick up the red cube", "push the blue block", "pick up the red cube",
-                                            "stop", " ", ""]),
-                           st.text(max_size=40), st.binary(min_size=1, max_size=40),
-                           st.just(b"pick up \xff\xfe"), st.just("x" * 5000))
-    valid_image = st.tuples(st.just("image"), st.sampled_from(CAMERAS), st.just("valid"), st.just(b""))
-    valid_state = st.tuples(st.just("joint_state"), st.just("valid"), st.just([]))
-    branches = {  # branch: how many of the equally likely one_of slots it gets
-        valid_image: 8, valid_state: 6, st.tuples(st.just("tick")): 3, st.tuples(st.just("sleep"), st.floats(0.0, 0.03)): 3,
-        st.tuples(st.just("image"), st.sampled_from(CAMERAS), image_kinds, st.binary(max_size=64)): 2,
-        st.tuples(st.just("joint_state"), joint_kinds, st.lists(st.floats(allow_nan=True, allow_infinity=True),
-                                                                min_size=len(joints), max_size=len(joints))): 2,
-        st.tuples(st.just("instruction"), text_kinds): 2,
-        st.tuples(st.just("estop"), st.sampled_from([True, False, False])): 1,
-        st.tuples(st.just("reset"), st.sampled_from(["token", "token", "wrong", "none"])): 1}
-    hostile = st.lists(st.one_of([b for b, n in branches.items() for _ in range(n)]), min_size=10, max_size=40)
-    # Half the examples are a robot working normally for a while (reset, an instruction, then valid
-    # frames and states), so that the node does plan and every rule is checked on real chunks too.
-    start = st.tuples(st.tuples(st.just("reset"), st.just("token")),
-                      st.tuples(st.just("instruction"), st.sampled_from(["pick up the red cube", "push the blue block"])))
-    calm = st.tuples(start, st.lists(st.one_of(valid_image, valid_image, valid_state, st.tuples(st.just("tick")),
-                                               st.tuples(st.just("sleep"), st.floats(0.0, 0.03))),
-                                     min_size=40, max_size=120)).map(lambda t: [*t[0], *t[1]])
-    return st.one_of(hostile, calm)
-
-
 def node_campaign(examples: int, seed: int, quiet: bool = True, domain_id: int | None = None) -> dict:
-    import rclpy
-    import yaml
-    from hypothesis import HealthCheck, given, settings
-    from rcl_interfaces.srv import SetParameters
-    from rclpy.serialization import serialize_message
-    from sensor_msgs.msg import Image, JointState
-    from std_msgs.msg import Bool, String
-
-    from ros_nodes.ament import share_directory
-    from ros_nodes.convert import numpy_to_image, seconds_to_time
-    from ros_nodes.estop import reset_request
-    from ros_nodes.policy_node import PolicyNode
-
     p = yaml.safe_load((share_directory() / "config" / "sim.yaml").read_text())["policy_node"]["ros__parameters"]
     joints = p["joint_names"]
     lower, upper = np.array(p["position_lower"]), np.array(p["position_upper"])
@@ -194,8 +83,6 @@ def node_campaign(examples: int, seed: int, quiet: bool = True, domain_id: int |
             "-p", f"estop_latch_file:={tmp / 'estop.json'}", "-p", f"estop_token_file:={tmp / 'token'}"]
     node = PolicyNode(runner=FuzzRunner(rng), cli_args=args, context=context)
     if quiet:
-        from rclpy.logging import LoggingSeverity
-
         node.get_logger().set_level(LoggingSeverity.FATAL)  # thousands of rejections would flood stderr
     token = (tmp / "token").read_text().strip()
     forward = node.commands._publish
@@ -341,15 +228,6 @@ def node_campaign(examples: int, seed: int, quiet: bool = True, domain_id: int |
 
 def pure_campaign(examples: int) -> dict:
     """The conversion / plausibility / guard functions called directly with hostile values."""
-    from hypothesis import HealthCheck, given, settings, strategies as st
-    from hypothesis.extra.numpy import arrays
-    from sensor_msgs.msg import Image, JointState
-
-    from ros_nodes.common import decode_string
-    from ros_nodes.convert import image_to_numpy, joint_state_to_vector
-    from ros_nodes.plausibility import FreshnessGate, JointPlausibility, Verdict
-    from ros_nodes.safety import SafetyGuard, SafetyLimits, UnsafeCommand
-
     joints = ["a", "b", "c"]
     limits = SafetyLimits(lower=[-1, -2, 0], upper=[1, 2, 0.08], max_step=[0.2, 0.2, 0.02], max_velocity=[2, 2, 0.2], dt=0.1)
     guard = SafetyGuard(limits)
@@ -403,13 +281,26 @@ def pure_campaign(examples: int) -> dict:
             "wall_s": round(time.perf_counter() - started, 1)}
 
 
+@dataclass
+class FuzzConfig:
+    examples: int = 500
+    """hypothesis examples of the node campaign (10-120 events each)"""
+    pure_examples: int | None = None
+    """pure-function examples (default: 4 x --examples)"""
+    seed: int = 0
+    """the stand-in policy's seed (hypothesis itself is derandomized)"""
+    json: bool = False
+    """print only the JSON result"""
+
+    def __post_init__(self) -> None:
+        for name in ("examples", "pure_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name}: expected an int >= 1, received {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=500, help="hypothesis examples (10-40 events each; default 500)")
-    parser.add_argument("--pure-examples", type=int, default=None, help="pure-function examples (default: 4 x --examples)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse(FuzzConfig, argv, "python benchmarks/fuzz_policy_node.py", __doc__.split("\n\n")[0])
     node = node_campaign(args.examples, args.seed, quiet=args.json)
     pure = pure_campaign(args.pure_examples if args.pure_examples is not None else 4 * args.examples)
     result = {"benchmark": "fuzz_policy_node", "node": node, "pure": pure,

@@ -3,6 +3,7 @@
 The full campaign (>= 10,000 messages) is `python benchmarks/fuzz_policy_node.py --json`."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 from tests.ros_nodes.conftest import next_domain_id
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _campaign():
     spec = importlib.util.spec_from_file_location("fuzz_policy_node", ROOT / "benchmarks" / "fuzz_policy_node.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its config dataclass looks its module up there (as `mot bench` loads scripts)
     spec.loader.exec_module(module)
     return module
 
