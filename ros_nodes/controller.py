@@ -2,8 +2,10 @@
 
 ``PolicyController`` is driven by the node (callbacks, a control-rate tick, a worker thread that runs
 inference) with times in seconds from the node's clock, so every rule here is tested with plain
-numbers. Its only way out is ``GuardedCommandPublisher``, which runs ``SafetyGuard`` on every chunk
-and hold before handing it to the real publisher: there is no other path to the command topic.
+numbers. What it believes about the world lives in ``LatestInputs`` (ros_nodes/latest_inputs.py); its
+numbers in ``ControllerConfig`` (ros_nodes/controller_config.py); its counters in ``Metrics``. Its only
+way out is ``GuardedCommandPublisher`` (ros_nodes/guarded_publisher.py), which runs ``SafetyGuard`` on
+every chunk and hold before handing it to the real publisher: there is no other path to the command topic.
 
 Modes::
 
@@ -22,181 +24,18 @@ Modes::
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
-from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
 from ros_nodes.chunking import Plan, align_chunk, blend
-from ros_nodes.plausibility import FreshnessGate, JointPlausibility, Verdict
-from ros_nodes.safety import EStopLatch, SafetyGuard, SafetyLimits, UnsafeCommand, Watchdog
-
-
-class Inference(Protocol):
-    """What the node needs from a policy: ``policy.runtime.PolicyRunner`` satisfies it."""
-
-    def infer(self, images: dict[str, np.ndarray], state: np.ndarray, instruction: str) -> np.ndarray: ...
-
-
-def clean_instruction(text: str, max_chars: int) -> str:
-    """Strip and validate a typed or transcribed instruction; raises ValueError naming the problem."""
-    if not isinstance(text, str):
-        raise TypeError(f"instruction: expected str, received {type(text).__name__}")
-    # Control characters (a stray NUL or escape from a terminal) are never part of a command.
-    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-    if not text:
-        raise ValueError("instruction: expected non-empty text, received an empty/blank string")
-    if len(text) > max_chars:
-        raise ValueError(f"instruction: expected at most {max_chars} characters, received {len(text)}")
-    return text
-
-
-@dataclass
-class ControllerConfig:
-    joint_names: tuple[str, ...]
-    cameras: tuple[str, ...]
-    control_hz: float = 10.0
-    replan_steps: int = 4  # request a new chunk when the executing plan has this many points left
-    blend_steps: int = 2  # ticks over which a new chunk cross-fades into the old one
-    stale_image_s: float = 0.5
-    stale_joint_state_s: float = 0.5
-    max_instruction_chars: int = 256
-    # Input plausibility (ros_nodes.plausibility). The node's defaults are stricter (stamps required).
-    max_input_age: float = 0.5  # largest |node clock - header.stamp| of an accepted image / joint state (s)
-    max_frozen_s: float = 0.0  # identical camera frames for longer than this are frozen (0: off)
-    require_stamps: bool = False  # reject unstamped images / joint states
-    joint_limit_margin: float | tuple[float, ...] = 0.05  # a reading this far outside the limits is a fault
-    joint_speed_limit: tuple[float, ...] = ()  # fastest real joint motion (units/s); (): 2 x max_velocity
-    joint_jump_tolerance: float | tuple[float, ...] = 0.05  # slack on top of speed * dt
-    instruction_debounce_s: float = 0.5  # an instruction stays at least this long before the next replaces it
-    inference_timeout_s: float = 5.0  # one inference call longer than this is a fault
-
-    def __post_init__(self) -> None:
-        self.joint_names, self.cameras = tuple(self.joint_names), tuple(self.cameras)
-        if not self.joint_names or len(set(self.joint_names)) != len(self.joint_names):
-            raise ValueError(f"joint_names: expected unique non-empty names, received {list(self.joint_names)}")
-        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(f"cameras: expected unique non-empty names, received {list(self.cameras)}")
-        if not (math.isfinite(self.control_hz) and self.control_hz > 0):
-            raise ValueError(f"control_hz: expected > 0, received {self.control_hz}")
-        if self.replan_steps < 1 or self.blend_steps < 0:
-            raise ValueError(f"replan_steps/blend_steps: expected >= 1 / >= 0, received "
-                             f"{self.replan_steps}/{self.blend_steps}")
-        if self.max_instruction_chars < 1:
-            raise ValueError(f"max_instruction_chars: expected >= 1, received {self.max_instruction_chars}")
-        for name in ("instruction_debounce_s",):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name}: expected >= 0 seconds, received {getattr(self, name)}")
-        if not (self.inference_timeout_s > 0):
-            raise ValueError(f"inference_timeout_s: expected > 0 seconds, received {self.inference_timeout_s}")
-
-    @property
-    def dt(self) -> float:
-        return 1.0 / self.control_hz
-
-
-@dataclass
-class Command:
-    """A safe command on its way to the publisher: ``points[k]`` is due at ``start_time + k * dt``."""
-
-    kind: str  # "chunk" | "hold"
-    start_time: float
-    points: np.ndarray  # (T, D), already through SafetyGuard
-
-
-class GuardedCommandPublisher:
-    """The only route to the command topic: guard first, then publish (or, in dry-run, only log)."""
-
-    def __init__(self, guard: SafetyGuard, publish: Callable[[Command], None], log: Callable[[str], None],
-                 dry_run: bool = False) -> None:
-        self._guard, self._publish, self._log, self.dry_run = guard, publish, log, dry_run
-
-    def send_chunk(self, points: np.ndarray, start_time: float, current: np.ndarray) -> np.ndarray:
-        """Guard ``points`` (rate-limited from ``current``) and publish; returns the safe points.
-
-        Raises ``UnsafeCommand`` (nothing published) for a non-finite or misshapen chunk.
-        """
-        safe = self._guard.apply(points, current)
-        self._emit(Command("chunk", start_time, safe))
-        return safe
-
-    @property
-    def limits(self) -> SafetyLimits:
-        return self._guard.limits
-
-    def validate(self, points: np.ndarray) -> np.ndarray:
-        """Shape and finiteness check only (raises ``UnsafeCommand``); nothing is published."""
-        return self._guard.check_shape(points)
-
-    def send_hold(self, position: np.ndarray, time: float) -> np.ndarray:
-        safe = self._guard.hold(position)
-        self._emit(Command("hold", time, safe))
-        return safe
-
-    def _emit(self, command: Command) -> None:
-        if self.dry_run:
-            self._log(f"dry_run: would publish {command.kind} of {len(command.points)} point(s), first "
-                      f"{np.round(command.points[0], 4).tolist()}")
-            return
-        self._publish(command)
-
-
-@dataclass
-class Request:
-    """One inference job, built under the lock from the latest inputs and run on the worker thread."""
-
-    generation: int  # results from an older generation (instruction changed, hold, e-stop) are dropped
-    observation_tick: int
-    images: dict[str, np.ndarray]
-    state: np.ndarray
-    instruction: str
-    image_time: float  # when the newest frame in ``images`` was received (latency is measured from it)
-
-
-@dataclass
-class Metrics:
-    chunks: int = 0
-    holds: int = 0
-    late_chunks: int = 0  # inference finished after its whole chunk was in the past
-    dropped_results: int = 0  # finished after an instruction change / hold / e-stop
-    unsafe_chunks: int = 0  # refused by the guard (NaN/inf)
-    starved_ticks: int = 0  # control ticks while running with no planned point left (missed cycles)
-    rejected_messages: int = 0  # every message refused, whatever the reason (sum of ``rejections``)
-    rejections: Counter = field(default_factory=Counter)  # kind -> count: malformed, stamp_age, jump, ...
-    discarded_instructions: int = 0  # arrived while the e-stop was latched (or in a fault)
-    repeated_instructions: int = 0  # identical to the current/pending one: nothing to change
-    superseded_instructions: int = 0  # pending, replaced by a newer one before being applied (debounce)
-    refused_resets: int = 0  # reset calls without the operator's token
-    faults: int = 0
-    latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))  # image received -> published (s)
-    inference_times: deque = field(default_factory=lambda: deque(maxlen=10_000))
-
-    def summary(self) -> dict:
-        def stats(values) -> dict:
-            if not values:
-                return {"n": 0}
-            v = np.asarray(values) * 1e3
-            return {"n": int(v.size), "median_ms": round(float(np.median(v)), 2),
-                    "p99_ms": round(float(np.percentile(v, 99)), 2), "max_ms": round(float(v.max()), 2),
-                    "last_ms": round(float(v[-1]), 2)}
-        return {"chunks": self.chunks, "holds": self.holds, "late_chunks": self.late_chunks,
-                "dropped_results": self.dropped_results, "unsafe_chunks": self.unsafe_chunks,
-                "starved_ticks": self.starved_ticks, "rejected_messages": self.rejected_messages,
-                "rejections": dict(sorted(self.rejections.items())),
-                "discarded_instructions": self.discarded_instructions,
-                "repeated_instructions": self.repeated_instructions,
-                "superseded_instructions": self.superseded_instructions,
-                "refused_resets": self.refused_resets, "faults": self.faults,
-                "latency": stats(self.latencies), "inference": stats(self.inference_times)}
-
-
-def _digest(image: np.ndarray) -> bytes:
-    """A 16-byte fingerprint of a frame: frozen-camera detection compares these, not whole frames."""
-    return hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest()
+from ros_nodes.controller_config import ControllerConfig, Request, clean_instruction
+from ros_nodes.guarded_publisher import GuardedCommandPublisher
+from ros_nodes.latest_inputs import LatestInputs
+from ros_nodes.metrics import Metrics
+from ros_nodes.safety import EStopLatch, UnsafeCommand
 
 
 class PolicyController:
@@ -208,19 +47,10 @@ class PolicyController:
         self.log = log
         self.metrics = Metrics()
         self.estop = estop if estop is not None else EStopLatch()
-        self.watchdog = Watchdog({**{self._camera_key(c): config.stale_image_s for c in config.cameras},
-                                  "joint_states": config.stale_joint_state_s})
-        self.inputs = FreshnessGate(max_age=config.max_input_age, max_frozen_s=config.max_frozen_s,
-                                    require_stamps=config.require_stamps)
-        limits = publisher.limits
-        speed = config.joint_speed_limit or 2.0 * limits.max_velocity
-        self.joints = JointPlausibility(limits.lower, limits.upper, config.joint_limit_margin, speed,
-                                        config.joint_jump_tolerance, config.joint_names)
-        # One re-entrant lock guards everything below: callbacks, the tick and the worker all take it.
+        # One re-entrant lock guards everything below (the inputs too): callbacks, the tick and the
+        # worker all take it.
         self._lock = threading.RLock()
-        self._images: dict[str, tuple[np.ndarray, float]] = {}
-        self._delays: dict[str, float] = {}  # input -> receive time - header stamp of its last accepted message
-        self._state: tuple[np.ndarray, float] | None = None
+        self.inputs = LatestInputs(config, publisher.limits)
         self._instruction: tuple[str, float] | None = None  # (text, time it was applied)
         self._pending: tuple[str, float] | None = None  # the latest instruction not applied yet (debounce)
         self._applied_at = -math.inf
@@ -231,17 +61,12 @@ class PolicyController:
         self._in_flight_since = 0.0
         self._generation = 0
         self._last_tick: int | None = None
-        self._suspect_until = -math.inf  # joint states are not trusted before this (an implausible one came)
         self._last_rejection: dict[str, tuple[float, str]] = {}  # kind -> (time, message), for logs/diagnostics
         self.mode = "estop" if self.estop.tripped else "idle"
         self.error = ""
         self.fault = ""
         if self.estop.tripped:
             self.log(f"E-STOP latched at start ({self.estop.reason}); holding until the reset service is called")
-
-    @staticmethod
-    def _camera_key(name: str) -> str:
-        return f"camera/{name}"
 
     # -- time on the tick grid -------------------------------------------------------------------
     def tick_of(self, now: float) -> int:
@@ -267,40 +92,25 @@ class PolicyController:
         with self._lock:
             if camera not in self.config.cameras:
                 return None
-            key = self._camera_key(camera)
-            digest = _digest(image) if self.config.max_frozen_s > 0 else None
-            rejection = self.inputs.check(key, stamp, now, digest)
+            rejection = self.inputs.accept_image(camera, image, now, stamp)
             if rejection is not None:
                 self.reject(rejection.kind, rejection.message, now)
                 return None
-            self._images[camera] = (image, now)
-            self._delays[key] = now - stamp if stamp else 0.0
-            self.watchdog.feed(key, now)
             # Planning is triggered by a frame arriving, not only by the tick, so latency from
             # image to published chunk does not include waiting for the next tick.
             return self._maybe_request(now)
 
     def on_joint_state(self, state: np.ndarray, now: float, stamp: float | None = None) -> None:
         with self._lock:
-            rejection = self.inputs.check("joint_states", stamp, now)
+            outcome, rejection = self.inputs.accept_joint_state(state, now, stamp)
             if rejection is not None:
-                return self.reject(rejection.kind, rejection.message, now)
-            verdict, rejection = self.joints.check(state, stamp if stamp else now)
-            if verdict is Verdict.REJECT:
                 self.reject(rejection.kind, rejection.message, now)
-                # Not a position to plan from, and maybe not where the arm is: stop acting on joint
-                # states for one staleness period and hold at the last believable one.
-                self._suspect_until = now + self.config.stale_joint_state_s
-                if self.mode == "running":
-                    self.log(f"implausible joint state ({rejection.message}): holding")
-                    self._hold(now, "implausible joint state")
-                    self.mode = "hold"
-                return None
-            if verdict is Verdict.WAIT:
-                return None
-            self._state = (state, now)
-            self._delays["joint_states"] = now - stamp if stamp else 0.0
-            self.watchdog.feed("joint_states", now)
+            if outcome == "implausible" and self.mode == "running":
+                # Maybe not where the arm is: hold at the last believable state (joint states are
+                # untrusted, hence stale, for one staleness period).
+                self.log(f"implausible joint state ({rejection.message}): holding")
+                self._hold(now, "implausible joint state")
+                self.mode = "hold"
 
     def on_instruction(self, text: str, now: float) -> tuple[str, str]:
         """Take a new instruction -> (cleaned text, what happened: applied | pending | repeated | discarded).
@@ -357,7 +167,7 @@ class PolicyController:
         self._generation += 1
         self._plan = None
         self.error = ""
-        self.joints.reset()
+        self.inputs.restart_joint_checks()
         if self.mode in ("idle", "error"):
             self.mode = "running"
         return True
@@ -415,10 +225,7 @@ class PolicyController:
     def stale(self, now: float) -> list[str]:
         """Inputs that do not count as fresh now: watchdog-stale, or joint states under suspicion."""
         with self._lock:
-            stale = self.watchdog.stale(now)
-            if now < self._suspect_until and "joint_states" not in stale:
-                stale.append("joint_states (implausible)")
-            return stale
+            return self.inputs.stale(now)
 
     def tick(self, now: float) -> None:
         """Runs every control period: faults, debounced instructions, the watchdog, starvation.
@@ -455,7 +262,7 @@ class PolicyController:
         self._apply_pending(now)
         if self.mode != "running" or self._in_flight is not None or self.estop.tripped:
             return None
-        if self._instruction is None or self._state is None or len(self._images) < len(self.config.cameras):
+        if self._instruction is None or not self.inputs.complete():
             return None
         tick = self.tick_of(now)
         if self._plan is not None and self._plan.remaining(tick) > self.config.replan_steps:
@@ -465,13 +272,11 @@ class PolicyController:
         instruction, instruction_time = self._instruction
         # After a new instruction, wait for inputs that arrived after it: a sim resets its scene on
         # the instruction, and planning from the old scene's frame would be planning for the wrong world.
-        newest_inputs = [t for _, t in self._images.values()] + [self._state[1]]
-        if min(newest_inputs) < instruction_time:
+        if self.inputs.oldest_time() < instruction_time:
             return None
+        images, state, image_time = self.inputs.observation()
         request = Request(generation=self._generation, observation_tick=round((now - self.t0) / self.config.dt),
-                          images={c: self._images[c][0] for c in self.config.cameras},
-                          state=self._state[0], instruction=instruction,
-                          image_time=max(self._images[c][1] for c in self.config.cameras))
+                          images=images, state=state, instruction=instruction, image_time=image_time)
         self._in_flight, self._in_flight_since = request, now
         return request
 
@@ -544,10 +349,8 @@ class PolicyController:
         robot) there is nothing to hold and nothing is published.
         """
         self._generation += 1
-        position = None
-        if self._state is not None and self.watchdog.age("joint_states", now) <= self.config.stale_joint_state_s:
-            position = self._state[0]
-        elif self._plan is not None:
+        position = self.inputs.fresh_state(now)
+        if position is None and self._plan is not None:
             position = self._plan.at(self.tick_of(now))
         self._plan = None
         if position is None:
@@ -560,7 +363,7 @@ class PolicyController:
     def input_ages(self, now: float) -> dict[str, float]:
         """Seconds since each required input's last accepted message (inf: never)."""
         with self._lock:
-            return {name: self.watchdog.age(name, now) for name in self.watchdog.limits}
+            return self.inputs.ages(now)
 
     def status(self, now: float) -> dict:
         with self._lock:
@@ -573,6 +376,6 @@ class PolicyController:
                     "dry_run": self.publisher.dry_run, "planning": self._in_flight is not None,
                     "input_age_s": {k: (round(v, 4) if math.isfinite(v) else None)
                                     for k, v in self.input_ages(now).items()},
-                    "stamp_delay_s": {k: round(v, 4) for k, v in self._delays.items()},
+                    "stamp_delay_s": {k: round(v, 4) for k, v in self.inputs.delays.items()},
                     "last_rejection": {k: m for k, (_, m) in sorted(self._last_rejection.items())},
                     **self.metrics.summary()}

@@ -13,7 +13,8 @@ Topics (names relative, so a namespace or remap moves them):
                                       one string parameter ``token`` holding the operator's token
 
 The node owns parameters, topics and threads only; ``ros_nodes.controller.PolicyController`` decides
-what to do and ``GuardedCommandPublisher`` (the only holder of the trajectory publisher) guards it.
+what to do and ``ros_nodes.guarded_publisher.GuardedCommandPublisher`` (the only holder of the
+trajectory publisher) guards it.
 Inference runs on a dedicated worker thread, never on an executor thread, so callbacks and the
 control tick stay on time while the model thinks. The worker never dies silently: an exception
 outside the model, a dead thread or a hung inference call is a fault (hold, mode "fault", ERROR on
@@ -41,14 +42,17 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory
 
+from policy.pointing import Pointer
+from policy.runtime import PolicyRunner
 from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, lock_process_memory, now_s,
                                run_node)
-from ros_nodes.controller import (Command, ControllerConfig, GuardedCommandPublisher, Inference,
-                                  PolicyController, Request)
+from ros_nodes.controller import PolicyController
+from ros_nodes.controller_config import ControllerConfig, Inference, Request
 from ros_nodes.convert import (chunk_to_trajectory, fit_image, image_to_numpy, joint_state_to_vector,
                                seconds_to_time, time_to_seconds)
 from ros_nodes.diagnostics import diagnostic_array
 from ros_nodes.estop import ensure_token, token_file_warning, token_from_request, token_matches
+from ros_nodes.guarded_publisher import Command, GuardedCommandPublisher
 from ros_nodes.safety import EStopLatch, SafetyGuard, SafetyLimits
 
 # Every parameter the node declares. A ``Parameter.Type`` means "required, no default": the node
@@ -114,9 +118,6 @@ class PolicyNode(Node):
         if runner is None:
             if not p["checkpoint"]:
                 raise ValueError("checkpoint: expected a checkpoint directory parameter, received ''")
-            from policy.pointing import Pointer  # torch is imported only by the node that runs it
-            from policy.runtime import PolicyRunner
-
             self.get_logger().info(f"loading {p['checkpoint']} (backend {p['backend']})")
             pointer = Pointer.resolve(p["points_from"] or None, p["checkpoint"])
             runner = PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"], pointer=pointer)

@@ -10,7 +10,7 @@ Pure numpy, no rclpy. Three independent pieces, each with its own tests:
 - ``EStopLatch``: once tripped it stays tripped until ``reset()``; nothing else clears it, not even
   a restart when it is given a file to persist to.
 
-The node wraps its trajectory publisher in ``ros_nodes.policy_node.GuardedCommandPublisher``, which
+The node wraps its trajectory publisher in ``ros_nodes.guarded_publisher.GuardedCommandPublisher``, which
 only accepts chunks and holds that went through ``SafetyGuard``, so the guard cannot be bypassed.
 """
 

@@ -27,9 +27,10 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+import sim  # registers mot/Tabletop-v0
 from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, lock_process_memory, now_s,
                                run_node)
-from ros_nodes.controller import clean_instruction
+from ros_nodes.controller_config import clean_instruction
 from ros_nodes.convert import numpy_to_image, seconds_to_time, time_to_seconds, trajectory_to_arrays, vector_to_joint_state
 
 PARAMETERS: dict[str, Any] = {
@@ -90,8 +91,6 @@ class SimNode(Node):
         for name, default in PARAMETERS.items():
             self.declare_parameter(name, default)
         self.p = p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        import sim  # registers mot/Tabletop-v0
-
         if p["lock_memory"]:
             lock_process_memory(self.get_logger().warning)
 
@@ -159,8 +158,6 @@ class SimNode(Node):
     # -- the sim thread ------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            import sim
-
             # The env class directly (not gymnasium.make): make() would wrap it in a TimeLimit and keep
             # the env's own per-task cap, so a longer max_episode_steps could never take effect.
             steps = self.p["max_episode_steps"] if self.p["max_episode_steps"] > 0 else None

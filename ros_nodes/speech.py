@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ros_nodes.commands import contains_stop, parse_command, stop_phrases, words
+
 SAMPLE_RATE = 16_000  # what both Silero VAD and Whisper expect
 VAD_FRAME = 512  # samples per VAD call at 16 kHz (32 ms), fixed by the model
 SPOT_WINDOW_S = 5.0  # Transcriber.spot's encoder window (s): 1/6 of Whisper's 30 s, ~5x less compute
@@ -289,8 +291,6 @@ class CommandListener:
 
     def __init__(self, segmenter: UtteranceSegmenter, transcriber: Transcriber, phrases=None,
                  early_stop: bool = True) -> None:
-        from ros_nodes.commands import stop_phrases
-
         self.segmenter, self.transcriber = segmenter, transcriber
         self.phrases = phrases if phrases is not None else stop_phrases()
         self.early_stop = early_stop
@@ -306,8 +306,6 @@ class CommandListener:
         return [heard] if heard is not None else []
 
     def _hear(self, segment: Segment) -> Heard | None:
-        from ros_nodes.commands import contains_stop, parse_command, words
-
         started = time.perf_counter()
         if segment.kind != "final":
             if not self.early_stop or self._stopped:

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from ros_nodes.controller import ControllerConfig, GuardedCommandPublisher, PolicyController, clean_instruction
+from ros_nodes.controller import PolicyController
+from ros_nodes.controller_config import ControllerConfig, clean_instruction
+from ros_nodes.guarded_publisher import GuardedCommandPublisher
 from ros_nodes.safety import EStopLatch, SafetyGuard, SafetyLimits
 
 JOINTS = ("j0", "j1")
