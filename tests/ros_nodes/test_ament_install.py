@@ -27,7 +27,7 @@ def test_get_package_share_directory_finds_launch_files(tmp_path):
                          cwd=tmp_path, check=True).stdout.splitlines()
     assert Path(out[0]) == prefix / "share" / "mot_policy"
     assert out[1] == str(["robot.launch.py", "sim.launch.py"])
-    assert out[2] == str(["robot.yaml", "sim.yaml"])
+    assert out[2] == str(["robot.yaml", "sim.yaml", "sim_topics.yaml"])
     assert (prefix / "share" / "mot_policy" / "package.xml").is_file()
     assert (prefix / "bin" / "policy_node").is_file(), "console scripts stay on PATH for the pip path"
     probe = "import importlib.metadata as m; print(m.distribution('mot-policy').read_text('direct_url.json'))"
