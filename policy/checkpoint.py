@@ -7,6 +7,8 @@
                         "inherited" vision tensors (still equal to the language copy they started as,
                         rebuilt on load instead of stored), the storage dtype, and the bundled pointer's
                         manifest sha256 when there is one
+    manifest.sig        optional: the ed25519 signature of manifest.json's bytes (policy/signing.py,
+                        `mot pack --sign KEY`); it covers every file above and the bundled pointer
     pointer/            optional: the model that gives a target_points body its points on a robot
                         (policy/pointing.py `Pointer.save`), so one directory is all a robot needs
 
@@ -16,7 +18,9 @@ output row, `pack_weights`); they are loaded back into float32 parameters, so th
 The directory is assembled under a temporary name in the same parent and renamed into place, so a
 crash never leaves a half-written checkpoint under the real name. `load_checkpoint` refuses a
 checkpoint whose files do not match the manifest, whose weights do not fit its config, or whose
-pretrained sources differ from those installed (the frozen experts would silently change).
+pretrained sources differ from those installed (the frozen experts would silently change). Given a trusted
+public key (`trusted_key=`, or `$MOT_TRUSTED_KEY`), it also refuses a manifest that is unsigned or not signed
+by that key: the sha256 list alone cannot tell a config edited and re-hashed from the one that was packed.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from policy.artifacts import atomic_directory, sha256_file
+from policy.artifacts import atomic_directory, sha256_bytes, sha256_file
 from policy.config import PolicyConfig
 from policy.errors import CheckpointError, InputError
 from policy.model import MoTPolicy
 from policy.normalize import NormStats
+from policy.signing import (Ed25519PublicKey, SigningKey, TrustedKey, load_private_key, resolve_trusted_key, sign_bytes,
+                            signature_path, verify_signature)
 from policy.vision import default_trunk_weights
 
 FORMAT = "mot-policy/1"
@@ -93,27 +99,39 @@ def unpack_weights(stored: dict[str, torch.Tensor], quantized: list[str]) -> dic
     return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
 
 
-def read_manifest(directory: str | Path, fmt: str, files: tuple[str, ...]) -> dict:
-    """directory/manifest.json of format `fmt`, with every file in `files` checked against its sha256."""
+def load_manifest(directory: str | Path, fmt: str, files: tuple[str, ...],
+                  trusted: Ed25519PublicKey | None = None) -> tuple[dict, str, str | None]:
+    """directory/manifest.json of format `fmt`, read once: its signature checked when `trusted` is given, then every
+    file in `files` against its sha256. Returns (manifest, sha256 of the bytes checked, signing key id or None)."""
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file():
         raise CheckpointError(f"checkpoint: expected {manifest_path}, it does not exist (not a checkpoint directory?)")
+    data = manifest_path.read_bytes()
+    signed_by = verify_signature(manifest_path, data, trusted) if trusted is not None else None
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint: {manifest_path} is not valid JSON ({e})") from e
-    if manifest.get("format") != fmt:
-        raise CheckpointError(f"checkpoint: expected format {fmt!r} in {manifest_path}, received {manifest.get('format')!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"checkpoint: expected format {fmt!r} in {manifest_path}, received {got!r}")
     for name in files:
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"checkpoint: expected file {path}, it does not exist")
-        expected, actual = manifest["files"].get(name), sha256_file(path)
+        expected, actual = manifest.get("files", {}).get(name), sha256_file(path)
         if expected != actual:
             raise CheckpointError(f"checkpoint: {path} is corrupted or modified: sha256 expected {expected}, "
                                   f"received {actual}")
-    return manifest
+    return manifest, sha256_bytes(data), signed_by
+
+
+def read_manifest(directory: str | Path, fmt: str, files: tuple[str, ...],
+                  trusted: Ed25519PublicKey | None = None) -> dict:
+    """directory/manifest.json of format `fmt`, with every file in `files` checked against its sha256 (and the
+    manifest's signature, when a `trusted` key is given)."""
+    return load_manifest(directory, fmt, files, trusted)[0]
 
 
 def _external_keys(policy) -> set[str]:
@@ -163,13 +181,15 @@ def checkpoint_id(directory: str | Path) -> str:
 
 
 def save_checkpoint(policy: MoTPolicy, directory: str | Path, dtype: torch.dtype = torch.float32,
-                    pointer=None) -> Path:
+                    pointer=None, signing_key: SigningKey | None = None) -> Path:
     """Writes `policy` as a checkpoint directory (atomically); float16 halves it, int8 quarters its matrices.
     pointer: a `policy.pointing.Pointer` (anything with `.save(dir, dtype)`) to bundle under directory/pointer
-    (a target_points body only)."""
+    (a target_points body only). signing_key: an ed25519 private key (PEM path or key) to sign manifest.json
+    with: manifest.sig is written inside the same atomic directory."""
     if pointer is not None and policy.cfg.target_points is None:
         raise InputError("pointer: expected a checkpoint trained with target points (mot train --target-points), "
                          "this one has none")
+    key = load_private_key(signing_key) if signing_key is not None else None  # a bad key fails before any work
     keys, inherited = stored_keys(policy)
     stored, quantized = pack_weights({k: v for k, v in policy.state_dict().items() if k in keys}, dtype)
 
@@ -183,23 +203,30 @@ def save_checkpoint(policy: MoTPolicy, directory: str | Path, dtype: torch.dtype
         if pointer is not None:
             pointer.save(tmp / "pointer", dtype)
             manifest["pointer"] = {"manifest_sha256": checkpoint_id(tmp / "pointer")}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        data = json.dumps(manifest, indent=2).encode()
+        (tmp / "manifest.json").write_bytes(data)
+        if key is not None:  # over the exact bytes just written, which hash every file and the pointer's manifest
+            signature_path(tmp / "manifest.json").write_bytes(sign_bytes(data, key))
 
     return atomic_directory(directory, write)
 
 
-def verify_checkpoint(directory: str | Path) -> dict:
-    """Checks the files (and a bundled pointer's manifest) against the manifest; returns the manifest."""
-    directory = Path(directory)
-    manifest = read_manifest(directory, FORMAT, FILES)
+def _verify(directory: Path, trusted_key: TrustedKey) -> tuple[dict, str, str | None]:
+    manifest, sha, signed_by = load_manifest(directory, FORMAT, FILES, resolve_trusted_key(trusted_key))
     if "pointer" in manifest:
-        expected = manifest["pointer"]["manifest_sha256"]
+        expected = manifest["pointer"].get("manifest_sha256") if isinstance(manifest["pointer"], dict) else None
         path = directory / "pointer" / "manifest.json"
         actual = sha256_file(path) if path.is_file() else None
         if expected != actual:
             raise CheckpointError(f"checkpoint: the bundled pointer {path} is missing, corrupted or modified: sha256 "
                                   f"expected {expected}, received {actual}")
-    return manifest
+    return manifest, sha, signed_by
+
+
+def verify_checkpoint(directory: str | Path, trusted_key: TrustedKey = None) -> dict:
+    """Checks the files (and a bundled pointer's manifest) against the manifest, and the manifest's signature when a
+    trusted key is configured (`trusted_key`, else `$MOT_TRUSTED_KEY`); returns the manifest."""
+    return _verify(Path(directory), trusted_key)[0]
 
 
 def expected_keys(policy, manifest: dict) -> set[str]:
@@ -226,19 +253,25 @@ def load_weights(directory: Path, manifest: dict, expected_keys: set[str], own: 
     return weights
 
 
-def load_checkpoint(directory: str | Path) -> MoTPolicy:
+def load_checkpoint(directory: str | Path, trusted_key: TrustedKey = None) -> MoTPolicy:
     """A checkpoint directory -> MoTPolicy in eval mode, verified (files against the manifest, pretrained
-    sources against the installed packages, every tensor's key and shape against config.json)."""
+    sources against the installed packages, every tensor's key and shape against config.json).
+
+    trusted_key: an ed25519 public key (PEM file path, PEM text or key); default `$MOT_TRUSTED_KEY`. When one is
+    configured, a checkpoint whose manifest.sig is missing or not that key's signature of manifest.json is refused
+    (CheckpointError); without one, signatures are not looked at. The policy's `checkpoint_id` is the sha256 of the
+    manifest bytes that were verified, `signed_by` the key id that signed them (None when unchecked)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint: expected a checkpoint directory, {directory} "
                               f"{'is a file' if directory.exists() else 'does not exist'}")
-    manifest = verify_checkpoint(directory)
+    manifest, sha, signed_by = _verify(directory, trusted_key)
     cfg = PolicyConfig.from_json(directory / "config.json")
     policy = MoTPolicy(cfg, NormStats.load(directory / "norm_stats.json"))
     check_pretrained(policy, manifest)
     weights = load_weights(directory, manifest, expected_keys(policy, manifest), policy.state_dict())
     with torch.no_grad():
         policy.load_state_dict(weights, strict=False)
-    policy.checkpoint_id = checkpoint_id(directory)
+    policy.checkpoint_id = sha
+    policy.signed_by = signed_by
     return policy.eval()

@@ -1,7 +1,9 @@
 """`mot pack` and `mot export`: the command-line entry points of policy/ (the top of its layering).
 
     mot pack   --checkpoint runs/tabletop/policy/checkpoint --pointer runs/tabletop/pointer --out checkpoints/default
-    mot export --checkpoint checkpoints/default [--out DIR] [--fp16]
+               [--sign keys/signing_key.pem]        manifest.sig: ed25519 signature of manifest.json (policy/signing.py)
+    mot pack   --new-key keys                       keys/signing_key.pem (0600) + keys/signing_key.pub.pem
+    mot export --checkpoint checkpoints/default [--out DIR] [--fp16]   (+ DIR/export_manifest.json: sha256 per file)
 """
 
 from __future__ import annotations
@@ -16,35 +18,67 @@ import numpy as np
 from policy.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, storage_dtype
 from policy.export import DEFAULT_OPSET, export_policy, parity
 from policy.model import MoTPolicy
+from policy.errors import InputError
 from policy.options import parse
 from policy.pointing import Pointer
 from policy.runtime import PolicyRunner
+from policy.signing import generate_key_pair, key_id, load_private_key
 
 
 # -- mot pack ----------------------------------------------------------------------------------------
 @dataclass
 class PackConfig:
-    checkpoint: Path
-    """the policy checkpoint to pack"""
-    out: Path
+    checkpoint: Path | None = None
+    """the policy checkpoint to pack (required unless only --new-key is given)"""
+    out: Path | None = None
     """the packed checkpoint directory (replaced atomically)"""
     dtype: Literal["float32", "float16", "bfloat16", "int8"] = "int8"
     """storage dtype (int8: weight-only, one scale per output row; what fits body and pointer in 25 MB)"""
     pointer: Path | None = None
     """bundle this align run's pointer (vision expert + grounding head) into a target-points body
     (default: keep the pointer the checkpoint already bundles, if any)"""
+    sign: Path | None = None
+    """ed25519 private key (PEM) to sign manifest.json with: writes manifest.sig inside the checkpoint (robots given
+    the public key refuse anything else); an encrypted key's passphrase comes from $MOT_SIGNING_KEY_PASSPHRASE"""
+    new_key: Path | None = None
+    """write a new ed25519 key pair into this directory (signing_key.pem, mode 0600, and signing_key.pub.pem, the
+    file robots get) and stop, or, with --checkpoint/--out and no --sign, pack signed with the new key"""
+
+    def __post_init__(self):
+        if self.new_key is None and (self.checkpoint is None or self.out is None):
+            missing = [f"--{n}" for n in ("checkpoint", "out") if getattr(self, n) is None]
+            raise InputError(f"pack: expected --checkpoint and --out (or --new-key DIR alone), received no "
+                             f"{' or '.join(missing)}")
+        if (self.checkpoint is None) != (self.out is None):
+            raise InputError("pack: expected --checkpoint and --out together, received only "
+                             f"{'--checkpoint' if self.out is None else '--out'}")
+
+
+def make_key_pair(directory: str | Path) -> dict:
+    """`mot pack --new-key DIR`: a new ed25519 signing key pair in DIR (see policy/signing.py)."""
+    return generate_key_pair(directory)
 
 
 def pack(cfg: PackConfig) -> dict:
-    """Re-stores cfg.checkpoint at cfg.dtype (with its pointer) under cfg.out; returns the JSON report."""
+    """Re-stores cfg.checkpoint at cfg.dtype (with its pointer) under cfg.out, signed when cfg.sign (or a new key)
+    is given; returns the JSON report."""
+    report = {}
+    sign = cfg.sign
+    if cfg.new_key is not None:
+        report["new_key"] = make_key_pair(cfg.new_key)
+        if cfg.checkpoint is None:
+            return report
+        sign = sign or Path(report["new_key"]["private_key"])
+    key = load_private_key(sign) if sign is not None else None  # a bad key fails before any work
     policy = load_checkpoint(cfg.checkpoint)
     pointer = Pointer.for_checkpoint(cfg.pointer, cfg.checkpoint) if cfg.pointer else None
     if pointer is None and policy.cfg.target_points is not None:
         pointer = Pointer.bundled(cfg.checkpoint)  # re-packing a packed checkpoint keeps its pointer
-    out = save_checkpoint(policy, cfg.out, storage_dtype(cfg.dtype), pointer)
+    out = save_checkpoint(policy, cfg.out, storage_dtype(cfg.dtype), pointer, signing_key=key)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {"checkpoint": str(out), "dtype": cfg.dtype, "pointer": pointer.source if pointer else None,
-            "bytes": size, "id": checkpoint_id(out), **packing_error(policy, pointer, out)}
+            "bytes": size, "id": checkpoint_id(out), "signed_by": key_id(key) if key is not None else None,
+            **report, **packing_error(policy, pointer, out)}
 
 
 def packing_error(policy: MoTPolicy, pointer: Pointer | None, packed: Path, observations: int = 4) -> dict:
@@ -69,7 +103,7 @@ def packing_error(policy: MoTPolicy, pointer: Pointer | None, packed: Path, obse
 
 def pack_main(argv: list[str] | None = None) -> int:
     cfg = parse(PackConfig, argv, "mot pack", "Re-store a checkpoint at another dtype, optionally bundling an "
-                "align run's pointer (what made checkpoints/default).")
+                "align run's pointer (what made checkpoints/default); --sign KEY signs it, --new-key DIR makes a key pair.")
     print(json.dumps(pack(cfg), indent=2))
     return 0
 

@@ -33,6 +33,7 @@ from policy.errors import InputError
 from policy.inputs import validate_batch
 from policy.model import MoTPolicy, Prefix, euler_sample
 from policy.pointing import Pointer
+from policy.signing import TrustedKey
 from policy.tensorrt import TensorRTBackend
 
 
@@ -106,10 +107,15 @@ class PolicyRunner:
         self.last_timing: dict[str, float] = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, backend: str = "torch", pointer="bundled", **options) -> "PolicyRunner":
+    def from_checkpoint(cls, path: str | Path, backend: str = "torch", pointer="bundled",
+                        trusted_key: TrustedKey = None, **options) -> "PolicyRunner":
         """pointer: "bundled" (default) takes the pointer a target_points checkpoint bundles (`mot pack --pointer`),
-        if any; or a `Pointer`, or None."""
-        policy = load_checkpoint(path)
+        if any; or a `Pointer`, or None.
+
+        trusted_key: an ed25519 public key (PEM path, PEM text or key; default `$MOT_TRUSTED_KEY`). When one is
+        configured the checkpoint's manifest.sig must be that key's signature of its manifest (which hashes every
+        file and the bundled pointer's manifest), else CheckpointError; without one nothing is checked."""
+        policy = load_checkpoint(path, trusted_key=trusted_key)
         if isinstance(pointer, str):
             if pointer != "bundled":
                 raise InputError(f"pointer: expected 'bundled', a Pointer or None, received {pointer!r}")

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("policy", "sim", "training", "ros_nodes")
 ALLOWED = {"policy": {"policy"}, "sim": {"sim"}, "training": {"training", "policy", "sim"},
            "ros_nodes": {"ros_nodes", "policy", "sim"}}
-POLICY_LAYERS = ["errors", "artifacts", "options", "config", "normalize", "inputs", "attention", "experts", "language", "vision",
+POLICY_LAYERS = ["errors", "artifacts", "signing", "options", "config", "normalize", "inputs", "attention", "experts", "language", "vision",
                  "model", "checkpoint", "pointing", "export", "backends", "tensorrt", "runtime", "cli", "__init__"]
 
 
