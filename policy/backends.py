@@ -3,9 +3,20 @@
 Both implement the `policy.runtime.Backend` protocol (encode_text / encode_observation / denoise on
 numpy arrays); the sampler, text cache, validation and de-normalisation stay in PolicyRunner.
 
-Identity: every graph and engine carries the sha256 of the checkpoint it was made from
-(`policy.export.policy_fingerprint`). A backend refuses a graph or an engine made from anything else
-(`ArtifactMismatchError`), so a stale export can never silently drive a robot with other weights.
+Identity and integrity, checked before a graph runs (`load_graphs`):
+
+1. `export_manifest.json` (written by policy.export beside the graphs) names the checkpoint the graphs were
+   exported from; it must be the loaded checkpoint (`policy.export.policy_fingerprint`).
+2. Every graph file (and any external-data file) is read once and its sha256 compared with the manifest's: a
+   graph whose bytes changed after export (weights edited, metadata kept) is refused. The session or engine is
+   built from those same bytes.
+3. Each graph's metadata (role, checkpoint sha256) is checked as well.
+4. With a trusted key (`trusted_key=`, or `$MOT_TRUSTED_KEY`), `export_manifest.sig` must be that key's
+   signature of the manifest (`mot export --sign KEY`); graphs are then never exported here (there is no private
+   key on a robot): ship them signed with the checkpoint.
+
+Any failure is an `ArtifactMismatchError` with one line naming the file, what was expected and what was found,
+so a stale or tampered export can never silently drive a robot with other weights.
 
 Where graphs live: `onnx_dir` if given, else `<checkpoint>/onnx/`, else (an in-memory policy) a
 per-fingerprint folder under `$MOT_CACHE` (default `~/.cache/mot-policy`). Missing graphs are exported
@@ -17,15 +28,18 @@ TensorRT engines: policy/tensorrt.py.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from policy import export as ex
+from policy.artifacts import sha256_bytes, sha256_file
 from policy.checkpoint import checkpoint_id
 from policy.errors import ArtifactMismatchError, InputError
 from policy.model import MoTPolicy
+from policy.signing import TrustedKey, resolve_trusted_key, verify_signature
 
 
 def physical_cores() -> int:
@@ -60,26 +74,98 @@ def expected_fingerprint(policy: MoTPolicy, checkpoint_dir: Path | None) -> str:
     return ex.policy_fingerprint(policy)
 
 
-def ensure_graphs(policy: MoTPolicy, checkpoint_dir: Path | None, onnx_dir: str | Path | None = None,
-                  export_if_missing: bool = True) -> tuple[dict[str, Path], str]:
-    """Finds (or exports) the three graphs for this policy; checks their metadata. Returns (paths, sha256)."""
+@dataclass(frozen=True)
+class VerifiedGraphs:
+    """The three graphs as checked by `load_graphs`: build sessions/engines from `data`, the bytes that were hashed."""
+
+    paths: dict[str, Path]
+    checkpoint_sha256: str
+    data: dict[str, bytes] = field(repr=False)
+    sha256: dict[str, str]  # graph -> policy.export.graph_digest (its file's sha256)
+    dtype: str
+    signed_by: str | None  # the key id that signed the export manifest, None when no key was configured
+    external: frozenset[str] = frozenset()  # graphs with external-data files (loaded from their path, not bytes)
+
+
+def default_onnx_dir(checkpoint_dir: Path | None, sha: str) -> Path:
+    return Path(checkpoint_dir) / "onnx" if checkpoint_dir is not None else cache_root() / "onnx" / sha[-24:]
+
+
+def load_graphs(policy: MoTPolicy, checkpoint_dir: Path | None, onnx_dir: str | Path | None = None,
+                export_if_missing: bool = True, *, trusted_key: TrustedKey = None, fp16: bool | None = None) -> VerifiedGraphs:
+    """Finds (or exports) the three graphs for this policy and verifies them (module docstring, steps 1-4).
+
+    fp16: None accepts either dtype (what `mot export` wrote); True/False also requires float16/float32 graphs and
+    exports that dtype when missing. trusted_key: an ed25519 public key (default `$MOT_TRUSTED_KEY`)."""
     sha = expected_fingerprint(policy, checkpoint_dir)
-    if onnx_dir is None:
-        onnx_dir = Path(checkpoint_dir) / "onnx" if checkpoint_dir is not None else cache_root() / "onnx" / sha[-24:]
+    trusted = resolve_trusted_key(trusted_key)
+    onnx_dir = Path(onnx_dir) if onnx_dir is not None else default_onnx_dir(checkpoint_dir, sha)
     paths = ex.graph_paths(onnx_dir)
     missing = tuple(g for g, p in paths.items() if not p.is_file())
+    redo = f"`mot export --checkpoint {checkpoint_dir or 'DIR'} --out {onnx_dir}{' --fp16' if fp16 else ''}`"
     if missing:
+        if trusted is not None:
+            raise ArtifactMismatchError(f"onnx_dir: expected signed graphs {list(missing)} in {onnx_dir} (a trusted key "
+                                        f"is configured, so graphs are not exported here); run {redo[:-1]} --sign KEY` "
+                                        "where the private key is and ship them with the checkpoint")
         if not export_if_missing:
-            raise FileNotFoundError(f"onnx_dir: expected {[str(paths[g]) for g in missing]}; run "
-                                    f"`mot export --checkpoint {checkpoint_dir or 'DIR'} --out {onnx_dir}`")
-        ex.export_policy(policy, onnx_dir, checkpoint_sha256=sha, graphs=missing)
+            raise FileNotFoundError(f"onnx_dir: expected {[str(paths[g]) for g in missing]}; run {redo}")
+        ex.export_policy(policy, onnx_dir, checkpoint_sha256=sha, graphs=missing, fp16=bool(fp16))
+    manifest_path = onnx_dir / ex.MANIFEST_FILE
+    found = ex.read_export_manifest(onnx_dir)
+    if found is None:
+        raise ArtifactMismatchError(f"{manifest_path}: expected the export manifest (sha256 of every graph), it is "
+                                    f"missing or not a {ex.MANIFEST_FORMAT} file; re-export with {redo}")
+    manifest, manifest_bytes = found
+    signed_by = None
+    if trusted is not None:
+        signed_by = verify_signature(manifest_path, manifest_bytes, trusted, what="onnx_dir",
+                                     how=f"mot export --checkpoint {checkpoint_dir or 'DIR'} --sign KEY",
+                                     error=ArtifactMismatchError)
+    if manifest.get("checkpoint_sha256") != sha:
+        raise ArtifactMismatchError(f"{manifest_path}: exported from checkpoint {manifest.get('checkpoint_sha256')}, but "
+                                    f"the loaded checkpoint is {sha}; re-export ({redo}) or delete the stale graphs")
+    want_dtype = None if fp16 is None else ("float16" if fp16 else "float32")
+    if want_dtype is not None and manifest.get("dtype") != want_dtype:
+        raise ArtifactMismatchError(f"{manifest_path}: expected {want_dtype} graphs, received {manifest.get('dtype')}; "
+                                    f"re-export with {redo}")
+    data, digests = {}, {}
     for graph, path in paths.items():
-        check_graph_metadata(path, graph, sha)
-    return paths, sha
+        record = manifest.get("graphs", {}).get(graph)
+        data[graph] = verify_graph_file(path, record, manifest_path, redo)
+        check_graph_bytes_metadata(path, data[graph], graph, sha)
+        digests[graph] = ex.graph_digest(record)
+    external = frozenset(g for g in paths if manifest["graphs"][g].get("external_data"))
+    return VerifiedGraphs(paths, sha, data, digests, str(manifest.get("dtype")), signed_by, external)
 
 
-def check_graph_metadata(path: Path, graph: str, sha: str) -> dict[str, str]:
-    meta = ex.read_metadata(path)
+def verify_graph_file(path: Path, record: dict | None, manifest_path: Path, redo: str = "`mot export`") -> bytes:
+    """path's bytes, once their sha256 (and every external-data file's) matches the export manifest's `record`."""
+    if not isinstance(record, dict) or record.get("file") != path.name:
+        raise ArtifactMismatchError(f"{path}: expected an entry for it in {manifest_path}, received "
+                                    f"{record.get('file') if isinstance(record, dict) else None!r}; re-export with {redo}")
+    data = path.read_bytes()
+    actual = sha256_bytes(data)
+    if actual != record.get("sha256"):
+        raise ArtifactMismatchError(f"{path}: sha256 expected {record.get('sha256')} ({manifest_path.name}), received "
+                                    f"{actual}: the graph changed after export; re-export with {redo}")
+    for location, expected in (record.get("external_data") or {}).items():
+        side = path.parent / location
+        got = sha256_file(side) if side.is_file() else None
+        if got != expected:
+            raise ArtifactMismatchError(f"{side}: sha256 expected {expected} ({manifest_path.name}, external data of "
+                                        f"{path.name}), received {got}; re-export with {redo}")
+    return data
+
+
+def ensure_graphs(policy: MoTPolicy, checkpoint_dir: Path | None, onnx_dir: str | Path | None = None,
+                  export_if_missing: bool = True, *, trusted_key: TrustedKey = None) -> tuple[dict[str, Path], str]:
+    """Finds (or exports) the three graphs for this policy and verifies them (`load_graphs`). Returns (paths, sha256)."""
+    graphs = load_graphs(policy, checkpoint_dir, onnx_dir, export_if_missing, trusted_key=trusted_key)
+    return graphs.paths, graphs.checkpoint_sha256
+
+
+def _check_metadata(path: Path, meta: dict[str, str], graph: str, sha: str) -> dict[str, str]:
     if meta.get("mot.format") != ex.FORMAT:
         raise ArtifactMismatchError(f"{path}: expected an ONNX graph exported by mot-policy ({ex.FORMAT}), "
                                     f"received mot.format={meta.get('mot.format')!r}")
@@ -89,6 +175,20 @@ def check_graph_metadata(path: Path, graph: str, sha: str) -> dict[str, str]:
         raise ArtifactMismatchError(f"{path}: exported from checkpoint {meta.get('mot.checkpoint_sha256')}, but the "
                                     f"loaded checkpoint is {sha}; re-export (`mot export`) or delete the stale graphs")
     return meta
+
+
+def check_graph_metadata(path: Path, graph: str, sha: str) -> dict[str, str]:
+    """The graph file's metadata, refused unless it is graph `graph` of checkpoint `sha`."""
+    return _check_metadata(path, ex.read_metadata(path), graph, sha)
+
+
+def check_graph_bytes_metadata(path: Path, data: bytes, graph: str, sha: str) -> dict[str, str]:
+    """As check_graph_metadata, on the graph's (already verified) bytes."""
+    try:
+        meta = ex.metadata_from_bytes(data)
+    except Exception as e:  # onnx's DecodeError: not a protobuf at all
+        raise ArtifactMismatchError(f"{path}: expected an ONNX model, cannot parse it ({type(e).__name__})") from None
+    return _check_metadata(path, meta, graph, sha)
 
 
 # -- onnxruntime -------------------------------------------------------------------------------------
@@ -121,12 +221,13 @@ class OnnxRuntimeBackend:
 
     def __init__(self, policy: MoTPolicy, checkpoint_dir: Path | None = None, *, onnx_dir: str | Path | None = None,
                  providers: list[str] | None = None, intra_op_threads: int | None = None,
-                 export_if_missing: bool = True):
+                 export_if_missing: bool = True, trusted_key: TrustedKey = None):
         import onnxruntime as ort
 
         self.ort = ort
         self.cfg = policy.cfg
-        self.paths, self.checkpoint_sha256 = ensure_graphs(policy, checkpoint_dir, onnx_dir, export_if_missing)
+        graphs = load_graphs(policy, checkpoint_dir, onnx_dir, export_if_missing, trusted_key=trusted_key)
+        self.paths, self.checkpoint_sha256, self.graph_sha256 = graphs.paths, graphs.checkpoint_sha256, graphs.sha256
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
@@ -146,7 +247,10 @@ class OnnxRuntimeBackend:
         # 51-60 ms, 24-27 ms with spinning stopped (benchmarks/inference.py). Stop it when each Run returns.
         options.add_session_config_entry("session.force_spinning_stop", "1")
         self.threads = options.intra_op_num_threads
-        self.sessions = {g: ort.InferenceSession(str(p), options, providers=providers) for g, p in self.paths.items()}
+        # Sessions from the bytes just hashed, never re-read from disk; a graph with external data loads from its
+        # path (its side files were hashed too) since ORT resolves them relative to the file.
+        self.sessions = {g: ort.InferenceSession(str(self.paths[g]) if g in graphs.external else graphs.data[g], options,
+                                                 providers=providers) for g in ex.GRAPHS}
 
     def _bind_inputs(self, binding, feeds: dict[str, Any]) -> None:
         for name, value in feeds.items():
@@ -193,5 +297,5 @@ class OnnxRuntimeBackend:
         return value if isinstance(value, np.ndarray) else value.numpy()
 
 
-__all__ = ["OnnxRuntimeBackend", "ArtifactMismatchError", "ensure_graphs", "check_graph_metadata", "physical_cores",
-           "cache_root", "expected_fingerprint"]
+__all__ = ["OnnxRuntimeBackend", "ArtifactMismatchError", "ensure_graphs", "load_graphs", "VerifiedGraphs",
+           "verify_graph_file", "check_graph_metadata", "physical_cores", "cache_root", "expected_fingerprint"]

@@ -13,15 +13,30 @@ Batch B, text length T and frame size H x W are dynamic. Image preprocessing (re
 the state is normalised by the runner (the statistics are also in the metadata). The sampler loop
 and de-normalisation stay outside the graphs, shared by every backend (policy/runtime.py).
 
+Beside the graphs, `export_manifest.json` records what was written: the checkpoint sha256, dtype, opset and,
+per graph, its file's sha256 and size (and those of any external-data file it references). Backends hash every
+graph against it before they run it (policy/backends.py), so a graph whose bytes changed after export (edited
+weights with the metadata kept) is refused. `signing_key=` (`mot export --sign KEY`) also writes
+`export_manifest.sig`, the ed25519 signature of the manifest's bytes (policy/signing.py), which a runtime with a
+trusted key requires.
+
 Every file carries metadata_props: `mot.graph` (role), `mot.checkpoint_sha256` (what backends check
 before running it), `mot.config` (PolicyConfig JSON), `mot.preprocessing` (image and state/action
 normalisation constants), `mot.dtype`, `mot.format`. Files are written to a temporary name and
 renamed, so a killed export never leaves a truncated graph under the real name.
 
+Metadata says what a graph claims to be, not what its weights are: a graph with edited weights keeps its
+metadata. So the export also writes
+
+    export_manifest.json   {"format": "mot-onnx-manifest/1", "checkpoint_sha256": ..., "files": {name: sha256}}
+
+with the sha256 of every graph file and of any external-data file a graph references; backends verify every
+file against it before running a graph (`verify_export`), and build TensorRT engines keyed by those hashes.
+
 Only the block-causal prefix mask is exportable: the bidirectional ablation has no cacheable text
 pass (its text K/V depend on the images), so `export_policy` refuses it.
 
-    mot export --checkpoint runs/ckpt --out runs/ckpt/onnx [--opset 18] [--fp16]   (policy/cli.py)
+    mot export --checkpoint runs/ckpt --out runs/ckpt/onnx [--opset 18] [--fp16] [--sign KEY]   (policy/cli.py)
 """
 
 from __future__ import annotations
@@ -35,12 +50,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policy.artifacts import atomic_path
+from policy.artifacts import atomic_path, atomic_write_bytes, sha256_bytes, sha256_file
 from policy.errors import ExportError
 from policy.model import MoTPolicy, Prefix
+from policy.signing import SigningKey, load_private_key, sign_bytes, signature_path
 from policy.vision import preprocess_images
 
 FORMAT = "mot-onnx/1"
+MANIFEST = "export_manifest.json"
+MANIFEST_FORMAT = "mot-onnx-manifest/1"
+MANIFEST_FILE = "export_manifest.json"
+MANIFEST_FORMAT = "mot-onnx-manifest/1"
 GRAPHS = ("text_encoder", "obs_encoder", "denoiser")
 DEFAULT_OPSET = 18  # antialiased Resize (the image preprocessing) needs opset >= 18
 
@@ -192,6 +212,71 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def metadata_from_bytes(data: bytes) -> dict[str, str]:
+    """metadata_props of an ONNX model given as bytes (the bytes a backend has just hashed)."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+# -- the export manifest: sha256 of every file written ---------------------------------------------
+def external_data_files(path: str | Path) -> list[str]:
+    """Locations (relative to the graph's folder) of the external-data files an ONNX file references."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    found = set()
+    for tensor in list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute
+                                                    if a.type == onnx.AttributeProto.TENSOR]:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            found |= {e.value for e in tensor.external_data if e.key == "location"}
+    return sorted(found)
+
+
+def graph_record(path: str | Path, name: str | None = None) -> dict:
+    """{file, sha256, bytes, external_data: {location: sha256}} of one graph file (`name`: its final file name,
+    when `path` is still a temporary one)."""
+    path = Path(path)
+    return {"file": name or path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+            "external_data": {loc: sha256_file(path.parent / loc) for loc in external_data_files(path)}}
+
+
+def graph_digest(record: dict) -> str:
+    """What a graph's bytes are keyed by (TensorRT engines): its file's sha256, or, when it has external data, the
+    sha256 over the file's and every external file's sha256."""
+    if not record.get("external_data"):
+        return record["sha256"]
+    return sha256_bytes(json.dumps([record["sha256"], record["external_data"]], sort_keys=True).encode())
+
+
+def read_export_manifest(directory: str | Path) -> tuple[dict, bytes] | None:
+    """(directory/export_manifest.json parsed, its bytes), None when there is none or it is not one of ours."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    return manifest, data
+
+
+def write_export_manifest(directory: str | Path, manifest: dict, signing_key=None) -> Path:
+    """Writes export_manifest.json atomically; with `signing_key` (a loaded ed25519 private key) its signature
+    export_manifest.sig too, else removes a signature that no longer belongs to it."""
+    path = Path(directory) / MANIFEST_FILE
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    signature_path(path).unlink(missing_ok=True)  # a stale signature must never sit beside a new manifest
+    atomic_write_bytes(path, data)
+    if signing_key is not None:
+        atomic_write_bytes(signature_path(path), sign_bytes(data, signing_key))
+    return path
+
+
 # -- export ------------------------------------------------------------------------------------------
 def _export_one(policy: MoTPolicy, graph: str, path: Path, opset: int) -> None:
     """torch.export + onnxscript (`dynamo=True`): the TorchScript exporter cannot express the antialiased
@@ -245,10 +330,13 @@ def graph_paths(directory: str | Path) -> dict[str, Path]:
 
 
 def export_policy(policy: MoTPolicy, out_dir: str | Path, *, checkpoint_sha256: str | None = None,
-                  opset: int = DEFAULT_OPSET, fp16: bool = False, graphs: tuple[str, ...] = GRAPHS) -> dict[str, Path]:
-    """Writes the three graphs (atomically) into out_dir; returns {graph: path}.
+                  opset: int = DEFAULT_OPSET, fp16: bool = False, graphs: tuple[str, ...] = GRAPHS,
+                  signing_key: SigningKey | None = None) -> dict[str, Path]:
+    """Writes the graphs (atomically) into out_dir with their export manifest; returns {graph: path}.
 
-    checkpoint_sha256: the identity stored in every graph (default: `policy_fingerprint(policy)`).
+    checkpoint_sha256: the identity stored in every graph and the manifest (default: `policy_fingerprint(policy)`).
+    graphs: a subset re-exports only those; the manifest keeps the other graphs' entries when it is for the same
+    checkpoint, dtype and opset. signing_key: an ed25519 private key (PEM path or key) to sign the manifest with.
     """
     cfg = policy.cfg
     if cfg.prefix_mask != "blockwise":
@@ -259,17 +347,23 @@ def export_policy(policy: MoTPolicy, out_dir: str | Path, *, checkpoint_sha256: 
     unknown = sorted(set(graphs) - set(GRAPHS))
     if unknown:
         raise ExportError(f"graphs: expected a subset of {GRAPHS}, received unknown {unknown}")
+    key = load_private_key(signing_key) if signing_key is not None else None  # a bad key fails before the export
     policy = policy.eval()
     sha = checkpoint_sha256 or policy_fingerprint(policy)
+    dtype = "float16" if fp16 else "float32"
     common = {
         "mot.format": FORMAT,
         "mot.checkpoint_sha256": sha,
         "mot.config": json.dumps(cfg.to_dict(), sort_keys=True),
         "mot.preprocessing": json.dumps(preprocessing_constants(policy), sort_keys=True),
-        "mot.dtype": "float16" if fp16 else "float32",
+        "mot.dtype": dtype,
         "mot.opset": str(opset),
         "mot.torch": torch.__version__,
     }
+    manifest = {"format": MANIFEST_FORMAT, "checkpoint_sha256": sha, "dtype": dtype, "opset": opset, "graphs": {}}
+    previous = read_export_manifest(out_dir)
+    if previous is not None and all(previous[0].get(k) == manifest[k] for k in ("checkpoint_sha256", "dtype", "opset")):
+        manifest["graphs"] = {g: r for g, r in previous[0].get("graphs", {}).items() if g in GRAPHS and g not in graphs}
     paths = graph_paths(out_dir)
     for graph in graphs:
         meta = {**common, "mot.graph": graph, "mot.inputs": ",".join(INPUTS[graph]),
@@ -281,6 +375,9 @@ def export_policy(policy: MoTPolicy, out_dir: str | Path, *, checkpoint_sha256: 
 
         with atomic_path(paths[graph], suffix=".onnx") as tmp:  # + its external-data side file, if any
             write(tmp)
+            record = graph_record(tmp, paths[graph].name)  # the bytes about to be renamed into place
+        manifest["graphs"][graph] = record
+        write_export_manifest(out_dir, manifest, key)  # after each graph: a killed export keeps what it finished
     return {g: paths[g] for g in graphs}
 
 
@@ -303,5 +400,7 @@ def parity(policy: MoTPolicy, onnx_dir: str | Path, batch: int = 2, seed: int = 
     return out
 
 
-__all__ = ["export_policy", "read_metadata", "graph_paths", "policy_fingerprint", "example_inputs", "parity",
+__all__ = ["export_policy", "read_metadata", "verify_export", "verify_graph_bytes", "read_export_manifest",
+           "write_export_manifest", "external_data_files", "MANIFEST", "metadata_from_bytes", "read_export_manifest", "write_export_manifest",
+           "graph_record", "graph_digest", "MANIFEST_FILE", "graph_paths", "policy_fingerprint", "example_inputs", "parity",
            "ExportError", "GRAPHS", "INPUTS", "OUTPUTS"]

@@ -1,10 +1,31 @@
 """TensorRT backend: the exported ONNX graphs built into engines (policy/backends.py has what it shares with
-onnxruntime: where graphs live, their metadata check).
+onnxruntime: where graphs live, the export-manifest hash check, their metadata check).
 
-Engines are cached under `engine_dir` (default `<onnx_dir>/trt/`) as `<graph>-<key[:16]>.engine`, a small
-JSON header + the serialized engine. The key hashes the checkpoint sha256, GPU name and compute capability,
-TensorRT version, precision and the optimisation profile; a header whose fields differ from what this
-process would build is refused.
+Supported TensorRT: 10.x from 10.3 (JetPack 6) on; the `tensorrt` extra pins `tensorrt-cu12>=10.3,<11`, the
+range this code is written against. TensorRT 11 is handled (strongly typed, no precision flags) but was never
+run, and NVIDIA ships no TensorRT 11 for JetPack; lift the pin once benchmarks/tensorrt_check.sh passes on it.
+
+Precision (`network_mode`), per TensorRT version:
+
+    10.0 - 10.11 (JetPack 6: 10.3)   weakly typed network from the float32 graphs; fp16 = BuilderFlag.FP16, so
+                                     TensorRT picks fp16 kernels and keeps precision-sensitive layers in fp32
+    >= 10.12, 11.x (or no FP16 flag) strongly typed network (NetworkDefinitionCreationFlag.STRONGLY_TYPED; weak
+                                     typing is deprecated in 10.12 and gone in 11): the types are the graph's, so
+                                     fp16 builds from float16-converted graphs (`export_policy(fp16=True)`, in
+                                     `<onnx_dir>/fp16/`, LayerNormalization kept in float32) and fp32 from the
+                                     float32 ones; no precision flag is set
+    strongly_typed=True/False forces one mode (False refuses a TensorRT without BuilderFlag.FP16 for fp16).
+
+Every TensorRT call that reports failure through its return value is checked and raises `TensorRTError` naming
+the graph and the call: the parser's errors (each listed), `build_serialized_network` / `deserialize_cuda_engine`
+/ `create_execution_context` returning None, `add_optimization_profile` returning -1, `set_input_shape` /
+`set_tensor_address` / `execute_async_v3` returning False.
+
+Engines are cached under `engine_dir` (default `<graphs' dir>/trt/`) as `<graph>-<key[:16]>.engine`: a JSON
+header + the serialized engine. The key hashes the checkpoint sha256, the ONNX graph's sha256 (the bytes the
+engine was built from, as verified against the export manifest), GPU name and compute capability, TensorRT
+version, precision, network mode and the optimisation profile; a header whose fields differ from what this
+process would build, or whose engine bytes do not match the sha256 it records, is refused.
 """
 
 from __future__ import annotations
@@ -19,10 +40,59 @@ from typing import Any
 import numpy as np
 
 from policy import export as ex
-from policy.artifacts import atomic_write_bytes
-from policy.backends import check_graph_metadata, ensure_graphs
+from policy.artifacts import atomic_write_bytes, sha256_bytes
+from policy.backends import VerifiedGraphs, default_onnx_dir, expected_fingerprint, load_graphs
 from policy.errors import ArtifactMismatchError, InputError
 from policy.model import MoTPolicy
+from policy.signing import TrustedKey
+
+MIN_VERSION = (10, 0)
+STRONG_TYPING_FROM = (10, 12)  # weak typing (BuilderFlag.FP16 & co.) deprecated here, removed in 11
+TESTED_RANGE = "tensorrt-cu12>=10.3,<11"
+
+
+class TensorRTError(RuntimeError):
+    """TensorRT refused to parse, build, deserialize or run something (the message names the graph and the call)."""
+
+
+def version_of(trt) -> tuple[int, int]:
+    """tensorrt.__version__ "10.3.0.30" -> (10, 3)."""
+    try:
+        major, minor = (int(p) for p in str(trt.__version__).split(".")[:2])
+    except (AttributeError, ValueError):
+        raise TensorRTError(f"tensorrt: expected a version like '10.3.0', received {getattr(trt, '__version__', None)!r}")
+    return major, minor
+
+
+def import_tensorrt():
+    """The `tensorrt` module, refusing one older than 10.0 (this backend uses the TensorRT 10 API)."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise RuntimeError("backend 'tensorrt': the `tensorrt` Python package is not installed (JetPack ships it; on "
+                           f"x86 `pip install -e '.[tensorrt]'`, i.e. {TESTED_RANGE}); see docs/deploy.md") from e
+    if version_of(trt) < MIN_VERSION:
+        raise TensorRTError(f"tensorrt: expected version >= {'.'.join(map(str, MIN_VERSION))} (the TensorRT 10 API; "
+                            f"tested range {TESTED_RANGE}), received {trt.__version__}")
+    return trt
+
+
+def network_mode(trt, precision: str, strongly_typed: bool | None = None) -> str:
+    """"strongly_typed" or "weakly_typed" for this TensorRT and precision (module docstring's table)."""
+    if precision not in ("fp16", "fp32"):
+        raise InputError(f"precision: expected 'fp16' or 'fp32', received {precision!r}")
+    has_flag = hasattr(getattr(trt, "BuilderFlag", None), "FP16")
+    if strongly_typed is None:
+        strongly_typed = version_of(trt) >= STRONG_TYPING_FROM or not has_flag
+    if not strongly_typed and precision == "fp16" and not has_flag:
+        raise TensorRTError(f"tensorrt {trt.__version__}: strongly_typed=False with fp16 needs BuilderFlag.FP16, which "
+                            "this version does not have; use strongly_typed=None (strongly typed, fp16 graphs)")
+    return "strongly_typed" if strongly_typed else "weakly_typed"
+
+
+def graph_dtype(precision: str, mode: str) -> str:
+    """The ONNX dtype an engine is built from: float16 graphs only for a strongly typed fp16 engine."""
+    return "float16" if (precision == "fp16" and mode == "strongly_typed") else "float32"
 
 
 @dataclass(frozen=True)
@@ -31,9 +101,11 @@ class EngineKey:
 
     checkpoint_sha256: str
     graph: str
+    onnx_sha256: str  # the graph file the engine was built from (policy.export.graph_digest)
     gpu: str  # device name + compute capability, e.g. "NVIDIA GeForce RTX 4090 (sm_89)"
     tensorrt: str  # tensorrt.__version__
     precision: str  # "fp16" | "fp32"
+    network: str  # "strongly_typed" | "weakly_typed"
     profile: str  # JSON of the optimisation profile (min/opt/max per input)
 
     @property
@@ -44,18 +116,26 @@ class EngineKey:
         return f"{self.graph}-{self.digest[:16]}.engine"
 
 
-ENGINE_MAGIC = b"MOTTRT01"
+def engine_key(graphs: VerifiedGraphs, graph: str, gpu: str, tensorrt_version: str, precision: str, network: str,
+               profile: dict) -> EngineKey:
+    return EngineKey(graphs.checkpoint_sha256, graph, graphs.sha256[graph], gpu, tensorrt_version, precision, network,
+                     json.dumps(profile, sort_keys=True))
+
+
+ENGINE_MAGIC = b"MOTTRT02"
 
 
 def write_engine(path: Path, key: EngineKey, engine_bytes: bytes) -> None:
-    """Header (magic, length, JSON key) + serialized engine, written to a temp name and renamed."""
-    header = json.dumps({**asdict(key), "digest": key.digest}, sort_keys=True).encode()
-    blob = ENGINE_MAGIC + struct.pack("<Q", len(header)) + header + bytes(engine_bytes)
-    atomic_write_bytes(path, blob)
+    """Header (magic, length, JSON key + the engine's sha256) + serialized engine, written atomically."""
+    engine_bytes = bytes(engine_bytes)
+    header = json.dumps({**asdict(key), "digest": key.digest, "engine_sha256": sha256_bytes(engine_bytes)},
+                        sort_keys=True).encode()
+    atomic_write_bytes(path, ENGINE_MAGIC + struct.pack("<Q", len(header)) + header + engine_bytes)
 
 
 def read_engine(path: Path, expected: EngineKey) -> bytes:
-    """The serialized engine at `path`, refusing it unless its header matches `expected` field by field."""
+    """The serialized engine at `path`, refusing it unless its header matches `expected` field by field and the
+    engine bytes match the sha256 in the header."""
     data = Path(path).read_bytes()
     if not data.startswith(ENGINE_MAGIC) or len(data) < len(ENGINE_MAGIC) + 8:
         raise ArtifactMismatchError(f"{path}: expected a mot-policy engine file (magic {ENGINE_MAGIC!r}); "
@@ -64,14 +144,18 @@ def read_engine(path: Path, expected: EngineKey) -> bytes:
     start = len(ENGINE_MAGIC) + 8
     try:
         header = json.loads(data[start:start + length])
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactMismatchError(f"{path}: engine header is not valid JSON ({e}); delete it to rebuild") from e
     want = asdict(expected)
     diffs = [f"{k}: expected {v!r}, engine has {header.get(k)!r}" for k, v in want.items() if header.get(k) != v]
     if diffs or header.get("digest") != expected.digest:
-        raise ArtifactMismatchError(f"{path}: engine does not match this checkpoint/GPU/TensorRT ("
+        raise ArtifactMismatchError(f"{path}: engine does not match this checkpoint/graph/GPU/TensorRT ("
                                     + "; ".join(diffs or ["digest differs"]) + "); delete it to rebuild")
-    return data[start + length:]
+    engine = data[start + length:]
+    if sha256_bytes(engine) != header.get("engine_sha256"):
+        raise ArtifactMismatchError(f"{path}: engine bytes sha256 expected {header.get('engine_sha256')} (its header), "
+                                    f"received {sha256_bytes(engine)}: truncated or modified; delete it to rebuild")
+    return engine
 
 
 def profile_shapes(policy: MoTPolicy, graph: str, *, max_batch: int = 1, opt_batch: int = 1,
@@ -115,89 +199,147 @@ def check_in_profile(graph: str, shapes: dict[str, tuple[int, ...]], profile: di
                              f"profile), received {tuple(shape)}; rebuild with a larger max_batch/image_hw")
 
 
-class TensorRTBackend:
-    """TensorRT engines built from the three ONNX graphs (tensorrt 10.x Python API), torch CUDA buffers.
+# -- the TensorRT calls, each result checked (module-level so CPU tests can drive them with a fake tensorrt) ------
+def _parser_errors(parser) -> str:
+    errors = []
+    for i in range(parser.num_errors):
+        e = parser.get_error(i)
+        try:
+            errors.append(f"node {e.node_name()!r} ({e.node_operator()}): {e.desc()}")
+        except AttributeError:
+            errors.append(str(e))
+    return "; ".join(errors) or "no error reported"
 
-    fp16 (default) enables BuilderFlag.FP16; every input gets an optimisation profile for batch
-    1..max_batch and text length 1..max_text_tokens. Buffers for every input and output are
-    allocated once at the profile's maximum; a call writes into views of them.
+
+def build_engine(trt, logger, graph: str, onnx: bytes | Path, profile: dict, precision: str, network: str,
+                 workspace_bytes: int) -> bytes:
+    """ONNX (its verified bytes, or its path when it has external data) -> serialized engine bytes."""
+    builder = trt.Builder(logger)
+    if not builder:
+        raise TensorRTError(f"tensorrt {graph}: Builder() failed (no usable CUDA device?)")
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if network == "strongly_typed" else 0
+    net = builder.create_network(flags)  # TensorRT 10: explicit batch is the only mode
+    if net is None:
+        raise TensorRTError(f"tensorrt {graph}: create_network({network}) returned None")
+    parser = trt.OnnxParser(net, logger)
+    ok = parser.parse_from_file(str(onnx)) if isinstance(onnx, Path) else parser.parse(onnx)
+    if not ok:
+        raise TensorRTError(f"tensorrt {graph}: the ONNX parser refused the graph: {_parser_errors(parser)}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision == "fp16" and network == "weakly_typed":
+        config.set_flag(trt.BuilderFlag.FP16)  # 10.0-10.11 only (network_mode): deprecated in 10.12, gone in 11
+    opt = builder.create_optimization_profile()
+    for name, (lo, mid, hi) in profile.items():
+        opt.set_shape(name, lo, mid, hi)
+    if config.add_optimization_profile(opt) < 0:
+        raise TensorRTError(f"tensorrt {graph}: add_optimization_profile refused the profile {profile}")
+    serialized = builder.build_serialized_network(net, config)
+    if serialized is None:
+        raise TensorRTError(f"tensorrt {graph}: build_serialized_network returned None (see the TensorRT log above)")
+    return bytes(serialized)
+
+
+def create_context(engine, graph: str):
+    context = engine.create_execution_context()
+    if context is None:
+        raise TensorRTError(f"tensorrt {graph}: create_execution_context returned None (out of GPU memory?)")
+    return context
+
+
+def set_input_shape(context, graph: str, name: str, shape: tuple[int, ...]) -> None:
+    if not context.set_input_shape(name, tuple(shape)):
+        raise TensorRTError(f"tensorrt {graph}.{name}: set_input_shape refused shape {tuple(shape)} (outside the "
+                            "engine's optimisation profile, or a wrong rank)")
+
+
+def set_tensor_address(context, graph: str, name: str, address: int) -> None:
+    if not context.set_tensor_address(name, address):
+        raise TensorRTError(f"tensorrt {graph}.{name}: set_tensor_address refused the buffer")
+
+
+def prepare_engine(trt, logger, runtime, graphs: VerifiedGraphs, graph: str, key: EngineKey, profile: dict,
+                   engine_dir: Path, workspace_bytes: int):
+    """Loads the cached engine for `key` (building and caching it first when missing) -> (engine, context)."""
+    path = engine_dir / key.filename()
+    if not path.is_file():
+        onnx = graphs.paths[graph] if graph in graphs.external else graphs.data[graph]
+        write_engine(path, key, build_engine(trt, logger, graph, onnx, profile, key.precision, key.network,
+                                             workspace_bytes))
+    engine = runtime.deserialize_cuda_engine(read_engine(path, key))
+    if engine is None:
+        raise ArtifactMismatchError(f"{path}: TensorRT could not deserialize the engine; delete it to rebuild")
+    return engine, create_context(engine, graph)
+
+
+class TensorRTBackend:
+    """TensorRT engines built from the three ONNX graphs (TensorRT 10.x Python API), torch CUDA buffers.
+
+    fp16 (default) as the module docstring's table says; every input gets an optimisation profile for batch
+    1..max_batch and text length 1..max_text_tokens. Buffers for every input and output are allocated once at
+    the profile's maximum; a call writes into views of them.
     """
 
     name = "tensorrt"
 
     def __init__(self, policy: MoTPolicy, checkpoint_dir: Path | None = None, *, onnx_dir: str | Path | None = None,
                  engine_dir: str | Path | None = None, fp16: bool = True, max_batch: int = 1, opt_batch: int = 1,
-                 image_hw: tuple[int, int] | None = None, workspace_gb: float = 2.0, export_if_missing: bool = True):
-        try:
-            import tensorrt as trt
-        except ImportError as e:
-            raise RuntimeError("backend 'tensorrt': the `tensorrt` Python package is not installed (JetPack ships it; "
-                               "on x86 `pip install tensorrt-cu12`); see docs/deploy.md") from e
+                 image_hw: tuple[int, int] | None = None, workspace_gb: float = 2.0, export_if_missing: bool = True,
+                 strongly_typed: bool | None = None, fp16_onnx_dir: str | Path | None = None,
+                 trusted_key: TrustedKey = None):
+        """fp16_onnx_dir: the float16 graphs a strongly typed fp16 engine builds from (default <onnx_dir>/fp16)."""
+        trt = import_tensorrt()
         import torch
 
         if not torch.cuda.is_available():
             raise RuntimeError("backend 'tensorrt': expected a CUDA device, torch.cuda.is_available() is False")
         self.trt, self.torch = trt, torch
         self.cfg = policy.cfg
-        self.paths, self.checkpoint_sha256 = ensure_graphs(policy, checkpoint_dir, onnx_dir, export_if_missing)
-        self.engine_dir = Path(engine_dir) if engine_dir else self.paths["denoiser"].parent / "trt"
         self.precision = "fp16" if fp16 else "fp32"
+        self.network = network_mode(trt, self.precision, strongly_typed)
+        dtype = graph_dtype(self.precision, self.network)
+        if dtype == "float16":
+            base = Path(onnx_dir) if onnx_dir else default_onnx_dir(checkpoint_dir, expected_fingerprint(policy, checkpoint_dir))
+            onnx_dir = Path(fp16_onnx_dir) if fp16_onnx_dir else base / "fp16"
+        self.graphs = load_graphs(policy, checkpoint_dir, onnx_dir, export_if_missing, trusted_key=trusted_key,
+                                  fp16=dtype == "float16")
+        self.paths, self.checkpoint_sha256 = self.graphs.paths, self.graphs.checkpoint_sha256
+        self.engine_dir = Path(engine_dir) if engine_dir else self.paths["denoiser"].parent / "trt"
         self.workspace = int(workspace_gb * (1 << 30))
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
+        if self.runtime is None:
+            raise TensorRTError("tensorrt: Runtime() returned None")
         self.stream = torch.cuda.Stream()
         cap = torch.cuda.get_device_capability()
         self.gpu = f"{torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})"
-        self.profiles, self.engines, self.contexts, self.buffers = {}, {}, {}, {}
+        self.profiles, self.engines, self.contexts, self.buffers, self.keys = {}, {}, {}, {}, {}
         for graph in ex.GRAPHS:
             profile = profile_shapes(policy, graph, max_batch=max_batch, opt_batch=opt_batch, image_hw=image_hw)
             self.profiles[graph] = profile
-            key = self.engine_key(graph, profile)
-            path = self.engine_dir / key.filename()
-            if not path.is_file():
-                write_engine(path, key, self._build(graph, profile))
-            engine = self.runtime.deserialize_cuda_engine(read_engine(path, key))
-            if engine is None:
-                raise ArtifactMismatchError(f"{path}: TensorRT could not deserialize the engine; delete it to rebuild")
-            self.engines[graph] = engine
-            self.contexts[graph] = engine.create_execution_context()
-            self.buffers[graph] = self._allocate(graph, engine, profile)
+            self.keys[graph] = self.engine_key(graph, profile)
+            self.engines[graph], self.contexts[graph] = prepare_engine(
+                trt, self.logger, self.runtime, self.graphs, graph, self.keys[graph], profile, self.engine_dir,
+                self.workspace)
+            self.buffers[graph] = self._allocate(graph, self.engines[graph], profile)
+        self.graphs = VerifiedGraphs(self.graphs.paths, self.checkpoint_sha256, {}, self.graphs.sha256,
+                                     self.graphs.dtype, self.graphs.signed_by, self.graphs.external)  # drop the bytes
 
     def engine_key(self, graph: str, profile: dict) -> EngineKey:
-        return EngineKey(self.checkpoint_sha256, graph, self.gpu, self.trt.__version__, self.precision,
-                         json.dumps(profile, sort_keys=True))
-
-    def _build(self, graph: str, profile: dict) -> bytes:
-        trt = self.trt
-        builder = trt.Builder(self.logger)
-        network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-        parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse_from_file(str(self.paths[graph])):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise RuntimeError(f"tensorrt: cannot parse {self.paths[graph]}: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace)
-        if self.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        opt = builder.create_optimization_profile()
-        for name, (lo, mid, hi) in profile.items():
-            opt.set_shape(name, lo, mid, hi)
-        config.add_optimization_profile(opt)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise RuntimeError(f"tensorrt: building the {graph} engine failed (see the TensorRT log above)")
-        return bytes(serialized)
+        return engine_key(self.graphs, graph, self.gpu, self.trt.__version__, self.precision, self.network, profile)
 
     def _allocate(self, graph: str, engine, profile: dict) -> dict:
         """One device buffer per I/O tensor, sized for the profile's maximum shapes."""
         torch, trt = self.torch, self.trt
         context = self.contexts[graph]
         for name, (_, _, hi) in profile.items():
-            context.set_input_shape(name, hi)
+            set_input_shape(context, graph, name, hi)
         buffers = {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             shape = tuple(context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise TensorRTError(f"tensorrt {graph}.{name}: shape {shape} still dynamic after setting every input")
             dtype = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
             buffers[name] = torch.empty(int(np.prod(shape)), dtype=dtype, device="cuda")
         return buffers
@@ -218,16 +360,16 @@ class TensorRTBackend:
                     src = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
                     view.copy_(src.to(view.dtype), non_blocking=True)
                     address = view.data_ptr()
-                context.set_input_shape(name, tuple(value.shape))
-                context.set_tensor_address(name, address)
+                set_input_shape(context, graph, name, tuple(value.shape))
+                set_tensor_address(context, graph, name, address)
             outputs = []
             for name in ex.OUTPUTS[graph]:
                 shape = tuple(context.get_tensor_shape(name))
                 view = buffers[name][: int(np.prod(shape))].view(shape)
-                context.set_tensor_address(name, view.data_ptr())
+                set_tensor_address(context, graph, name, view.data_ptr())
                 outputs.append(view)
             if not context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError(f"tensorrt: {graph} execution failed")
+                raise TensorRTError(f"tensorrt {graph}: execute_async_v3 returned False")
         self.stream.synchronize()
         return outputs
 
@@ -250,4 +392,6 @@ class TensorRTBackend:
         return velocity.float().cpu().numpy()
 
 
-__all__ = ["TensorRTBackend", "EngineKey", "profile_shapes", "check_in_profile", "read_engine", "write_engine"]
+__all__ = ["TensorRTBackend", "TensorRTError", "EngineKey", "engine_key", "network_mode", "graph_dtype", "import_tensorrt",
+           "build_engine", "create_context", "set_input_shape", "set_tensor_address", "prepare_engine", "profile_shapes",
+           "check_in_profile", "read_engine", "write_engine", "TESTED_RANGE"]
