@@ -19,6 +19,7 @@ Inference runs on a dedicated worker thread, never on an executor thread, so cal
 control tick stay on time while the model thinks. The worker never dies silently: an exception
 outside the model, a dead thread or a hung inference call is a fault (hold, mode "fault", ERROR on
 /diagnostics). ``close()`` (SIGINT/SIGTERM through ``run_node`` / `mot stack`) publishes a final hold.
+With ``trusted_key`` (an ed25519 public key) the node does not start on a checkpoint that key did not sign.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory
 
+from policy.errors import CheckpointError
 from policy.pointing import Pointer
 from policy.runtime import PolicyRunner
+from policy.signing import key_id, resolve_trusted_key
 from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, lock_process_memory, now_s,
                                run_node)
 from ros_nodes.controller import PolicyController
@@ -61,6 +64,9 @@ PARAMETERS: dict[str, Any] = {
     "checkpoint": "",  # checkpoint directory (policy.MoTPolicy.save); required unless a runner is passed in
     "backend": "torch",  # torch | onnxruntime | tensorrt
     "points_from": "",  # align run whose model points at the target (target_points checkpoint; "" = its bundled one)
+    # ed25519 public key PEM the checkpoint's manifest.sig must verify with (`mot pack --sign`); "": $MOT_TRUSTED_KEY,
+    # else nothing is checked. A robot sets it: the node then refuses to start on an unsigned or mis-signed checkpoint.
+    "trusted_key": "",
     "cameras": Parameter.Type.STRING_ARRAY,  # unset: the checkpoint's cameras
     "camera_topic": "camera/{camera}/image_raw",
     "image_size": 0,  # frames are resized to (image_size, image_size); 0: the checkpoint's size
@@ -116,11 +122,7 @@ class PolicyNode(Node):
         super().__init__("policy_node", **node_kwargs)
         p = _read_parameters(self)
         if runner is None:
-            if not p["checkpoint"]:
-                raise ValueError("checkpoint: expected a checkpoint directory parameter, received ''")
-            self.get_logger().info(f"loading {p['checkpoint']} (backend {p['backend']})")
-            pointer = Pointer.resolve(p["points_from"] or None, p["checkpoint"])
-            runner = PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"], pointer=pointer)
+            runner = self._load_runner(p)
         self.runner = runner
         if p["lock_memory"]:  # after loading: the weights and the backend's code are resident now
             lock_process_memory(self.get_logger().warning)
@@ -214,6 +216,27 @@ class PolicyNode(Node):
         self.get_logger().info(f"policy_node ready: cameras {list(cameras)}, joints {list(joint_names)}, "
                                f"{self.config.control_hz} Hz, replan at {replan} points left, dry_run={p['dry_run']}, "
                                f"e-stop latch {latch_file or '(memory)'}")
+
+    def _load_runner(self, p: dict[str, Any]) -> PolicyRunner:
+        """The checkpoint's runner; with a trusted key, only after its signature verified (else the node
+        does not start: CheckpointError naming the checkpoint and the key)."""
+        if not p["checkpoint"]:
+            raise ValueError("checkpoint: expected a checkpoint directory parameter, received ''")
+        trusted = resolve_trusted_key(p["trusted_key"] or None)  # "" -> $MOT_TRUSTED_KEY, unset -> None
+        log = self.get_logger()
+        if trusted is None:
+            log.warning("trusted_key is empty (and $MOT_TRUSTED_KEY unset): the checkpoint's signature is not "
+                        "checked; a robot must set trusted_key")
+        elif p["points_from"]:
+            # The signature covers the checkpoint and the pointer it bundles, not an align run beside it.
+            raise CheckpointError(f"points_from: expected '' with a trusted key (an align run outside the checkpoint "
+                                  f"is not covered by its signature: bundle it with `mot pack --pointer` and sign), "
+                                  f"received {p['points_from']!r}")
+        checked = f", checking its signature with key {key_id(trusted)}" if trusted is not None else ""
+        log.info(f"loading {p['checkpoint']} (backend {p['backend']}{checked})")
+        # An explicit align run, else the pointer the checkpoint bundles (loaded once the checkpoint verified).
+        pointer = Pointer.for_checkpoint(p["points_from"], p["checkpoint"]) if p["points_from"] else "bundled"
+        return PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"], pointer=pointer, trusted_key=trusted)
 
     # -- callbacks: convert, validate, hand to the controller; a bad message is logged and dropped ----
     def _reject(self, what: str, exc: Exception) -> None:
