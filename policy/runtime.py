@@ -33,7 +33,7 @@ from policy.errors import InputError
 from policy.inputs import validate_batch
 from policy.model import MoTPolicy, Prefix, euler_sample
 from policy.pointing import Pointer
-from policy.signing import TrustedKey
+from policy.signing import TrustedKey, resolve_trusted_key
 from policy.tensorrt import TensorRTBackend
 
 
@@ -112,10 +112,15 @@ class PolicyRunner:
         """pointer: "bundled" (default) takes the pointer a target_points checkpoint bundles (`mot pack --pointer`),
         if any; or a `Pointer`, or None.
 
-        trusted_key: an ed25519 public key (PEM path, PEM text or key; default `$MOT_TRUSTED_KEY`). When one is
-        configured the checkpoint's manifest.sig must be that key's signature of its manifest (which hashes every
-        file and the bundled pointer's manifest), else CheckpointError; without one nothing is checked."""
-        policy = load_checkpoint(path, trusted_key=trusted_key)
+        trusted_key: an ed25519 public key (PEM path, PEM text or key; default `$MOT_TRUSTED_KEY`; None or "" with the
+        variable unset: nothing is checked, as before signing). When one is configured the checkpoint's manifest.sig
+        must be that key's signature of its manifest (which hashes every file and the bundled pointer's manifest),
+        else CheckpointError; and for onnxruntime/tensorrt the graphs' export_manifest.sig too (`mot export --sign`),
+        else ArtifactMismatchError."""
+        trusted = resolve_trusted_key(trusted_key)
+        policy = load_checkpoint(path, trusted_key=trusted)
+        if backend != "torch":
+            options["trusted_key"] = trusted
         if isinstance(pointer, str):
             if pointer != "bundled":
                 raise InputError(f"pointer: expected 'bundled', a Pointer or None, received {pointer!r}")
