@@ -57,9 +57,8 @@ from policy.signing import SigningKey, load_private_key, sign_bytes, signature_p
 from policy.vision import preprocess_images
 
 FORMAT = "mot-onnx/1"
-MANIFEST = "export_manifest.json"
-MANIFEST_FORMAT = "mot-onnx-manifest/1"
 MANIFEST_FILE = "export_manifest.json"
+MANIFEST = MANIFEST_FILE
 MANIFEST_FORMAT = "mot-onnx-manifest/1"
 GRAPHS = ("text_encoder", "obs_encoder", "denoiser")
 DEFAULT_OPSET = 18  # antialiased Resize (the image preprocessing) needs opset >= 18
@@ -204,20 +203,15 @@ def policy_fingerprint(policy: MoTPolicy) -> str:
     return "unsaved-" + h.hexdigest()
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """metadata_props of an ONNX file (without loading its weights)."""
+def read_metadata(path: str | Path | bytes) -> dict[str, str]:
+    """metadata_props of an ONNX file (without loading its external data), or of a model's bytes."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
 
 
-def metadata_from_bytes(data: bytes) -> dict[str, str]:
-    """metadata_props of an ONNX model given as bytes (the bytes a backend has just hashed)."""
-    import onnx
-
-    model = onnx.load_from_string(data)
-    return {p.key: p.value for p in model.metadata_props}
+metadata_from_bytes = read_metadata
 
 
 # -- the export manifest: sha256 of every file written ---------------------------------------------
@@ -253,16 +247,12 @@ def graph_digest(record: dict) -> str:
 def read_export_manifest(directory: str | Path) -> tuple[dict, bytes] | None:
     """(directory/export_manifest.json parsed, its bytes), None when there is none or it is not one of ours."""
     path = Path(directory) / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    data = path.read_bytes()
+    data = path.read_bytes() if path.is_file() else b""
     try:
         manifest = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        return None
-    return manifest, data
+    return (manifest, data) if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
 
 
 def write_export_manifest(directory: str | Path, manifest: dict, signing_key=None) -> Path:
@@ -298,12 +288,15 @@ def _finish(path: Path, graph: str, metadata: dict[str, str], fp16: bool) -> Non
 
     model = onnx.load(str(path))
     if fp16:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        # Weights and arithmetic in fp16; the graph's inputs/outputs stay fp32 (the runtime contract).
+        # Weights and arithmetic in fp16; the graph's inputs/outputs stay fp32 (the runtime contract). LayerNorm
+        # stays fp32 (its variance overflows/underflows in fp16): a strongly typed TensorRT engine runs exactly
+        # these types, with nothing to keep it in fp32 otherwise (policy/tensorrt.py).
         from onnxruntime.transformers.onnx_model import OnnxModel
 
-        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
+                                         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ["LayerNormalization"])
         wrapped = OnnxModel(model)
         wrapped.topological_sort()  # the converter appends its input Casts at the end of the node list
         model = wrapped.model
