@@ -3,7 +3,8 @@
     mot pack   --checkpoint runs/tabletop/policy/checkpoint --pointer runs/tabletop/pointer --out checkpoints/default
                [--sign keys/signing_key.pem]        manifest.sig: ed25519 signature of manifest.json (policy/signing.py)
     mot pack   --new-key keys                       keys/signing_key.pem (0600) + keys/signing_key.pub.pem
-    mot export --checkpoint checkpoints/default [--out DIR] [--fp16]   (+ DIR/export_manifest.json: sha256 per file)
+    mot export --checkpoint checkpoints/default [--out DIR] [--fp16] [--sign KEY]
+               DIR/export_manifest.json: sha256 of every graph file (+ export_manifest.sig with --sign)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Literal
 import numpy as np
 
 from policy.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, storage_dtype
-from policy.export import DEFAULT_OPSET, export_policy, parity
+from policy.export import DEFAULT_OPSET, MANIFEST, export_policy, parity
 from policy.model import MoTPolicy
 from policy.errors import InputError
 from policy.options import parse
@@ -121,15 +122,22 @@ class ExportConfig:
     """fp16 weights and arithmetic (inputs and outputs stay fp32)"""
     parity: bool = True
     """check onnxruntime against torch on random inputs after the export"""
+    sign: Path | None = None
+    """ed25519 private key (PEM) to sign export_manifest.json with (writes export_manifest.sig): a robot with a
+    trusted key runs only signed graphs and never exports its own"""
 
 
 def export_main(argv: list[str] | None = None) -> int:
     cfg = parse(ExportConfig, argv, "mot export", "Export a checkpoint to three ONNX graphs (text encoder, "
-                "observation encoder, denoiser) with metadata.")
+                "observation encoder, denoiser) with metadata and export_manifest.json (sha256 of every file; "
+                "--sign KEY signs it).")
+    key = load_private_key(cfg.sign) if cfg.sign is not None else None  # a bad key fails before the export
     policy = load_checkpoint(cfg.checkpoint)
     out = cfg.out or cfg.checkpoint / "onnx"
-    paths = export_policy(policy, out, checkpoint_sha256=checkpoint_id(cfg.checkpoint), opset=cfg.opset, fp16=cfg.fp16)
-    report = {"out": str(out), "graphs": {g: str(p) for g, p in paths.items()},
+    paths = export_policy(policy, out, checkpoint_sha256=checkpoint_id(cfg.checkpoint), opset=cfg.opset, fp16=cfg.fp16,
+                          signing_key=key)
+    report = {"out": str(out), "graphs": {g: str(p) for g, p in paths.items()}, "manifest": str(out / MANIFEST),
+              "signed_by": key_id(key) if key is not None else None,
               "checkpoint_sha256": checkpoint_id(cfg.checkpoint), "dtype": "float16" if cfg.fp16 else "float32"}
     if cfg.parity:
         report["parity_max_abs"] = parity(policy, out)

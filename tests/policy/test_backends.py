@@ -3,7 +3,9 @@ TensorRT cache-key / engine-file / profile logic on CPU, engines themselves only
 
 import json
 import shutil
+import sys
 import threading
+import types
 
 import numpy as np
 import onnx
@@ -44,7 +46,7 @@ def _single(cfg, seed=0):
 
 def test_from_checkpoint_exports_missing_graphs_into_the_checkpoint(checkpoint, runners):
     onnx_dir = checkpoint / "onnx"
-    assert sorted(p.name for p in onnx_dir.iterdir()) == sorted(f"{g}.onnx" for g in GRAPHS)  # no temp files
+    assert sorted(p.name for p in onnx_dir.iterdir()) == sorted([*(f"{g}.onnx" for g in GRAPHS), "export_manifest.json"])  # no temp
     for path in graph_paths(onnx_dir).values():
         assert read_metadata(path)["mot.checkpoint_sha256"] == checkpoint_id(checkpoint)
     assert runners[0].backend.name == "onnxruntime"
@@ -131,12 +133,21 @@ def test_graphs_from_another_checkpoint_are_refused(checkpoint, runners, tmp_pat
     policy = runners[0].policy
     stale = tmp_path / "onnx"
     shutil.copytree(checkpoint / "onnx", stale)
+    manifest = json.loads((stale / "export_manifest.json").read_text())
+    (stale / "export_manifest.json").write_text(json.dumps({**manifest, "checkpoint_sha256": "0" * 64}))
+    with pytest.raises(ArtifactMismatchError, match=r"export_manifest.json: exported from checkpoint 0{64}, but the "
+                                                    r"loaded checkpoint is [0-9a-f]{64}"):
+        OnnxRuntimeBackend(policy, checkpoint, onnx_dir=stale)
+    # A graph whose own metadata names another checkpoint (its manifest entry re-hashed) is refused too ...
+    (stale / "export_manifest.json").write_text(json.dumps(manifest))
     _rewrite_metadata(stale / "denoiser.onnx", **{"mot.checkpoint_sha256": "0" * 64})
+    _rehash(stale, "denoiser")
     with pytest.raises(ArtifactMismatchError, match=r"denoiser.onnx: exported from checkpoint 0{64}, but the "
                                                     r"loaded checkpoint is [0-9a-f]{64}"):
         OnnxRuntimeBackend(policy, checkpoint, onnx_dir=stale)
-    # A graph in the wrong role is refused too.
+    # ... and so is a graph in the wrong role.
     shutil.copy(checkpoint / "onnx" / "text_encoder.onnx", stale / "denoiser.onnx")
+    _rehash(stale, "denoiser")
     with pytest.raises(ArtifactMismatchError, match=r"expected graph 'denoiser', received 'text_encoder'"):
         OnnxRuntimeBackend(policy, checkpoint, onnx_dir=stale)
 
@@ -155,15 +166,17 @@ def test_unknown_backend_and_provider_are_refused(runners, checkpoint):
 
 # -- TensorRT: cache key, engine files, profiles (pure logic, no GPU) -------------------------------
 def _key(**changes) -> EngineKey:
-    base = dict(checkpoint_sha256="a" * 64, graph="denoiser", gpu="NVIDIA Jetson AGX Orin (sm_87)",
-                tensorrt="10.3.0", precision="fp16", profile='{"x_t": [[1, 8, 7], [1, 8, 7], [4, 8, 7]]}')
+    base = dict(checkpoint_sha256="a" * 64, graph="denoiser", onnx_sha256="c" * 64, gpu="NVIDIA Jetson AGX Orin (sm_87)",
+                tensorrt="10.3.0", precision="fp16", network="weakly_typed",
+                profile='{"x_t": [[1, 8, 7], [1, 8, 7], [4, 8, 7]]}')
     return EngineKey(**{**base, **changes})
 
 
 def test_engine_key_changes_with_every_field():
     base = _key()
     variants = [_key(checkpoint_sha256="b" * 64), _key(graph="obs_encoder"), _key(gpu="NVIDIA GeForce RTX 4090 (sm_89)"),
-                _key(tensorrt="10.7.0"), _key(precision="fp32"), _key(profile="{}")]
+                _key(tensorrt="10.7.0"), _key(precision="fp32"), _key(profile="{}"), _key(onnx_sha256="d" * 64),
+                _key(network="strongly_typed")]
     digests = {base.digest} | {k.digest for k in variants}
     assert len(digests) == len(variants) + 1
     assert base.filename() == f"denoiser-{base.digest[:16]}.engine" and base.digest == _key().digest
@@ -186,10 +199,15 @@ def test_engine_file_round_trip_and_refusal(tmp_path):
     with pytest.raises(ArtifactMismatchError, match=r"expected a mot-policy engine file"):
         read_engine(raw, _key())
     # A header edited to claim another key but keeping the old digest is refused as well.
-    data = path.read_bytes().replace(b"10.3.0", b"10.7.0")
-    path.write_bytes(data)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"10.3.0", b"10.7.0"))
     with pytest.raises(ArtifactMismatchError, match=r"digest differs"):
         read_engine(path, _key(tensorrt="10.7.0"))
+    # So are engine bytes changed behind an intact header (the header records their sha256).
+    path.write_bytes(data[:-1] + b"X")
+    with pytest.raises(ArtifactMismatchError, match=r"engine bytes sha256 expected [0-9a-f]{64} \(its header\), "
+                                                    r"received [0-9a-f]{64}: truncated or modified"):
+        read_engine(path, _key())
 
 
 def test_profiles_cover_the_batch_and_text_ranges(tiny_policy):
@@ -262,3 +280,339 @@ def test_mot_bench_dispatches_to_the_benchmark_scripts(capsys):
     assert callable(bench.load_script("inference").main)
     assert bench.main(["no-such-benchmark"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+# -- export manifest: every graph file's sha256 (and, with a trusted key, its signature) ---------------
+def _negate_one_initializer(path):
+    """Edited weights, metadata untouched: what the metadata check alone let through."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    for i, init in enumerate(model.graph.initializer):
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size > 16 and np.abs(array).max() > 0:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(-array, init.name))
+            break
+    else:
+        raise AssertionError("no float initializer to negate")
+    onnx.save(model, str(path))
+
+
+def _rehash(onnx_dir, graph):
+    """Re-hash one graph into the export manifest, as someone who edits graphs by hand would."""
+    from policy.export import graph_record
+
+    path = onnx_dir / "export_manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["graphs"][graph] = graph_record(onnx_dir / f"{graph}.onnx")
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def test_export_manifest_hashes_every_graph(checkpoint, runners):
+    from policy.artifacts import sha256_file
+
+    onnx_dir = checkpoint / "onnx"
+    manifest = json.loads((onnx_dir / "export_manifest.json").read_text())
+    assert manifest["format"] == "mot-onnx-manifest/1" and manifest["checkpoint_sha256"] == checkpoint_id(checkpoint)
+    assert manifest["dtype"] == "float32" and sorted(manifest["graphs"]) == sorted(GRAPHS)
+    for graph, record in manifest["graphs"].items():
+        assert record["file"] == f"{graph}.onnx" and record["external_data"] == {}
+        assert record["sha256"] == sha256_file(onnx_dir / record["file"])
+        assert record["bytes"] == (onnx_dir / record["file"]).stat().st_size
+
+
+def test_graph_with_edited_weights_and_intact_metadata_is_refused(checkpoint, runners, tmp_path):
+    """Negated weights, metadata kept: the metadata check let it run (actions 0.13 off); the manifest refuses it."""
+    policy = runners[0].policy
+    edited = tmp_path / "onnx"
+    shutil.copytree(checkpoint / "onnx", edited)
+    before = read_metadata(edited / "denoiser.onnx")
+    _negate_one_initializer(edited / "denoiser.onnx")
+    assert read_metadata(edited / "denoiser.onnx") == before  # invisible to the metadata check
+    with pytest.raises(ArtifactMismatchError, match=r"denoiser.onnx: sha256 expected [0-9a-f]{64} "
+                                                    r"\(export_manifest.json\), received [0-9a-f]{64}: the graph "
+                                                    r"changed after export") as e:
+        OnnxRuntimeBackend(policy, checkpoint, onnx_dir=edited)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ArtifactMismatchError, match=r"denoiser.onnx: sha256 expected"):
+        ensure_graphs(policy, checkpoint, edited)  # refused, never silently re-exported
+    assert read_metadata(edited / "denoiser.onnx") == before
+
+
+def test_graphs_without_their_manifest_are_refused(checkpoint, runners, tmp_path):
+    old = tmp_path / "onnx"
+    shutil.copytree(checkpoint / "onnx", old)
+    (old / "export_manifest.json").unlink()  # an export from before manifests
+    with pytest.raises(ArtifactMismatchError, match=r"export_manifest.json: expected the export manifest"):
+        OnnxRuntimeBackend(runners[0].policy, checkpoint, onnx_dir=old)
+
+
+def test_signed_graphs_run_with_the_trusted_key_and_edited_ones_are_refused(checkpoint, runners, tmp_path):
+    from policy.signing import generate_key_pair, sign_manifest
+
+    ours, theirs = generate_key_pair(tmp_path / "ours"), generate_key_pair(tmp_path / "theirs")
+    policy = runners[0].policy
+    signed = tmp_path / "onnx"
+    shutil.copytree(checkpoint / "onnx", signed)
+    with pytest.raises(ArtifactMismatchError, match=r"expected a signed manifest \(export_manifest.sig beside"):
+        OnnxRuntimeBackend(policy, checkpoint, onnx_dir=signed, trusted_key=ours["public_key"])
+    sign_manifest(signed / "export_manifest.json", ours["private_key"])  # what `mot export --sign` writes
+    backend = OnnxRuntimeBackend(policy, checkpoint, onnx_dir=signed, trusted_key=ours["public_key"])
+    assert backend.name == "onnxruntime"
+    with pytest.raises(ArtifactMismatchError, match=rf"does not verify with the trusted key {theirs['key_id']}"):
+        OnnxRuntimeBackend(policy, checkpoint, onnx_dir=signed, trusted_key=theirs["public_key"])
+    _negate_one_initializer(signed / "denoiser.onnx")
+    _rehash(signed, "denoiser")  # the sha256 now agree: only the signature can tell
+    ensure_graphs(policy, checkpoint, signed)  # without a key it passes, as the checkpoint's own manifest would
+    with pytest.raises(ArtifactMismatchError, match=r"export_manifest.sig does not verify .*changed after signing"):
+        OnnxRuntimeBackend(policy, checkpoint, onnx_dir=signed, trusted_key=ours["public_key"])
+
+
+def test_with_a_trusted_key_missing_graphs_are_not_exported(checkpoint, runners, tmp_path):
+    from policy.signing import generate_key_pair
+
+    ours = generate_key_pair(tmp_path / "k")
+    with pytest.raises(ArtifactMismatchError, match=r"expected signed graphs .*graphs are not exported here"):
+        ensure_graphs(runners[0].policy, checkpoint, tmp_path / "empty", trusted_key=ours["public_key"])
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
+
+
+# -- TensorRT with a fake tensorrt module (CPU): version -> precision API, checked return values, engine key ------
+class _FakeTRT(types.ModuleType):
+    """The few TensorRT 10/11 Python API names policy/tensorrt.py calls, recording what it was asked to do.
+    Switches: parse_ok, build_ok, profile_ok, context_ok, shape_ok (what the real calls can return)."""
+
+    def __init__(self, version: str, fp16_flag: bool = True, **switches):
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.calls: list[tuple] = []
+        self.ok = {"parse_ok": True, "build_ok": True, "profile_ok": True, "context_ok": True, "shape_ok": True,
+                   **switches}
+        flags = {"FP16": "FP16", "TF32": "TF32"} if fp16_flag else {"TF32": "TF32"}  # TensorRT 11: no FP16 flag
+        self.BuilderFlag = types.SimpleNamespace(**flags)
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+        fake = self
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, level=None):
+                pass
+
+        class Context:
+            def set_input_shape(self, name, shape):
+                fake.calls.append(("set_input_shape", name, tuple(shape)))
+                return fake.ok["shape_ok"]
+
+        class Engine:
+            def create_execution_context(self):
+                return Context() if fake.ok["context_ok"] else None
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                fake.calls.append(("deserialize", bytes(data)))
+                return Engine()
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("set_memory_pool_limit", pool, size))
+
+            def set_flag(self, flag):
+                fake.calls.append(("set_flag", flag))
+
+            def add_optimization_profile(self, profile):
+                return 0 if fake.ok["profile_ok"] else -1
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                fake.calls.append(("set_shape", name))
+
+        class Builder:
+            def __init__(self, logger):
+                fake.calls.append(("Builder",))
+
+            def create_network(self, flags):
+                fake.calls.append(("create_network", flags))
+                return object()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"serialized-plan" if fake.ok["build_ok"] else None
+
+        class ParserError:
+            def node_name(self):
+                return "/layers.0/Attention"
+
+            def node_operator(self):
+                return "Softmax"
+
+            def desc(self):
+                return "unsupported data type"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse(self, data, path=None):
+                fake.calls.append(("parse", bytes(data)))
+                self.num_errors = 0 if fake.ok["parse_ok"] else 2
+                return fake.ok["parse_ok"]
+
+            def get_error(self, i):
+                return ParserError()
+
+        self.Logger, self.Runtime, self.Builder, self.OnnxParser = Logger, Runtime, Builder, OnnxParser
+
+    def names(self, call: str) -> list[tuple]:
+        return [c for c in self.calls if c[0] == call]
+
+
+def _fake_graphs(tmp_path, data: bytes = b"onnx graph bytes"):
+    from policy.artifacts import sha256_bytes
+    from policy.backends import VerifiedGraphs
+
+    path = tmp_path / "denoiser.onnx"
+    return VerifiedGraphs({"denoiser": path}, "a" * 64, {"denoiser": data}, {"denoiser": sha256_bytes(data)}, "float32",
+                          None)
+
+
+@pytest.mark.parametrize("version,fp16_flag,precision,mode", [
+    ("10.3.0.26", True, "fp16", "weakly_typed"),     # JetPack 6: BuilderFlag.FP16, not deprecated yet
+    ("10.3.0.26", True, "fp32", "weakly_typed"),
+    ("10.11.0.33", True, "fp16", "weakly_typed"),
+    ("10.12.0.36", True, "fp16", "strongly_typed"),  # weak typing deprecated from here on
+    ("10.13.2.6", True, "fp32", "strongly_typed"),
+    ("11.0.0.1", False, "fp16", "strongly_typed"),   # no BuilderFlag.FP16 at all
+])
+def test_precision_api_follows_the_tensorrt_version(monkeypatch, version, fp16_flag, precision, mode):
+    from policy.tensorrt import graph_dtype, import_tensorrt, network_mode
+
+    fake = _FakeTRT(version, fp16_flag)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    trt = import_tensorrt()
+    assert trt is fake and network_mode(trt, precision) == mode
+    assert graph_dtype(precision, mode) == ("float16" if (precision, mode) == ("fp16", "strongly_typed") else "float32")
+
+
+def test_forced_modes_and_old_tensorrt_are_refused_clearly(monkeypatch):
+    from policy.tensorrt import TensorRTError, import_tensorrt, network_mode
+
+    assert network_mode(_FakeTRT("10.3.0"), "fp16", strongly_typed=True) == "strongly_typed"
+    assert network_mode(_FakeTRT("10.13.0"), "fp16", strongly_typed=False) == "weakly_typed"
+    with pytest.raises(TensorRTError, match=r"strongly_typed=False with fp16 needs BuilderFlag.FP16"):
+        network_mode(_FakeTRT("11.0.0", fp16_flag=False), "fp16", strongly_typed=False)
+    with pytest.raises(ValueError, match=r"precision: expected 'fp16' or 'fp32', received 'int8'"):
+        network_mode(_FakeTRT("10.3.0"), "int8")
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT("8.6.1"))
+    with pytest.raises(TensorRTError, match=r"tensorrt: expected version >= 10.0 .* received 8.6.1"):
+        import_tensorrt()
+
+
+@pytest.mark.parametrize("version,fp16_flag,network,flags,set_flags", [
+    ("10.3.0", True, "weakly_typed", 0, [("set_flag", "FP16")]),
+    ("10.12.0", True, "strongly_typed", 1 << 1, []),
+    ("11.0.0", False, "strongly_typed", 1 << 1, []),
+])
+def test_build_sets_the_fp16_flag_only_on_weakly_typed_networks(version, fp16_flag, network, flags, set_flags):
+    from policy.tensorrt import build_engine
+
+    trt = _FakeTRT(version, fp16_flag)
+    plan = build_engine(trt, trt.Logger(), "denoiser", b"graph", {"x_t": ((1, 8, 7),) * 3}, "fp16", network, 1 << 20)
+    assert plan == b"serialized-plan" and trt.names("create_network") == [("create_network", flags)]
+    assert trt.names("set_flag") == set_flags and trt.names("parse") == [("parse", b"graph")]
+
+
+@pytest.mark.parametrize("switch,message", [
+    ("parse_ok", r"tensorrt denoiser: the ONNX parser refused the graph: node '/layers.0/Attention' \(Softmax\): "
+                 r"unsupported data type; node"),
+    ("build_ok", r"tensorrt denoiser: build_serialized_network returned None"),
+    ("profile_ok", r"tensorrt denoiser: add_optimization_profile refused the profile"),
+])
+def test_failed_build_steps_raise_a_clear_error(switch, message):
+    from policy.tensorrt import TensorRTError, build_engine
+
+    trt = _FakeTRT("10.3.0", **{switch: False})
+    with pytest.raises(TensorRTError, match=message):
+        build_engine(trt, trt.Logger(), "denoiser", b"graph", {"x_t": ((1, 8, 7),) * 3}, "fp16", "weakly_typed", 1)
+
+
+def test_false_from_set_input_shape_raises_a_clear_error():
+    from policy.tensorrt import TensorRTError, set_input_shape
+
+    trt = _FakeTRT("10.3.0", shape_ok=False)
+    context = trt.Runtime(None).deserialize_cuda_engine(b"").create_execution_context()
+    with pytest.raises(TensorRTError, match=r"tensorrt denoiser.x_t: set_input_shape refused shape \(9, 8, 7\)"):
+        set_input_shape(context, "denoiser", "x_t", (9, 8, 7))
+
+
+def test_engines_are_built_once_cached_and_a_missing_context_raises(tmp_path):
+    """prepare_engine: build from the verified bytes -> engine file (header + plan) -> deserialize -> context;
+    the second call reads the cache; None from create_execution_context is a clear error."""
+    from policy.tensorrt import TensorRTError, engine_key, prepare_engine
+
+    trt = _FakeTRT("10.3.0")
+    graphs = _fake_graphs(tmp_path)
+    profile = {"x_t": ((1, 8, 7),) * 3}
+    key = engine_key(graphs, "denoiser", "NVIDIA Jetson AGX Orin (sm_87)", trt.__version__, "fp16", "weakly_typed",
+                     profile)
+    engine_dir = tmp_path / "trt"
+    for _ in range(2):
+        engine, context = prepare_engine(trt, trt.Logger(), trt.Runtime(None), graphs, "denoiser", key, profile,
+                                         engine_dir, 1 << 20)
+        assert context is not None
+    assert len(trt.names("Builder")) == 1 and [c[1] for c in trt.names("deserialize")] == [b"serialized-plan"] * 2
+    assert [p.name for p in engine_dir.iterdir()] == [key.filename()]
+    trt.ok["context_ok"] = False
+    with pytest.raises(TensorRTError, match=r"tensorrt denoiser: create_execution_context returned None"):
+        prepare_engine(trt, trt.Logger(), trt.Runtime(None), graphs, "denoiser", key, profile, engine_dir, 1 << 20)
+
+
+def test_engine_key_changes_when_the_onnx_bytes_change(checkpoint, runners, tmp_path):
+    """Edited graph bytes: refused while the export manifest disagrees; once re-exported (manifest re-hashed), they
+    get another engine key (file name), so a cached engine of the old graph is never reused. Other graphs keep theirs."""
+    from policy import export as ex
+    from policy.backends import load_graphs
+    from policy.tensorrt import engine_key
+
+    policy = runners[0].policy
+    edited = tmp_path / "onnx"
+    shutil.copytree(checkpoint / "onnx", edited, ignore=shutil.ignore_patterns("trt"))
+    gpu, profile = "NVIDIA GeForce RTX 4090 (sm_89)", {"x_t": [[1, 8, 7]] * 3}
+    keys = lambda graphs: {g: engine_key(graphs, g, gpu, "10.3.0", "fp16", "weakly_typed", profile) for g in GRAPHS}  # noqa
+    before = keys(load_graphs(policy, checkpoint, edited, export_if_missing=False))
+    model = onnx.load(str(edited / "denoiser.onnx"))
+    from onnx import numpy_helper
+
+    init = next(i for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.float32
+                and numpy_helper.to_array(i).size > 16)
+    init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+    onnx.save(model, str(edited / "denoiser.onnx"))  # metadata untouched
+    with pytest.raises(ArtifactMismatchError, match=r"denoiser.onnx: sha256 expected [0-9a-f]{64} "
+                                                    r"\(export_manifest.json\), received [0-9a-f]{64}"):
+        load_graphs(policy, checkpoint, edited, export_if_missing=False)
+    manifest = ex.read_export_manifest(edited)[0]
+    manifest["graphs"]["denoiser"] = ex.graph_record(edited / "denoiser.onnx")
+    ex.write_export_manifest(edited, manifest)
+    after = keys(load_graphs(policy, checkpoint, edited, export_if_missing=False))
+    assert after["denoiser"].onnx_sha256 != before["denoiser"].onnx_sha256
+    assert after["denoiser"].filename() != before["denoiser"].filename()
+    assert after["text_encoder"] == before["text_encoder"] and after["obs_encoder"] == before["obs_encoder"]
+
+
+def test_tensorrt_backend_without_cuda_says_so(monkeypatch, runners, checkpoint):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT("10.3.0"))
+    with pytest.raises(RuntimeError, match=r"backend 'tensorrt': expected a CUDA device"):
+        make_backend("tensorrt", runners[0].policy, checkpoint)
