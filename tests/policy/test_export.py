@@ -1,6 +1,7 @@
-"""ONNX export: three graphs, named dynamic I/O, metadata, atomic writes, parity with torch (fp32 <= 1e-4).
+"""ONNX export: three graphs, named dynamic I/O, metadata, the export manifest (sha256 of every file, signed with
+--sign), atomic writes, parity with torch (fp32 <= 1e-4).
 
-One `mot export` of a tiny checkpoint serves the whole module (export is the slow part).
+One `mot export --sign KEY` of a tiny checkpoint serves the whole module (export is the slow part).
 """
 
 import json
@@ -16,19 +17,29 @@ from policy.cli import export_main as main
 from policy.export import (GRAPHS, INPUTS, MODULES, OUTPUTS, ExportError, example_inputs, export_policy, graph_paths,
                            read_metadata)
 
+from policy.artifacts import sha256_file
+from policy.backends import OnnxRuntimeBackend
+from policy.errors import ArtifactMismatchError, InputError
+from policy.signing import generate_key_pair, load_public_key, verify_signature
+
 from .conftest import make_batch, randomize_body
 
 ort = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def signing_key(tmp_path_factory) -> dict:
+    return generate_key_pair(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, signing_key):
     torch.manual_seed(0)
     policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny")))
     ckpt = tmp_path_factory.mktemp("export") / "ckpt"
     save_checkpoint(policy, ckpt)
     out = ckpt.parent / "onnx"
-    assert main(["--checkpoint", str(ckpt), "--out", str(out)]) == 0  # includes its own parity check
+    assert main(["--checkpoint", str(ckpt), "--out", str(out), "--sign", signing_key["private_key"]]) == 0  # + parity
     return load_checkpoint(ckpt), ckpt, out
 
 
@@ -47,7 +58,8 @@ def test_three_graphs_pass_the_checker_with_named_dynamic_io(exported):
             dims = value.type.tensor_type.shape.dim
             batch_axis = 2 if value.name.endswith("_kv") else 0
             assert dims[batch_axis].dim_param, f"{graph}.{value.name}: batch axis must be dynamic"
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{g}.onnx" for g in GRAPHS)  # no temp files left
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{g}.onnx" for g in GRAPHS), "export_manifest.json",
+                                                            "export_manifest.sig"])  # no temp files left
 
 
 def test_metadata_carries_checkpoint_config_and_preprocessing(exported):
@@ -193,3 +205,39 @@ def test_longer_prefix_policies_export_and_match_torch(tmp_path, extra):
     noise = torch.randn(2, policy.cfg.horizon, policy.cfg.action_dim)
     want = policy.sample_actions(batch, noise=noise).numpy()
     assert np.abs(_chunk_onnx(tmp_path / "onnx", policy, batch, noise) - want).max() <= 1e-4
+
+
+# -- the export manifest ---------------------------------------------------------------------------
+def test_export_manifest_hashes_every_file_and_mot_export_signs_it(exported, signing_key):
+    policy, ckpt, out = exported
+    data = (out / "export_manifest.json").read_bytes()
+    manifest = json.loads(data)
+    assert manifest["checkpoint_sha256"] == checkpoint_id(ckpt) and manifest["opset"] == 18
+    assert {g: r["sha256"] for g, r in manifest["graphs"].items()} == {g: sha256_file(p) for g, p in graph_paths(out).items()}
+    key = signing_key
+    assert verify_signature(out / "export_manifest.json", data, load_public_key(key["public_key"])) == key["key_id"]
+    backend = OnnxRuntimeBackend(policy, ckpt, onnx_dir=out, trusted_key=key["public_key"])
+    assert backend.name == "onnxruntime"
+
+
+def test_partial_reexport_keeps_the_other_entries_and_drops_the_stale_signature(exported, signing_key, tmp_path):
+    import shutil
+
+    policy, ckpt, out = exported
+    copy = tmp_path / "onnx"
+    shutil.copytree(out, copy)
+    before = json.loads((copy / "export_manifest.json").read_text())
+    export_policy(policy, copy, checkpoint_sha256=checkpoint_id(ckpt), graphs=("denoiser",))  # unsigned
+    after = json.loads((copy / "export_manifest.json").read_text())
+    assert after["graphs"]["text_encoder"] == before["graphs"]["text_encoder"]
+    assert after["graphs"]["denoiser"]["sha256"] == sha256_file(copy / "denoiser.onnx")
+    assert not (copy / "export_manifest.sig").exists()  # a signature never outlives the bytes it signed
+    with pytest.raises(ArtifactMismatchError, match=r"expected a signed manifest"):
+        OnnxRuntimeBackend(policy, ckpt, onnx_dir=copy, trusted_key=signing_key["public_key"])
+
+
+def test_mot_export_with_a_public_key_to_sign_fails_before_exporting(exported, signing_key, tmp_path):
+    _, ckpt, _ = exported
+    with pytest.raises(InputError, match=r"sign: expected a PEM private key, .*that is a public key"):
+        main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "onnx"), "--sign", signing_key["public_key"]])
+    assert not (tmp_path / "onnx").exists()
