@@ -29,7 +29,16 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-import tyro  # noqa: E402
+from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
+from rosbags.typesys import Stores, get_typestore  # noqa: E402
+
+from policy.errors import InputError  # noqa: E402
+from policy.options import parse  # noqa: E402
+from training.collect import collect  # noqa: E402
+from training.lerobot_export import export_lerobot  # noqa: E402
+from training.lerobot_import import import_lerobot  # noqa: E402
+from training.manifest import read_episodes  # noqa: E402
+from training.rosbag_import import import_rosbag  # noqa: E402
 
 POLICY_TRAINING_SAMPLES_PER_S = 60.0  # the upper end of the policy stage's figure on this CPU (20-60)
 
@@ -47,12 +56,19 @@ class Config:
     repeats: int = 3
     """time each import/export this many times and report the fastest (the CPU is shared)"""
 
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise InputError(f"episodes: expected an int >= 1, received {self.episodes}")
+        if self.image_size < 1:
+            raise InputError(f"image-size: expected a size in px >= 1, received {self.image_size}")
+        if self.repeats < 1:
+            raise InputError(f"repeats: expected an int >= 1, received {self.repeats}")
+        if self.data is not None and not (self.data / "manifest.json").is_file():
+            raise InputError(f"data: expected a dataset directory of ours (manifest.json), received {self.data}")
+
 
 def write_bag(episodes, path: Path, fps: float, joints: list[str]) -> None:
     """Our episodes as a ROS 2 bag, as the sim stack would record them (one message per stream per step)."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
     ts = get_typestore(Stores.LATEST)
     T = ts.types
 
@@ -90,17 +106,12 @@ def write_bag(episodes, path: Path, fps: float, joints: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tyro.cli(Config, args=argv, prog="python benchmarks/data_import.py")
-    from training.data import read_episodes
-    from training.lerobot_format import export_lerobot, import_lerobot
-    from training.rosbag_import import import_rosbag
+    cfg = parse(Config, argv, "python benchmarks/data_import.py", __doc__.split("\n\n")[0])
 
     work = Path(tempfile.mkdtemp(prefix="mot-data-bench-"))
     try:
         source = cfg.data
         if source is None:
-            from training.collect import collect
-
             source = work / "source"
             collect(source, cfg.episodes, ["pick", "push", "place"], workers=1, image_size=cfg.image_size, progress=False)
         manifest, episodes = read_episodes(source)
@@ -110,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def best(fn, target: Path) -> tuple[float, object]:
             times, result = [], None
-            for _ in range(max(1, cfg.repeats)):
+            for _ in range(cfg.repeats):
                 shutil.rmtree(target, ignore_errors=True)
                 t = time.perf_counter()
                 result = fn()

@@ -24,7 +24,13 @@ from tyro.conf import Positional
 
 from policy.errors import InputError
 from policy.options import parse
-from training.data import dataset_features, load_manifest, read_episodes
+from training.features import dataset_features
+from training.lerobot_export import export_lerobot
+from training.lerobot_import import import_lerobot, lerobot_features
+from training.lerobot_layout import LeRobotSource
+from training.manifest import load_manifest, read_episodes
+from training.rosbag_import import bag_info, import_rosbag
+from training.video import compose, write_video
 
 
 # -- configs -------------------------------------------------------------------------------------------
@@ -125,8 +131,6 @@ def info(directory: Path) -> dict:
     """`mot data info`: the dataset at `directory`, whatever its format."""
     directory = Path(directory)
     if (directory / "meta" / "info.json").is_file():
-        from training.lerobot_format import LeRobotSource, lerobot_features
-
         source = LeRobotSource(directory)
         feats = lerobot_features(directory)
         return {"dir": str(directory), "source_format": source.format, "fps": source.fps,
@@ -136,8 +140,6 @@ def info(directory: Path) -> dict:
                 "state_dim": feats.state_dim, "action_dim": feats.action_dim,
                 "tasks": len(source.tasks), "robot_type": source.info.get("robot_type")}
     if (directory / "metadata.yaml").is_file() or directory.suffix in (".mcap", ".db3"):
-        from training.rosbag_import import bag_info
-
         return bag_info(directory)
     manifest = load_manifest(directory)
     eps = manifest["episodes"].values()
@@ -163,8 +165,6 @@ def _info(argv: list[str]) -> int:
 
 
 def _video(argv: list[str]) -> int:
-    from training.video import compose, write_video
-
     cfg = _cli(VideoConfig, argv, "mot data video")
     manifest, episodes = read_episodes(cfg.dir)
     match = [ep for ep in episodes if ep.seed == cfg.episode]
@@ -179,29 +179,27 @@ def _video(argv: list[str]) -> int:
     return 0
 
 
-def _import_lerobot(argv: list[str]) -> int:
-    from training.lerobot_format import import_lerobot
+def _imported(manifest: dict, rate: str, src: Path, out: Path) -> int:
+    """Prints what an import wrote (`rate`: how the source states its fps) -> exit code 0."""
+    frames = sum(e["steps"] for e in manifest["episodes"].values())
+    print(f"imported {len(manifest['episodes'])} episodes ({frames} frames{rate}, cameras {manifest['cameras']}) "
+          f"from {src} into {out}")
+    return 0
 
+
+def _import_lerobot(argv: list[str]) -> int:
     cfg = _cli(ImportLerobotConfig, argv, "mot data import lerobot")
     manifest = import_lerobot(cfg.src, cfg.out, cfg.map, progress=cfg.progress)
-    print(f"imported {len(manifest['episodes'])} episodes ({sum(e['steps'] for e in manifest['episodes'].values())} "
-          f"frames, {manifest['fps']} fps, cameras {manifest['cameras']}) from {cfg.src} into {cfg.out}")
-    return 0
+    return _imported(manifest, f", {manifest['fps']} fps", cfg.src, cfg.out)
 
 
 def _import_rosbag(argv: list[str]) -> int:
-    from training.rosbag_import import import_rosbag
-
     cfg = _cli(ImportRosbagConfig, argv, "mot data import rosbag")
     manifest = import_rosbag(cfg.bag, cfg.out, cfg.topics, progress=cfg.progress)
-    print(f"imported {len(manifest['episodes'])} episodes ({sum(e['steps'] for e in manifest['episodes'].values())} "
-          f"frames at {manifest['fps']} Hz, cameras {manifest['cameras']}) from {cfg.bag} into {cfg.out}")
-    return 0
+    return _imported(manifest, f" at {manifest['fps']} Hz", cfg.bag, cfg.out)
 
 
 def _export(argv: list[str]) -> int:
-    from training.lerobot_format import export_lerobot
-
     cfg = _cli(ExportConfig, argv, "mot data export")
     info_json = export_lerobot(cfg.dir, cfg.out, fps=cfg.fps, crf=cfg.crf, overwrite=cfg.overwrite, progress=cfg.progress)
     print(f"exported {info_json['total_episodes']} episodes ({info_json['total_frames']} frames) as LeRobot "

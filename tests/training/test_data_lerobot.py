@@ -16,7 +16,8 @@ import yaml
 from policy.errors import InputError
 from training.data import dataset_features, read_episodes
 from training.data_cli import info, main
-from training.lerobot_format import export_lerobot, import_lerobot, lerobot_features
+from training.lerobot_export import export_lerobot
+from training.lerobot_import import import_lerobot, lerobot_features
 
 # LeRobot's own reader, in a separate venv (never the project's): see test_lerobots_own_reader_loads_the_export.
 LEROBOT_PYTHON = Path(os.environ.get("MOT_LEROBOT_PYTHON", "/tmp/lerobot-venv/bin/python"))
