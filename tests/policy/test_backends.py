@@ -616,3 +616,43 @@ def test_tensorrt_backend_without_cuda_says_so(monkeypatch, runners, checkpoint)
     monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT("10.3.0"))
     with pytest.raises(RuntimeError, match=r"backend 'tensorrt': expected a CUDA device"):
         make_backend("tensorrt", runners[0].policy, checkpoint)
+
+
+# -- benchmarks/tensorrt_check.sh: refuses cleanly without a GPU ----------------------------------------------
+def _tensorrt_check(tmp_path, **env):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "tensorrt_check.sh"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MOT_TRT_VENV": str(tmp_path / "venv"), **env}
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_tensorrt_check_refuses_cleanly_without_nvidia_smi(tmp_path):
+    done = _tensorrt_check(tmp_path, NVIDIA_SMI=str(tmp_path / "no-such-nvidia-smi"))
+    assert done.returncode == 3 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"tensorrt_check: no NVIDIA GPU here ({tmp_path}/no-such-nvidia-smi "
+                                                "not found); run this on a machine with an NVIDIA GPU and driver"]
+    assert not (tmp_path / "venv").exists()  # nothing installed
+
+
+def test_tensorrt_check_refuses_cleanly_when_nvidia_smi_finds_no_device(tmp_path):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\nexit 9\n")
+    smi.chmod(0o755)
+    done = _tensorrt_check(tmp_path, NVIDIA_SMI=str(smi))
+    assert done.returncode == 3 and "lists no device" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "venv").exists()
+
+
+def test_tensorrt_check_python_part_refuses_cleanly_without_cuda_or_tensorrt():
+    import subprocess
+    from pathlib import Path
+
+    if _tensorrt_missing() is None:
+        pytest.skip("tensorrt and CUDA are present: the check would run")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "tensorrt_check.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and done.stdout == "", done.stderr[-2000:]
+    assert done.stderr.startswith("tensorrt_check: expected ") and len(done.stderr.strip().splitlines()) == 1
