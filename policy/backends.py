@@ -185,7 +185,7 @@ def check_graph_metadata(path: Path, graph: str, sha: str) -> dict[str, str]:
 def check_graph_bytes_metadata(path: Path, data: bytes, graph: str, sha: str) -> dict[str, str]:
     """As check_graph_metadata, on the graph's (already verified) bytes."""
     try:
-        meta = ex.metadata_from_bytes(data)
+        meta = ex.read_metadata(data)
     except Exception as e:  # onnx's DecodeError: not a protobuf at all
         raise ArtifactMismatchError(f"{path}: expected an ONNX model, cannot parse it ({type(e).__name__})") from None
     return _check_metadata(path, meta, graph, sha)
