@@ -21,7 +21,9 @@ rclpy = pytest.importorskip("rclpy", reason="ROS 2 rclpy not installed: pip inst
 
 from rclpy.exceptions import InvalidHandle  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from policy.checkpoint import save_checkpoint
+
+from policy import MoTPolicy, PolicyConfig  # noqa: E402
+from policy.checkpoint import save_checkpoint  # noqa: E402
 
 # Domain ids 1..200, offset by the process id so two test runs on one machine do not collide either.
 _domain_counter = [(os.getpid() * 37) % 200]
@@ -103,7 +105,6 @@ def ros():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A randomly initialised tiny-preset checkpoint (cameras front+wrist, 7-D state/action)."""
-    policy = pytest.importorskip("policy")
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(policy.MoTPolicy(policy.PolicyConfig.preset("tiny")), path)
+    save_checkpoint(MoTPolicy(PolicyConfig.preset("tiny")), path)
     return path

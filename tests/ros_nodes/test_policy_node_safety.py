@@ -10,17 +10,24 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
+from rcl_interfaces.srv import SetParameters
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory
 
+from policy import MoTPolicy, PolicyConfig
+from policy.checkpoint import save_checkpoint
+from policy.cli import pack_main as pack
+from policy.pointing import GroundingHead
 from ros_nodes.ament import share_directory
 from ros_nodes.convert import numpy_to_image, time_to_seconds
+from ros_nodes.estop import reset_request
 from ros_nodes.policy_node import PolicyNode
-from policy.checkpoint import save_checkpoint
 
 SIM_YAML = share_directory() / "config" / "sim.yaml"
 PARAMS = yaml.safe_load(SIM_YAML.read_text())["policy_node"]["ros__parameters"]
@@ -172,10 +179,6 @@ def test_stale_camera_holds_within_one_control_period(ros, tiny_checkpoint):
 
 def call_reset(ros, token=None, parameters=None):
     """Call policy/reset_estop with ``token`` (or raw ``parameters``) -> SetParametersResult."""
-    from rcl_interfaces.srv import SetParameters
-
-    from ros_nodes.estop import reset_request
-
     client = ros.node.create_client(SetParameters, "policy/reset_estop")
     assert client.wait_for_service(timeout_sec=5)
     request = reset_request(token) if parameters is None else SetParameters.Request(parameters=parameters)
@@ -251,11 +254,6 @@ def test_dry_run_publishes_no_command(ros, tiny_checkpoint):
 def _body_and_align_run(tmp_path):
     """A tiny target-points body checkpoint (tmp_path/body) and an untrained align run's layout (tmp_path/align:
     its checkpoint + grounding head in train_state.pt) -> the body's checkpoint path."""
-    import torch
-
-    from policy import MoTPolicy, PolicyConfig
-    from policy.pointing import GroundingHead
-
     body = MoTPolicy(PolicyConfig.preset("tiny"))
     body.set_target_points("sim")
     checkpoint = save_checkpoint(body, tmp_path / "body")
@@ -268,8 +266,6 @@ def _body_and_align_run(tmp_path):
 
 def test_a_target_points_checkpoint_plans_with_its_pointer_and_is_refused_without(ros, tmp_path):
     """points_from: the node hands the runner the robot's 7 joints, the pointer adds where the target is."""
-    import pytest
-
     checkpoint = _body_and_align_run(tmp_path)
     with pytest.raises(ValueError, match="needs a pointer"):
         start(ros, checkpoint)
@@ -283,8 +279,6 @@ def test_a_target_points_checkpoint_plans_with_its_pointer_and_is_refused_withou
 
 def test_a_packed_checkpoint_brings_its_own_pointer(ros, tmp_path):
     """`mot pack --pointer`: with points_from left empty the node plans with the pointer the checkpoint bundles."""
-    from policy.cli import pack_main as pack
-
     checkpoint = _body_and_align_run(tmp_path)
     assert pack(["--checkpoint", str(checkpoint), "--pointer", str(tmp_path / "align"),
                  "--out", str(tmp_path / "packed")]) == 0
