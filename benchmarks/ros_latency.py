@@ -195,5 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # run as a script: a mistake is one line and exit 2, as under `mot bench`
+    try:
+        raise SystemExit(main())
+    except InputError as exc:
+        print(f"mot bench ros: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
