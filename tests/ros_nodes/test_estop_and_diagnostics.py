@@ -4,9 +4,11 @@ import stat
 
 import pytest
 
+from policy.errors import InputError
 from ros_nodes.diagnostics import ERROR, OK, WARN, assess, diagnostic_array
-from ros_nodes.estop import (ensure_token, read_token, reset_request, token_file_warning, token_from_request,
-                             token_matches)
+from ros_nodes.estop import (ensure_token, main as estop_main, read_token, reset_request, token_file_warning,
+                             token_from_request, token_matches)
+from training.cli import main as mot
 
 
 def test_a_token_file_is_created_private_once_and_read_back(tmp_path):
@@ -32,6 +34,19 @@ def test_only_the_exact_token_matches():
     assert token_matches(token, "s3cret-token-0123456789") and token_matches(token, " s3cret-token-0123456789\n")
     assert not token_matches(token, "s3cret-token-012345678") and not token_matches(token, "")
     assert not token_matches(None, "anything") and not token_matches(b"", "")
+
+
+def test_mot_estop_dispatches_reset_and_token_and_refuses_mistakes_in_one_line(tmp_path, capsys):
+    assert estop_main([]) == 0 and "mot estop {reset,token}" in capsys.readouterr().out
+    assert estop_main(["token", str(tmp_path / "t")]) == 0 and "(created)" in capsys.readouterr().out
+    with pytest.raises(InputError, match="expected a subcommand 'reset' or 'token', received 'resett'"):
+        estop_main(["resett"])
+    with pytest.raises(InputError, match="timeout: expected seconds > 0"):
+        estop_main(["reset", "--timeout", "0"])
+    assert mot(["estop", "reset", "--token-file", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mot estop: ") and "\n" not in err, err
+    assert "token_file: expected a path to the token file, received an empty string" in err, err
 
 
 def test_the_reset_request_carries_exactly_one_string_token():
