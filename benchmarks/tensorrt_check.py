@@ -33,6 +33,7 @@ from policy.export import export_policy  # noqa: E402
 from policy.model import euler_sample  # noqa: E402
 from policy.options import parse  # noqa: E402
 from policy.runtime import PolicyRunner  # noqa: E402
+from policy.tensorrt import graph_dtype, import_tensorrt, network_mode  # noqa: E402
 
 
 @dataclass
@@ -122,8 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         return fail("expected a CUDA device, torch.cuda.is_available() is False (a CPU-only torch build, or no GPU)")
     import onnxruntime
-
-    from policy.tensorrt import graph_dtype, import_tensorrt, network_mode
 
     trt = import_tensorrt()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mot-tensorrt-check-"))
