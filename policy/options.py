@@ -26,7 +26,8 @@ from policy.errors import InputError
 T = TypeVar("T")
 
 # Box-drawing characters of tyro's error panels, and the parts of a panel that are not the message.
-_BOX = re.compile(r"[\u2500-\u257f]+")
+# (tyro draws them with ASCII -, |, + when stderr is not UTF-8.)
+_BOX = re.compile(r"[\u2500-\u257f]+|[-=+]{3,}|(?<!\S)[|+](?!\S)")
 _TAILS = ("For full helptext", "Argument helptext:")
 
 
@@ -38,7 +39,7 @@ def one_line(panel: str) -> str:
     text = " ".join(_BOX.sub(" ", text).split())
     for title in ("Value error", "Invalid choice", "Required options", "Unrecognized options", "Parsing error"):
         text = text.removeprefix(title).strip()
-    return re.sub(r"^Error parsing [^:]+: ", "", text) or "invalid arguments"
+    return re.sub(r"^.*?Error parsing [^:]+: ", "", text) or "invalid arguments"
 
 
 def parse(cls: type[T], argv: list[str] | None, prog: str, description: str, default: T | None = None) -> T:
