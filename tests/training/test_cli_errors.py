@@ -66,9 +66,10 @@ def test_every_option_of_every_command_has_help_and_a_shown_default():
     for command in ("train", "eval", "collect", "run", "pack", "export"):
         done = _mot(command, "--help")
         assert done.returncode == 0, done.stderr
-        options = [line for line in done.stdout.splitlines() if line.strip("│ ").startswith("--")]
+        table = done.stdout[done.stdout.index("─ options"):]  # the options box, after the description
+        options = [line for line in table.splitlines() if line.strip("│ ").startswith("--")]
         assert len(options) >= 2, done.stdout
-        body = done.stdout.replace("\n", " ")
+        body = table.replace("\n", " ")
         for line in options:
             flag = line.strip("│ ").split()[0].split(",")[0]
             if flag in ("-h", "--help"):
