@@ -39,6 +39,7 @@ from training.lerobot_export import export_lerobot  # noqa: E402
 from training.lerobot_import import import_lerobot  # noqa: E402
 from training.manifest import read_episodes  # noqa: E402
 from training.rosbag_import import import_rosbag  # noqa: E402
+from training.cli import run_command  # noqa: E402
 
 POLICY_TRAINING_SAMPLES_PER_S = 60.0  # the upper end of the policy stage's figure on this CPU (20-60)
 
@@ -161,5 +162,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # as a script too: a mistake is one line and exit 2, as under `mot bench`
+    sys.exit(run_command("bench data_import", main, sys.argv[1:]))

@@ -58,6 +58,7 @@ from ros_nodes.estop import reset_request  # noqa: E402
 from ros_nodes.plausibility import FreshnessGate, JointPlausibility, Verdict  # noqa: E402
 from ros_nodes.policy_node import PolicyNode  # noqa: E402
 from ros_nodes.safety import SafetyGuard, SafetyLimits, UnsafeCommand  # noqa: E402
+from training.cli import run_command  # noqa: E402
 
 PACE_S = 0.004  # between two events: ~250 messages/s, a busy robot's rate (time must pass for staleness)
 
@@ -311,9 +312,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # run as a script: a mistake is one line and exit 2, as under `mot bench`
-    try:
-        raise SystemExit(main())
-    except InputError as exc:
-        print(f"python benchmarks/fuzz_policy_node.py: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+if __name__ == "__main__":  # as a script too: a mistake is one line and exit 2, as under `mot bench`
+    sys.exit(run_command("bench fuzz_policy_node", main, sys.argv[1:]))

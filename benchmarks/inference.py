@@ -51,6 +51,7 @@ from policy.errors import InputError  # noqa: E402
 from policy.options import parse  # noqa: E402
 from policy.pointing import Pointer  # noqa: E402
 from policy.runtime import PolicyRunner  # noqa: E402
+from training.cli import run_command  # noqa: E402
 
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
 
@@ -351,5 +352,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as a script too: a mistake is one line and exit 2, as under `mot bench`
+    sys.exit(run_command("bench inference", main, sys.argv[1:]))

@@ -37,6 +37,7 @@ from transformers import BertModel  # noqa: E402
 from policy.options import parse  # noqa: E402
 from policy.language import resolve_language_model  # noqa: E402
 from sim.language import COLOR_WORDS, SHAPE_WORDS  # noqa: E402
+from training.cli import run_command  # noqa: E402
 
 
 def sentence_embeddings(model: BertModel, tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
@@ -122,5 +123,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as a script too: a mistake is one line and exit 2, as under `mot bench`
+    sys.exit(run_command("bench language", main, sys.argv[1:]))

@@ -52,6 +52,7 @@ from policy.checkpoint import save_checkpoint  # noqa: E402
 from policy.errors import InputError  # noqa: E402
 from policy.options import parse  # noqa: E402
 from ros_nodes.stack import build_nodes, params_file  # noqa: E402
+from training.cli import run_command  # noqa: E402
 
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
 TARGET_P99_MS = 100.0
@@ -195,9 +196,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # run as a script: a mistake is one line and exit 2, as under `mot bench`
-    try:
-        raise SystemExit(main())
-    except InputError as exc:
-        print(f"mot bench ros: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+if __name__ == "__main__":  # as a script too: a mistake is one line and exit 2, as under `mot bench`
+    sys.exit(run_command("bench ros", main, sys.argv[1:]))

@@ -28,6 +28,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Literal  # noqa: E402
 
 from policy.options import parse  # noqa: E402
+from training.cli import run_command  # noqa: E402
 
 
 def _rate(fn, n: int) -> float:
@@ -126,5 +127,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as a script too: a mistake is one line and exit 2, as under `mot bench`
+    sys.exit(run_command("bench sim", main, sys.argv[1:]))

@@ -48,6 +48,7 @@ from ros_nodes.audio_node import PARAMETERS as AUDIO_NODE_PARAMETERS  # noqa: E4
 from ros_nodes.commands import stop_phrases, words  # noqa: E402
 from ros_nodes.speech import (DEFAULT_PROMPT, SAMPLE_RATE, VAD_FRAME, CommandListener, SileroVAD,  # noqa: E402
                               Transcriber, UtteranceSegmenter, load_wav, resample)
+from training.cli import run_command  # noqa: E402
 
 STOP = ["stop", "freeze", "halt", "don't move"]
 OTHER = ["pick up the red cube", "push the blue block"]
@@ -244,9 +245,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # run as a script: a mistake is one line and exit 2, as under `mot bench`
-    try:
-        raise SystemExit(main())
-    except InputError as exc:
-        print(f"mot bench speech: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+if __name__ == "__main__":  # as a script too: a mistake is one line and exit 2, as under `mot bench`
+    sys.exit(run_command("bench speech", main, sys.argv[1:]))

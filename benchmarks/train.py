@@ -35,6 +35,7 @@ from training.collect import collect  # noqa: E402
 from training.data import ChunkDataset, read_episodes  # noqa: E402
 from training.prefix_cache import PrefixCache  # noqa: E402
 from training.losses import StageLoss  # noqa: E402
+from training.cli import run_command  # noqa: E402
 
 
 def samples_per_s(step, batch_size: int, iters: int) -> float:
@@ -125,5 +126,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as a script too: a mistake is one line and exit 2, as under `mot bench`
+    sys.exit(run_command("bench train", main, sys.argv[1:]))
