@@ -40,6 +40,7 @@ from policy.artifacts import atomic_write_bytes, atomic_write_json
 from policy.checkpoint import STORAGE_DTYPES, load_checkpoint, save_checkpoint
 from policy.errors import InputError
 from policy.options import parse
+from training.cli import run_command
 from training.config import RETIRED_FIELDS, TrainConfig
 from training.data import ChunkDataset, DatasetFeatures, dataset_features, read_episodes, split_episodes
 from training.holdout import evaluate_stage
@@ -311,7 +312,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from training.cli import run_command  # torchrun -m training.train: the same error handling as `mot train`
-
+if __name__ == "__main__":  # torchrun -m training.train: the same error handling as `mot train`
     sys.exit(run_command("train", main, sys.argv[1:]))
