@@ -5,12 +5,13 @@
     norm_stats.json     state/action normalisation statistics
     manifest.json       format, sha256 of each file above, sha256 of the pretrained sources, the
                         "inherited" vision tensors (still equal to the language copy they started as,
-                        rebuilt on load instead of stored), the storage dtype, and the bundled pointer's
-                        manifest sha256 when there is one
+                        rebuilt on load instead of stored) and the storage dtype
     manifest.sig        optional: the ed25519 signature of manifest.json's bytes (policy/signing.py,
-                        `mot pack --sign KEY`); it covers every file above and the bundled pointer
-    pointer/            optional: the model that gives a target_points body its points on a robot
-                        (policy/pointing.py `Pointer.save`), so one directory is all a robot needs
+                        `mot pack --sign KEY`); it covers every file above
+
+Format mot-policy/2: one model that points, then acts (its grounding head is among the weights). A
+mot-policy/1 checkpoint (a body whose target points came from a separate `pointer/` model) is refused with
+a message that says so: its body attends to another vision expert's image tokens, so it cannot be converted.
 
 Weights may be stored as float16 (`dtype=torch.float16`) or int8 (`dtype=torch.int8`: weight-only, per
 output row, `pack_weights`); they are loaded back into float32 parameters, so the model computes as trained.
@@ -40,7 +41,13 @@ from policy.signing import (Ed25519PublicKey, SigningKey, TrustedKey, load_priva
                             signature_path, verify_signature)
 from policy.vision import default_trunk_weights
 
-FORMAT = "mot-policy/1"
+FORMAT = "mot-policy/2"
+# Formats this code refuses, with why: one line each, for the error message.
+RETIRED_FORMATS = {
+    "mot-policy/1": "a body fed by a separate pointer model (before the policy pointed itself, 2026-12); its body "
+                    "attends to another vision expert, so it cannot be converted: retrain with `mot recipe run "
+                    "recipes/tabletop.yaml` (or use git tag experiments-2026-11 to run it)",
+}
 FILES = ("model.safetensors", "config.json", "norm_stats.json")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 INT8_MIN_ELEMENTS = 4096  # matrices at least this large are stored as int8; biases, norms, small tables as float16
@@ -115,7 +122,8 @@ def load_manifest(directory: str | Path, fmt: str, files: tuple[str, ...],
         raise CheckpointError(f"checkpoint: {manifest_path} is not valid JSON ({e})") from e
     if not isinstance(manifest, dict) or manifest.get("format") != fmt:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise CheckpointError(f"checkpoint: expected format {fmt!r} in {manifest_path}, received {got!r}")
+        why = f": {RETIRED_FORMATS[got]}" if got in RETIRED_FORMATS else ""
+        raise CheckpointError(f"checkpoint: expected format {fmt!r} in {manifest_path}, received {got!r}{why}")
     for name in files:
         path = directory / name
         if not path.is_file():
@@ -176,19 +184,15 @@ def check_pretrained(policy, manifest: dict) -> None:
 
 
 def checkpoint_id(directory: str | Path) -> str:
-    """The checkpoint's identity: sha256 of its manifest (which hashes every file, the bundled pointer's too)."""
+    """The checkpoint's identity: sha256 of its manifest (which hashes every file)."""
     return sha256_file(Path(directory) / "manifest.json")
 
 
 def save_checkpoint(policy: MoTPolicy, directory: str | Path, dtype: torch.dtype = torch.float32,
-                    pointer=None, signing_key: SigningKey | None = None) -> Path:
+                    signing_key: SigningKey | None = None) -> Path:
     """Writes `policy` as a checkpoint directory (atomically); float16 halves it, int8 quarters its matrices.
-    pointer: a `policy.pointing.Pointer` (anything with `.save(dir, dtype)`) to bundle under directory/pointer
-    (a target_points body only). signing_key: an ed25519 private key (PEM path or key) to sign manifest.json
-    with: manifest.sig is written inside the same atomic directory."""
-    if pointer is not None and policy.cfg.target_points is None:
-        raise InputError("pointer: expected a checkpoint trained with target points (mot train --target-points), "
-                         "this one has none")
+    signing_key: an ed25519 private key (PEM path or key) to sign manifest.json with: manifest.sig is written
+    inside the same atomic directory."""
     key = load_private_key(signing_key) if signing_key is not None else None  # a bad key fails before any work
     keys, inherited = stored_keys(policy)
     stored, quantized = pack_weights({k: v for k, v in policy.state_dict().items() if k in keys}, dtype)
@@ -200,32 +204,21 @@ def save_checkpoint(policy: MoTPolicy, directory: str | Path, dtype: torch.dtype
         manifest = {"format": FORMAT, "files": {name: sha256_file(tmp / name) for name in FILES},
                     "pretrained": pretrained_sources(policy), "inherited": inherited, "dtype": str(dtype),
                     "int8": quantized}
-        if pointer is not None:
-            pointer.save(tmp / "pointer", dtype)
-            manifest["pointer"] = {"manifest_sha256": checkpoint_id(tmp / "pointer")}
         data = json.dumps(manifest, indent=2).encode()
         (tmp / "manifest.json").write_bytes(data)
-        if key is not None:  # over the exact bytes just written, which hash every file and the pointer's manifest
+        if key is not None:  # over the exact bytes just written, which hash every file
             signature_path(tmp / "manifest.json").write_bytes(sign_bytes(data, key))
 
     return atomic_directory(directory, write)
 
 
 def _verify(directory: Path, trusted_key: TrustedKey) -> tuple[dict, str, str | None]:
-    manifest, sha, signed_by = load_manifest(directory, FORMAT, FILES, resolve_trusted_key(trusted_key))
-    if "pointer" in manifest:
-        expected = manifest["pointer"].get("manifest_sha256") if isinstance(manifest["pointer"], dict) else None
-        path = directory / "pointer" / "manifest.json"
-        actual = sha256_file(path) if path.is_file() else None
-        if expected != actual:
-            raise CheckpointError(f"checkpoint: the bundled pointer {path} is missing, corrupted or modified: sha256 "
-                                  f"expected {expected}, received {actual}")
-    return manifest, sha, signed_by
+    return load_manifest(directory, FORMAT, FILES, resolve_trusted_key(trusted_key))
 
 
 def verify_checkpoint(directory: str | Path, trusted_key: TrustedKey = None) -> dict:
-    """Checks the files (and a bundled pointer's manifest) against the manifest, and the manifest's signature when a
-    trusted key is configured (`trusted_key`, else `$MOT_TRUSTED_KEY`); returns the manifest."""
+    """Checks the files against the manifest, and the manifest's signature when a trusted key is configured
+    (`trusted_key`, else `$MOT_TRUSTED_KEY`); returns the manifest."""
     return _verify(Path(directory), trusted_key)[0]
 
 

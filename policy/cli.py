@@ -1,6 +1,6 @@
 """`mot pack` and `mot export`: the command-line entry points of policy/ (the top of its layering).
 
-    mot pack   --checkpoint runs/tabletop/policy/checkpoint --pointer runs/tabletop/pointer --out checkpoints/default
+    mot pack   --checkpoint runs/tabletop/policy/checkpoint --out checkpoints/default
                [--sign keys/signing_key.pem]        manifest.sig: ed25519 signature of manifest.json (policy/signing.py)
     mot pack   --new-key keys                       keys/signing_key.pem (0600) + keys/signing_key.pub.pem
     mot export --checkpoint checkpoints/default [--out DIR] [--fp16] [--sign KEY]
@@ -21,7 +21,6 @@ from policy.export import DEFAULT_OPSET, MANIFEST, export_policy, parity
 from policy.model import MoTPolicy
 from policy.errors import InputError
 from policy.options import parse
-from policy.pointing import Pointer
 from policy.runtime import PolicyRunner
 from policy.signing import generate_key_pair, key_id, load_private_key
 
@@ -34,10 +33,7 @@ class PackConfig:
     out: Path | None = None
     """the packed checkpoint directory (replaced atomically)"""
     dtype: Literal["float32", "float16", "bfloat16", "int8"] = "int8"
-    """storage dtype (int8: weight-only, one scale per output row; what fits body and pointer in 25 MB)"""
-    pointer: Path | None = None
-    """bundle this align run's pointer (vision expert + grounding head) into a target-points body
-    (default: keep the pointer the checkpoint already bundles, if any)"""
+    """storage dtype (int8: weight-only, one scale per output row; what keeps the checkpoint under 25 MB)"""
     sign: Path | None = None
     """ed25519 private key (PEM) to sign manifest.json with: writes manifest.sig inside the checkpoint (robots given
     the public key refuse anything else); an encrypted key's passphrase comes from $MOT_SIGNING_KEY_PASSPHRASE"""
@@ -61,7 +57,7 @@ def make_key_pair(directory: str | Path) -> dict:
 
 
 def pack(cfg: PackConfig) -> dict:
-    """Re-stores cfg.checkpoint at cfg.dtype (with its pointer) under cfg.out, signed when cfg.sign (or a new key)
+    """Re-stores cfg.checkpoint at cfg.dtype under cfg.out, signed when cfg.sign (or a new key)
     is given; returns the JSON report."""
     report = {}
     sign = cfg.sign
@@ -72,39 +68,36 @@ def pack(cfg: PackConfig) -> dict:
         sign = sign or Path(report["new_key"]["private_key"])
     key = load_private_key(sign) if sign is not None else None  # a bad key fails before any work
     policy = load_checkpoint(cfg.checkpoint)
-    pointer = Pointer.for_checkpoint(cfg.pointer, cfg.checkpoint) if cfg.pointer else None
-    if pointer is None and policy.cfg.target_points is not None:
-        pointer = Pointer.bundled(cfg.checkpoint)  # re-packing a packed checkpoint keeps its pointer
-    out = save_checkpoint(policy, cfg.out, storage_dtype(cfg.dtype), pointer, signing_key=key)
+    out = save_checkpoint(policy, cfg.out, storage_dtype(cfg.dtype), signing_key=key)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    return {"checkpoint": str(out), "dtype": cfg.dtype, "pointer": pointer.source if pointer else None,
-            "bytes": size, "id": checkpoint_id(out), "signed_by": key_id(key) if key is not None else None,
-            **report, **packing_error(policy, pointer, out)}
+    return {"checkpoint": str(out), "dtype": cfg.dtype, "bytes": size, "id": checkpoint_id(out),
+            "signed_by": key_id(key) if key is not None else None, **report, **packing_error(policy, out)}
 
 
-def packing_error(policy: MoTPolicy, pointer: Pointer | None, packed: Path, observations: int = 4) -> dict:
-    """What packing changed: the largest action difference (robot units) and target-point difference (pixels)
-    between the source (policy, pointer) and the packed checkpoint, on seeded random observations with the
+def packing_error(policy: MoTPolicy, packed: Path, observations: int = 4) -> dict:
+    """What packing changed: the largest action difference (robot units) and, for a policy that points, target-point
+    difference (pixels) between the source and the packed checkpoint, on seeded random observations with the
     same flow noise."""
-    source = PolicyRunner(policy, pointer=pointer, allow_privileged=pointer is None)
-    target = PolicyRunner.from_checkpoint(packed, allow_privileged=pointer is None)
+    source = PolicyRunner(policy)
+    target = PolicyRunner.from_checkpoint(packed)
+    points_too = policy.cfg.target_points is not None
     cfg, rng = policy.cfg, np.random.default_rng(0)
     actions, points = 0.0, 0.0
     for i in range(observations):
         images = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
-        state = rng.standard_normal(source.robot_state_dim).astype(np.float32) * 0.1
+        state = rng.standard_normal(cfg.robot_state_dim).astype(np.float32) * 0.1
         noise = rng.standard_normal((cfg.horizon, cfg.action_dim)).astype(np.float32)
         words = ("put the red cube on the blue pad", "pick up the green cylinder")[i % 2]
         a, b = source.infer(images, state, words, noise=noise), target.infer(images, state, words, noise=noise)
         actions = max(actions, float(np.abs(a - b).max()))
-        if pointer is not None:
+        if points_too:
             points = max(points, float(np.abs(source.last_points - target.last_points).max()) * cfg.image_size)
-    return {"max_action_diff": round(actions, 6), **({"max_point_diff_px": round(points, 4)} if pointer else {})}
+    return {"max_action_diff": round(actions, 6), **({"max_point_diff_px": round(points, 4)} if points_too else {})}
 
 
 def pack_main(argv: list[str] | None = None) -> int:
-    cfg = parse(PackConfig, argv, "mot pack", "Re-store a checkpoint at another dtype, optionally bundling an "
-                "align run's pointer (what made checkpoints/default); --sign KEY signs it, --new-key DIR makes a key pair.")
+    cfg = parse(PackConfig, argv, "mot pack", "Re-store a checkpoint at another dtype (what made checkpoints/default); "
+                "--sign KEY signs it, --new-key DIR makes a key pair.")
     print(json.dumps(pack(cfg), indent=2))
     return 0
 

@@ -19,9 +19,10 @@ PREFIX_MASKS = ("blockwise", "bidirectional")
 ROUTINGS = ("mot", "dense")
 STAGES = ("align", "policy")
 VISION_TRAINABLE = ("all", "attention")
-TARGET_POINTS = (None, "sim")  # where a policy's target points come from at inference (PolicyConfig.target_points)
+TARGET_POINTS = (None, "model")  # where a policy's target points come from at inference (PolicyConfig.target_points)
 # Config keys of experiments removed from the product (git tag experiments-2026-11), with the value that
 # meant "off": a checkpoint that stores them at that value still loads, any other value is refused.
+# (target_points="sim", a body fed by a separate pointer model, is refused by the checkpoint format instead.)
 RETIRED_FIELDS = {"goal_token": False, "point_cameras": None}
 # EfficientNet-Lite0's channels at the end of each output stride the image tokens can tap.
 TRUNK_CHANNELS = {8: 40, 16: 112, 32: 320}
@@ -63,16 +64,22 @@ class PolicyConfig:
     # the FFN stays the language copy, which checkpoints then do not store: smaller and faster).
     vision_trainable: str = "all"
 
+    # What the body attends to of the image tokens: their K/V averaged over prefix_pool x prefix_pool cells, per
+    # layer and camera (2: the 8x8 grid the vision expert points with becomes 4x4 for the body). The vision
+    # expert's own attention and the grounding head see every token; the body's per-step cost and the prefix
+    # cache of the policy stage scale with the pooled grid only (a cache decision: docs/architecture.md).
+    prefix_pool: int = 1
+
     # Body (state + action) expert: narrower pre-LN blocks with adaLN time conditioning.
     body_width: int = 256
     body_mlp_ratio: float = 4.0
     time_embed_dim: int = 256
 
-    # Target points: the state's last `target_point_dim` entries say where the instruction's object and pad
-    # appear in each camera, (u, v) in [0, 1]. The body trains on the simulator's ground truth (scene tracks);
-    # at inference they come from `target_points`: "sim" (the simulator's info: an upper bound for `mot eval`,
-    # which robot-facing loaders refuse) or None (no points). Set with `MoTPolicy.set_target_points`
-    # (which widens state_dim by 4 per camera).
+    # Target points: the body's state ends in `target_point_dim` entries that say where the instruction's object
+    # and pad appear in each camera, (u, v) in [0, 1]. "model": the policy's grounding head computes them from
+    # the same image pass the body attends to (MoTPolicy.observe), on every observation; the body trains on
+    # the simulator's ground truth (scene tracks). None: no points. Set with `MoTPolicy.set_target_points`
+    # (which widens state_dim by 4 per camera); callers always pass the robot's state alone.
     target_points: str | None = None
 
     # Ablation switches.
@@ -89,7 +96,7 @@ class PolicyConfig:
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise InputError(f"cameras: expected unique non-empty camera names, received {self.cameras!r}")
         for name in ("image_size", "state_dim", "action_dim", "horizon", "max_text_tokens", "body_width",
-                     "time_embed_dim", "num_inference_steps", "vision_feature_dim"):
+                     "time_embed_dim", "num_inference_steps", "vision_feature_dim", "prefix_pool"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise InputError(f"{name}: expected a positive int, received {value!r}")
@@ -115,6 +122,10 @@ class PolicyConfig:
                              f"image_token_stride {self.image_token_stride} (every map must tile the token grid), "
                              f"received {self.image_size}")
         self.image_feature_strides = strides
+        if self.feature_grid % self.prefix_pool:
+            raise InputError(f"prefix_pool: expected a divisor of the {self.feature_grid}x{self.feature_grid} image-token "
+                             f"grid (image_size {self.image_size} / image_token_stride {self.image_token_stride}), "
+                             f"received {self.prefix_pool}")
         if self.max_text_tokens < 3:
             raise InputError(f"max_text_tokens: expected >= 3 ([CLS] word [SEP]), received {self.max_text_tokens}")
         if self.language_layers is not None and (not isinstance(self.language_layers, int) or self.language_layers <= 0):
@@ -150,6 +161,16 @@ class PolicyConfig:
         return len(self.cameras) * self.feature_grid**2
 
     @property
+    def body_image_tokens(self) -> int:
+        """Image tokens the body attends to (and the policy stage caches): the pooled grid."""
+        return len(self.cameras) * (self.feature_grid // self.prefix_pool) ** 2
+
+    @property
+    def robot_state_dim(self) -> int:
+        """The robot's state, what callers pass: state_dim less the target points the model appends."""
+        return self.state_dim - (self.target_point_dim if self.target_points else 0)
+
+    @property
     def target_point_dim(self) -> int:
         """State entries the target points take: object and pad (u, v) per camera."""
         return 4 * len(self.cameras)
@@ -164,8 +185,10 @@ class PolicyConfig:
             # Joint targets relative to the measured joints; the gripper command stays absolute.
             # Image tokens stack the stride-8/16 maps of their cell: a 4x4 grid alone cannot tell which
             # of two small cubes in one 32-pixel cell is the red one, or where it is.
+            # 8x8 image tokens to point with (a ~10-pixel object mostly gets a token of its own), pooled to 4x4
+            # for the body.
             "small": dict(vision_trainable="attention", delta_action_mask=(True,) * 6 + (False,),
-                          image_feature_strides=(8, 16, 32)),
+                          image_feature_strides=(8, 16, 32), image_token_stride=16, prefix_pool=2),
         }
         if name not in presets:
             raise InputError(f"preset: expected one of {sorted(presets)}, received {name!r}")

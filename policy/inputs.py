@@ -53,8 +53,14 @@ def _check_finite(tensor: torch.Tensor, field: str) -> None:
         raise InputError(f"{field}: expected finite values, received NaN/inf at index {bad}")
 
 
-def validate_batch(batch: dict, cfg: PolicyConfig, *, require_actions: bool = False) -> Observation:
-    """Checks a batch/observation dict against the config and returns tensors (no copies when possible)."""
+def validate_batch(batch: dict, cfg: PolicyConfig, *, require_actions: bool = False,
+                   state_dim: int | None = None) -> Observation:
+    """Checks a batch/observation dict against the config and returns tensors (no copies when possible).
+
+    state: the robot's state (cfg.robot_state_dim) for inference; a training batch (require_actions) carries the
+    body's whole state, target points included (cfg.state_dim). `state_dim` overrides either."""
+    if state_dim is None:
+        state_dim = cfg.state_dim if require_actions else cfg.robot_state_dim
     if not isinstance(batch, dict):
         raise TypeError(f"batch: expected a dict with images/state/instruction, received {type(batch).__name__}")
     required = ["images", "state", "instruction"] + (["actions"] if require_actions else [])
@@ -84,8 +90,8 @@ def validate_batch(batch: dict, cfg: PolicyConfig, *, require_actions: bool = Fa
     batch_size = frames[0].shape[0]
 
     state = _as_tensor(batch["state"], "state", torch.float32)
-    if state.ndim != 2 or state.shape[1] != cfg.state_dim:
-        raise InputError(f"state: expected shape (B, {cfg.state_dim}), received {tuple(state.shape)}")
+    if state.ndim != 2 or state.shape[1] != state_dim:
+        raise InputError(f"state: expected shape (B, {state_dim}), received {tuple(state.shape)}")
     _check_finite(state, "state")
 
     instruction = batch["instruction"]

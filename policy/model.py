@@ -2,22 +2,27 @@
 
 Tokens are laid out by modality block, and each block routes to its own expert:
 
-    [ text ........ | image (cams x grid^2) ... | state | action (horizon) ]
-      language        vision                      body    body
+    [ text ........ | image (cams x grid^2) ... | state + points | action (horizon) ]
+      language        vision  -> grounding head   body             body
       (frozen MiniLM) (init from MiniLM, "align") (trained in "policy")
+
+The policy points, then acts: the grounding head reads the vision expert's final image tokens and says
+where the instruction's object and pad are in each camera (policy/grounding.py); those target points join
+the robot's state in the state token, in the same observation pass. The body attends to the image K/V
+averaged over prefix_pool x prefix_pool cells (8x8 tokens to point with, 4x4 for the body to attend to).
 
 All tokens share one attention per layer. The attention is block-causal over the modality blocks
 (see `make_attn_mask`): a block sees itself and every block before it. That one rule gives the
 whole caching scheme, because a block's K/V never depend on anything after it:
 
     encode_text(ids)               text K/V, once per instruction   (language expert only)
-    encode_images(frames, text)    + image K/V, once per observation (vision expert)
-    encode_state(state, prefix)    + state K/V, once per observation (body expert)
+    observe(frames, state, text)   + image K/V (pooled) + target points + state K/V, once per observation
+                                   (vision expert, grounding head, body expert on the state token)
     denoise(x_t, t, prefix)        action tokens only, every Euler step (body expert)
 
 Each of those passes attends over [cached K/V | its own K/V]; its only mask is key padding of the
 text. `velocity_uncached` runs the whole sequence at once with the explicit block mask; tests prove
-both agree. The three passes are also the three exported graphs (policy/export.py).
+both agree (prefix_pool 1). The three passes are also the three exported graphs (policy/export.py).
 
 Flow matching follows pi0: x_t = t * noise + (1 - t) * actions, target u = noise - actions, and
 sampling integrates from t = 1 (noise) to t = 0 (actions) with Euler steps.
@@ -36,6 +41,7 @@ from policy.attention import ACTION, IMAGE, STATE, TEXT, Prefix, cat_tokens, eul
 from policy.errors import InputError
 from policy.config import STAGES, PolicyConfig
 from policy.experts import BertExpert, BodyExpert, merge_heads
+from policy.grounding import GroundingHead, point_confidence, pointed_uv
 from policy.inputs import Observation, validate_batch
 from policy.language import BertDims, BertEmbeddings, TextTokenizer, load_bert_weights, resolve_language_model
 from policy.normalize import NormStats, to_absolute, to_relative
@@ -82,6 +88,8 @@ class MoTPolicy(nn.Module):
             self.route = {"text": "language", "image": "vision", "body": "body"}
         self.action_norm = nn.LayerNorm(body_width, eps=1e-6)
         self.action_out = nn.Linear(body_width, cfg.action_dim)
+        # Where the instruction's object and pad are, from the final image tokens (trained in "align").
+        self.grounding = GroundingHead(dims.width)
 
         # Pretrained weights: language expert (and the dense shared expert) from the BERT folder;
         # the vision expert starts as a copy of the language expert (LMFusion).
@@ -112,7 +120,7 @@ class MoTPolicy(nn.Module):
             raise InputError(f"stage: expected one of {STAGES}, received {stage!r}")
         self.stage = stage
         self.requires_grad_(False)
-        vision = [self.image_embed] + [layer[self.route["image"]] for layer in self.layers]
+        vision = [self.image_embed, self.grounding] + [layer[self.route["image"]] for layer in self.layers]
         body = [self.state_in, self.action_in, self.time_mlp, self.action_norm, self.action_out]
         body += [layer[self.route["body"]] for layer in self.layers]
         if stage == "align" or train_vision:
@@ -150,14 +158,20 @@ class MoTPolicy(nn.Module):
         body trains: a new state projection and identity norm stats (the caller sets real ones)."""
         if self.cfg.target_points is not None:
             raise InputError(f"target_points: this policy already has them (source {self.cfg.target_points!r})")
-        self.cfg = dataclasses.replace(self.cfg, target_points=source)
+        self.cfg = dataclasses.replace(self.cfg, target_points=source)  # validates the source
         self.cfg = dataclasses.replace(self.cfg, state_dim=self.cfg.state_dim + self.cfg.target_point_dim)
         self.state_in = nn.Linear(self.cfg.state_dim, self.state_in.out_features)
         self.set_norm_stats(NormStats.identity(self.cfg.state_dim, self.cfg.action_dim))
         self.set_stage(self.stage)
 
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
+        """The body's whole state (B, state_dim), target points included (training batches)."""
         return (state - self.state_mean) / self.state_std
+
+    def normalize_robot_state(self, state: torch.Tensor) -> torch.Tensor:
+        """The robot's state (B, robot_state_dim): what callers pass at inference."""
+        r = self.cfg.robot_state_dim
+        return (state - self.state_mean[:r]) / self.state_std[:r]
 
     def normalize_actions(self, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Chunk (B, horizon, A) and state (B, S) in robot units -> the normalised chunk the model sees."""
@@ -168,7 +182,7 @@ class MoTPolicy(nn.Module):
 
     def prefix_trainable(self) -> bool:
         """True when any parameter reached by the text/image passes is trainable (align, ablations)."""
-        modules = [self.image_embed, self.text_embed] + [layer[self.route[m]] for layer in self.layers
+        modules = [self.image_embed, self.text_embed, self.grounding] + [layer[self.route[m]] for layer in self.layers
                                                           for m in ("text", "image")]
         return any(p.requires_grad for m in modules for p in m.parameters())
 
@@ -239,23 +253,66 @@ class MoTPolicy(nn.Module):
         return Prefix(kv, text_valid)
 
     def encode_images(self, images: torch.Tensor, text: Prefix, return_hidden: bool = False):
-        """images uint8 (B, cams, H, W, 3) + text prefix -> prefix with image K/V appended.
+        """images uint8 (B, cams, H, W, 3) + text prefix -> the body's prefix: text + pooled image K/V.
 
-        Blockwise: image tokens attend to cached text K/V and to each other.
+        Blockwise: image tokens attend to cached text K/V and to each other (all cams x grid^2 of them).
         Bidirectional ablation: text and image tokens run together and attend to each other.
-        return_hidden: also return the final image token states (B, N_img, width) for grounding heads.
+        return_hidden: also return the final image token states (B, cams * grid^2, width), the grounding head's input.
         """
-        tokens = self.embed_images(images)
+        return self.encode_image_tokens(self.embed_images(images), text, return_hidden)
+
+    def encode_image_tokens(self, tokens: torch.Tensor, text: Prefix, return_hidden: bool = False):
+        """`encode_images` from image tokens (B, cams * grid^2, width) (the exported graph embeds its own)."""
         ones = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         if self.cfg.prefix_mask == "bidirectional":
             valid = torch.cat([text.text_valid, ones], dim=1)
             segments = [("text", self.text_embed(text.token_ids), None), ("image", tokens, None)]
             hs, kv = self._forward(segments, None, valid)
-            prefix = Prefix(kv, valid)
+            n_text = text.text_valid.shape[1]
+            prefix = Prefix(torch.cat([kv[..., :n_text, :], self.pool_image_kv(kv[..., n_text:, :])], dim=4),
+                            valid[:, : n_text + self.cfg.body_image_tokens])
         else:
             hs, kv = self._forward([("image", tokens, None)], text, ones)
-            prefix = text.extend(kv, ones)
+            pooled = self.pool_image_kv(kv)
+            prefix = text.extend(pooled, ones[:, : pooled.shape[4]])
         return (prefix, hs[-1]) if return_hidden else prefix
+
+    def pool_image_kv(self, kv: torch.Tensor) -> torch.Tensor:
+        """Image K/V (layers, 2, B, heads, cams * g^2, hd) -> (layers, 2, B, heads, cams * (g/p)^2, hd), p = prefix_pool:
+        each p x p block of cells of a camera averaged into one key and one value, in (camera, row, column) order.
+        This is what the body attends to (and what the policy stage caches); the image tokens themselves attended
+        to every cell. p = 1 returns kv unchanged."""
+        p, g, cams = self.cfg.prefix_pool, self.cfg.feature_grid, len(self.cfg.cameras)
+        if p == 1:
+            return kv
+        layers, two, b, heads, _, hd = kv.shape
+        blocks = kv.reshape(layers, two, b, heads, cams, g // p, p, g // p, p, hd)
+        return blocks.mean(dim=(6, 8)).reshape(layers, two, b, heads, cams * (g // p) ** 2, hd)
+
+    def point(self, image_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final image tokens (B, cams * grid^2, width) -> target points (B, 4 * cams) (u, v) in [0, 1], and
+        their confidence (B, 2 * cams): the grounding head's top token per camera and target, with its offset."""
+        scores, offsets, _ = self.grounding(image_hidden)
+        cams = len(self.cfg.cameras)
+        return pointed_uv(scores, offsets, cams, self.cfg.feature_grid), point_confidence(scores, cams)
+
+    def observe(self, images: torch.Tensor, robot_state_norm: torch.Tensor, text: Prefix,
+                points: torch.Tensor | None = None) -> tuple[Prefix, torch.Tensor | None, torch.Tensor | None]:
+        """One observation pass: images uint8 (B, cams, H, W, 3), the robot's normalised state (B, S_robot),
+        text prefix -> (full prefix for denoising, target points (B, 4 * cams) or None, confidence or None).
+
+        Points, then act: with target_points, the grounding head points on the same image pass the body
+        attends to, and the points (normalised like the rest of the state) join the state token. `points`
+        (B, 4 * cams) replaces the head's (e.g. the simulator's truth in `mot eval --sim-points`)."""
+        if self.cfg.target_points is None:
+            return self.encode_state(robot_state_norm, self.encode_images(images, text)), None, None
+        prefix, hidden = self.encode_images(images, text, return_hidden=True)
+        predicted, confidence = self.point(hidden)
+        points = predicted if points is None else points
+        r = self.cfg.robot_state_dim
+        points_norm = (points - self.state_mean[r:]) / self.state_std[r:]
+        state_norm = torch.cat([robot_state_norm, points_norm.to(robot_state_norm.dtype)], dim=1)
+        return self.encode_state(state_norm, prefix), points, confidence
 
     def encode_state(self, state_norm: torch.Tensor, prefix: Prefix) -> Prefix:
         """Normalised state (B, S) -> prefix with the state token's K/V appended.
@@ -282,7 +339,8 @@ class MoTPolicy(nn.Module):
                           state_norm: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The same velocity as the cached passes, from one pass over the whole sequence.
 
-        The reference for cache tests and the "naive" benchmark (recomputes the prefix every step).
+        The reference for cache tests and the "naive" benchmark (recomputes the prefix every step). The body
+        attends to every image token here: with prefix_pool > 1 the cached passes differ by design.
         """
         text_h = self.text_embed(token_ids)
         image_h = self.embed_images(images)
@@ -299,12 +357,12 @@ class MoTPolicy(nn.Module):
         return self.action_out(self.action_norm(hs[-1]))
 
     # -- public API -----------------------------------------------------------------------------------
-    def encode_observation(self, obs: Observation, text: Prefix | None = None) -> Prefix:
-        """Validated observation -> full prefix (text + images + state) ready for denoising."""
+    def encode_observation(self, obs: Observation, text: Prefix | None = None,
+                           points: torch.Tensor | None = None) -> Prefix:
+        """Validated observation (the robot's state) -> full prefix (text + images + state) ready for denoising."""
         if text is None:
             text = self.encode_text(*self.tokenizer(obs.instruction))
-        prefix = self.encode_images(obs.images, text)
-        return self.encode_state(self.normalize_state(obs.state), prefix)
+        return self.observe(obs.images, self.normalize_robot_state(obs.state), text, points)[0]
 
     def compute_loss(self, batch: dict, noise: torch.Tensor | None = None,
                      time: torch.Tensor | None = None) -> torch.Tensor:
@@ -339,10 +397,11 @@ class MoTPolicy(nn.Module):
         return loss
 
     @torch.no_grad()
-    def sample_actions(self, obs: dict, num_steps: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Observation dict (batch of B) -> action chunk (B, horizon, action_dim) in robot units."""
+    def sample_actions(self, obs: dict, num_steps: int | None = None, noise: torch.Tensor | None = None,
+                       points: torch.Tensor | None = None) -> torch.Tensor:
+        """Observation dict (batch of B, the robot's state) -> action chunk (B, horizon, action_dim) in robot units."""
         o = validate_batch(obs, self.cfg)
-        prefix = self.encode_observation(o)
+        prefix = self.encode_observation(o, points=points)
         shape = (o.batch_size, self.cfg.horizon, self.cfg.action_dim)
         if noise is None:
             noise = torch.randn(shape)

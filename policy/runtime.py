@@ -3,13 +3,18 @@
 The runner owns what does not depend on how the graphs run:
 
     validate (same errors as MoTPolicy) -> tokenize -> text K/V (cached per instruction)
-    -> observation K/V (once per call) -> Euler sampler over backend.denoise -> de-normalise
+    -> observation pass (once per call: image K/V, the target points, state K/V)
+    -> Euler sampler over backend.denoise -> de-normalise
 
 A backend implements the three graphs of DESIGN.md on numpy arrays:
 
     encode_text(token_ids (B, L) int64, text_valid (B, L) bool)              -> text cache (opaque)
-    encode_observation(images uint8 (B, cams, H, W, 3), state_norm (B, S), text cache) -> prefix (opaque)
+    encode_observation(images uint8 (B, cams, H, W, 3), robot_state_norm (B, S_robot), text cache)
+        -> (prefix (opaque), points (B, 4 * cams) float32 or None, confidence (B, 2 * cams) float32 or None)
     denoise(x_t (B, horizon, A) float32, t float, prefix)                     -> velocity (B, horizon, A)
+
+Callers pass the robot's state only: a policy with target points computes them itself (policy/model.py
+`observe`); `last_points` / `last_confidence` say what it pointed at on the latest call.
 
 `infer` is safe to call from a worker thread (one lock around the whole call: backends keep
 pre-allocated buffers and caches that must not interleave).
@@ -32,7 +37,6 @@ from policy.config import PolicyConfig
 from policy.errors import InputError
 from policy.inputs import validate_batch
 from policy.model import MoTPolicy, Prefix, euler_sample
-from policy.pointing import Pointer
 from policy.signing import TrustedKey, resolve_trusted_key
 from policy.tensorrt import TensorRTBackend
 
@@ -42,7 +46,8 @@ class Backend(Protocol):
 
     def encode_text(self, token_ids: np.ndarray, text_valid: np.ndarray) -> Any: ...
 
-    def encode_observation(self, images: np.ndarray, state_norm: np.ndarray, text: Any) -> Any: ...
+    def encode_observation(self, images: np.ndarray, robot_state_norm: np.ndarray, text: Any,
+                           points: np.ndarray | None = None) -> tuple[Any, np.ndarray | None, np.ndarray | None]: ...
 
     def denoise(self, x_t: np.ndarray, t: float, prefix: Any) -> np.ndarray: ...
 
@@ -60,9 +65,13 @@ class TorchBackend:
         return self.policy.encode_text(torch.from_numpy(token_ids), torch.from_numpy(text_valid))
 
     @torch.inference_mode()
-    def encode_observation(self, images: np.ndarray, state_norm: np.ndarray, text: Prefix) -> Prefix:
-        prefix = self.policy.encode_images(torch.from_numpy(images), text)
-        return self.policy.encode_state(torch.from_numpy(state_norm), prefix)
+    def encode_observation(self, images: np.ndarray, robot_state_norm: np.ndarray, text: Prefix,
+                           points: np.ndarray | None = None):
+        prefix, points, confidence = self.policy.observe(
+            torch.from_numpy(images), torch.from_numpy(robot_state_norm), text,
+            None if points is None else torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)))
+        as_np = lambda x: None if x is None else x.numpy().astype(np.float32)  # noqa: E731
+        return prefix, as_np(points), as_np(confidence)
 
     @torch.inference_mode()
     def denoise(self, x_t: np.ndarray, t: float, prefix: Prefix) -> np.ndarray:
@@ -83,20 +92,9 @@ def make_backend(name: str, policy: MoTPolicy, checkpoint_dir: Path | None, **op
 
 class PolicyRunner:
     def __init__(self, policy: MoTPolicy, backend: str = "torch", checkpoint_dir: str | Path | None = None,
-                 text_cache_size: int = 32, allow_privileged: bool = False, pointer=None, **backend_options):
-        """pointer: a `policy.pointing.Pointer` that gives a target_points policy its points on every call (the
-        caller then passes the robot's state alone). allow_privileged: run a target_points policy without one:
-        the caller appends the simulator's ground truth to the state (`mot eval`)."""
-        if pointer is not None and policy.cfg.target_points is None:
-            raise InputError("pointer: expected a checkpoint trained with target points (mot train --target-points), "
-                             "this one has none")
-        if policy.cfg.target_points == "sim" and pointer is None and not allow_privileged:
-            # Its state carries where the target is: no robot has that input unless a pointer provides it.
-            raise InputError("checkpoint: target_points='sim' (the body reads where the target is) needs a pointer "
-                             "(--points-from ALIGN_RUN, or one bundled by `mot pack --pointer`); without one only "
-                             "`mot eval` runs it, on the simulator's truth")
-        self.pointer = pointer
-        self.last_points: np.ndarray | None = None  # what the pointer said on the latest call
+                 text_cache_size: int = 32, **backend_options):
+        self.last_points: np.ndarray | None = None  # (4 * cams,) where the policy pointed on the latest call
+        self.last_confidence: np.ndarray | None = None  # (2 * cams,) the grounding head's confidence in those points
         self.policy = policy.eval()
         self.cfg: PolicyConfig = policy.cfg
         self.backend = make_backend(backend, policy, Path(checkpoint_dir) if checkpoint_dir else None,
@@ -107,25 +105,20 @@ class PolicyRunner:
         self.last_timing: dict[str, float] = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, backend: str = "torch", pointer="bundled",
-                        trusted_key: TrustedKey = None, **options) -> "PolicyRunner":
-        """pointer: "bundled" (default) takes the pointer a target_points checkpoint bundles (`mot pack --pointer`),
-        if any; or a `Pointer`, or None.
+    def from_checkpoint(cls, path: str | Path, backend: str = "torch", trusted_key: TrustedKey = None,
+                        **options) -> "PolicyRunner":
+        """The one checkpoint directory is all a runner needs (the policy points itself).
 
         trusted_key: an ed25519 public key (PEM path, PEM text or key; default `$MOT_TRUSTED_KEY`; None or "" with the
         variable unset: nothing is checked, as before signing). When one is configured the checkpoint's manifest.sig
-        must be that key's signature of its manifest (which hashes every file and the bundled pointer's manifest),
+        must be that key's signature of its manifest (which hashes every file),
         else CheckpointError; and for onnxruntime/tensorrt the graphs' export_manifest.sig too (`mot export --sign`),
         else ArtifactMismatchError."""
         trusted = resolve_trusted_key(trusted_key)
         policy = load_checkpoint(path, trusted_key=trusted)
         if backend != "torch":
             options["trusted_key"] = trusted
-        if isinstance(pointer, str):
-            if pointer != "bundled":
-                raise InputError(f"pointer: expected 'bundled', a Pointer or None, received {pointer!r}")
-            pointer = Pointer.bundled(path) if policy.cfg.target_points is not None else None
-        return cls(policy, backend=backend, checkpoint_dir=path, pointer=pointer, **options)
+        return cls(policy, backend=backend, checkpoint_dir=path, **options)
 
     @property
     def config(self) -> PolicyConfig:
@@ -144,11 +137,14 @@ class PolicyRunner:
         return kv
 
     def infer(self, images: dict[str, np.ndarray], state: np.ndarray, instruction: str,
-              noise: np.ndarray | None = None, num_steps: int | None = None) -> np.ndarray:
+              noise: np.ndarray | None = None, num_steps: int | None = None,
+              points: np.ndarray | None = None) -> np.ndarray:
         """One observation -> action chunk (horizon, action_dim) float32 in robot units.
 
-        images: {camera: uint8 (H, W, 3)}, state: float32 (S,), instruction: str,
-        noise: optional float32 (horizon, action_dim) for reproducible samples.
+        images: {camera: uint8 (H, W, 3)}, state: the robot's float32 (robot_state_dim,), instruction: str,
+        noise: optional float32 (horizon, action_dim) for reproducible samples,
+        points: optional float32 (4 * cams,) target points to use instead of the policy's own (the simulator's
+        truth in `mot eval --sim-points`; torch backend only).
         """
         if not isinstance(images, dict):
             raise TypeError(f"images: expected a dict {{camera: uint8 (H, W, 3)}}, received {type(images).__name__}")
@@ -156,12 +152,12 @@ class PolicyRunner:
             raise TypeError(f"state: expected a numpy float32 array ({self.cfg.state_dim},), received {type(state).__name__}")
         if not isinstance(instruction, str):
             raise TypeError(f"instruction: expected str, received {type(instruction).__name__}")
-        if self.pointer is not None:  # the body's state = the robot's state + where the target is
-            if state.shape != (self.robot_state_dim,):
-                raise InputError(f"state: expected the robot's state ({self.robot_state_dim},) (the pointer adds the "
-                                 f"target points), received {state.shape}")
-            # validated with placeholder points first, so the pointer only ever sees well-formed images
-            state = np.concatenate([state.astype(np.float32), np.zeros(self.cfg.target_point_dim, np.float32)])
+        if points is not None:
+            if self.cfg.target_points is None:
+                raise InputError("points: this policy has no target points to replace")
+            if np.shape(points) != (self.cfg.target_point_dim,):
+                raise InputError(f"points: expected shape ({self.cfg.target_point_dim},), received {np.shape(points)}")
+            points = np.asarray(points, np.float32)[None]
         batch = {"images": {k: v[None] if isinstance(v, np.ndarray) else v for k, v in images.items()},
                  "state": state[None], "instruction": [instruction]}
         obs = validate_batch(batch, self.cfg)  # the same checks and messages as MoTPolicy
@@ -173,19 +169,17 @@ class PolicyRunner:
         steps = self.cfg.num_inference_steps if num_steps is None else num_steps
         with self._lock:
             t0 = time.perf_counter()
-            if self.pointer is not None:  # the placeholder points become the pointer's
-                self.last_points = self.pointer(images, instruction)
-                obs.state[0, self.robot_state_dim:] = torch.from_numpy(self.last_points)
-            tp = time.perf_counter()
             text = self.text_kv(instruction)
             t1 = time.perf_counter()
-            state_norm = self.policy.normalize_state(obs.state).numpy().astype(np.float32)
-            prefix = self.backend.encode_observation(obs.images.numpy(), state_norm, text)
+            state_norm = self.policy.normalize_robot_state(obs.state).numpy().astype(np.float32)
+            prefix, pointed, confidence = self.backend.encode_observation(obs.images.numpy(), state_norm, text, points)
+            self.last_points = None if pointed is None else pointed[0]
+            self.last_confidence = None if confidence is None else confidence[0]
             t2 = time.perf_counter()
             x = euler_sample(lambda x, t: self.backend.denoise(x, t, prefix),
                              np.asarray(noise, dtype=np.float32)[None], steps)
             t3 = time.perf_counter()
-        self.last_timing = {"pointer_ms": (tp - t0) * 1e3, "text_ms": (t1 - tp) * 1e3,
+        self.last_timing = {"text_ms": (t1 - t0) * 1e3,
                             "observation_ms": (t2 - t1) * 1e3, "denoise_ms": (t3 - t2) * 1e3}
         actions = self.policy.unnormalize_actions(torch.from_numpy(x), obs.state)[0]
         return actions.numpy().astype(np.float32)
@@ -199,5 +193,5 @@ class PolicyRunner:
 
     @property
     def robot_state_dim(self) -> int:
-        """What `infer` takes as `state`: the config's, less the target points a pointer appends."""
-        return self.cfg.state_dim - (self.cfg.target_point_dim if self.pointer is not None else 0)
+        """What `infer` takes as `state`: the config's, less the target points the policy appends itself."""
+        return self.cfg.robot_state_dim

@@ -21,7 +21,8 @@ from policy.errors import InputError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("training.demo:main", "the main job on the default embedded setup (what `make demo` runs)"),
     "bench": ("training.bench:main", "benchmarks: `mot bench inference|sim|train|ros` (prints JSON)"),
-    "pack": ("policy.cli:pack_main", "re-store a checkpoint (int8 / float16) and bundle a pointer into it"),
+    "pack": ("policy.cli:pack_main", "re-store a checkpoint (int8 / float16, optionally signed)"),
+    "convert-pointer": ("training.convert:main", "a mot-policy/1 checkpoint's pointer as an align checkpoint to train a body from"),
     "export": ("policy.cli:export_main", "export a checkpoint to ONNX (text encoder, observation encoder, denoiser)"),
     "recipe": ("training.recipe:main", "run a whole pipeline from one file: `mot recipe run recipes/tabletop.yaml --out DIR`"),
     "collect": ("training.collect:main", "scripted-expert demonstrations to disk (resumable, parallel)"),

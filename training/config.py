@@ -34,15 +34,19 @@ class TrainConfig:
     train_vision: bool = False
     """ablation: also train the vision expert in the policy stage"""
     image_token_stride: Literal[16, 32] | None = None
-    """new policy: pixels per image-token side (16: 8x8 tokens per camera at 128 px; default: the preset's 32)"""
+    """new policy: pixels per image-token side (16: 8x8 tokens per camera at 128 px; default: the preset's)"""
+    prefix_pool: int | None = None
+    """the body attends to the image K/V averaged over PREFIX_POOL x PREFIX_POOL cells (2: an 8x8 grid becomes
+    4x4); default: the preset's for a new policy, the --init checkpoint's otherwise (the body's choice: it may
+    change when the body starts training)"""
     referents: float = 0.5
     """align: chance per sample that the instruction becomes a referring expression for a random object of
     the scene (needs per-frame scene tracks)"""
     pad_referents: float = 0.0
     """align: share of those referring expressions that name a pad of the scene too"""
-    target_points: Literal["sim"] | None = None
-    """policy: the state also carries where the instruction's object and pad appear in each camera, trained
-    on the simulator's ground truth; at inference a pointer bundled by `mot pack --pointer` gives them"""
+    target_points: Literal["model"] | None = None
+    """policy: the body's state also carries where the instruction's object and pad appear in each camera:
+    trained on the simulator's ground truth, computed by the policy's own grounding head at inference"""
     delta_actions: Literal["on", "off"] | None = None
     """joint targets relative to the measured joints (on) or absolute (off); default: the preset's for a new
     policy, the --init checkpoint's otherwise"""
@@ -115,8 +119,11 @@ class TrainConfig:
             raise InputError(f"save_dtype: expected one of {sorted(STORAGE_DTYPES)}, received {self.save_dtype!r}")
         if self.delta_actions not in (None, "on", "off"):
             raise InputError(f"delta_actions: expected 'on', 'off' or None, received {self.delta_actions!r}")
-        if self.target_points not in (None, "sim"):
-            raise InputError(f"target_points: expected 'sim' or None, received {self.target_points!r}")
+        if self.target_points not in (None, "model"):
+            raise InputError(f"target_points: expected 'model' or None, received {self.target_points!r}")
+        if self.prefix_pool is not None and (isinstance(self.prefix_pool, bool) or not isinstance(self.prefix_pool, int)
+                                             or self.prefix_pool < 1):
+            raise InputError(f"prefix_pool: expected a positive int or None, received {self.prefix_pool!r}")
         if self.target_points is not None and self.stage != "policy":
             raise InputError("target_points: expected stage 'policy' (it widens the body's state), "
                              f"received stage {self.stage!r}")

@@ -1,6 +1,6 @@
 """The training losses of the two stages, one `StageLoss` module per stage (so DDP can wrap it).
 
-align:  `GroundingHead` (policy/pointing.py) on the vision expert's final image tokens: where the
+align:  the policy's `GroundingHead` (policy/grounding.py) on the vision expert's final image tokens: where the
         instruction's object and pad are on the table (x, y in decimetres, smooth L1), which image tokens
         show them (cross-entropy against the cells the scene tracks say show them), and where in its cell
         (smooth L1 of the in-cell offset).
@@ -17,7 +17,6 @@ from torch import nn
 
 from policy import MoTPolicy
 from policy.inputs import validate_batch
-from policy.pointing import GroundingHead
 
 PIXEL_KEYS = ("target_object_pixels", "target_pad_pixels")  # order of GroundingHead's scores
 
@@ -62,13 +61,12 @@ def xy_loss(xy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class StageLoss(nn.Module):
-    """forward(batch) -> the stage's scalar loss. `head` (align only) is saved in train_state.pt, where
-    `Pointer.from_align_run` reads it."""
+    """forward(batch) -> the stage's scalar loss. The grounding head is the policy's (`policy.grounding`), so the
+    align stage's checkpoint points as the policy will."""
 
     def __init__(self, policy: MoTPolicy, stage: str):
         super().__init__()
         self.policy, self.stage = policy, stage
-        self.head = GroundingHead(policy.dims.width) if stage == "align" else None
 
     def grounding(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> token scores (B, N_image, 2), token offsets (B, N_image, 2, 2), (object xy, pad xy) in
@@ -77,7 +75,7 @@ class StageLoss(nn.Module):
         with torch.no_grad():  # the language expert is frozen: its K/V need no graph
             text = self.policy.encode_text(*self.policy.tokenizer(obs.instruction))
         _, image_h = self.policy.encode_images(obs.images, text, return_hidden=True)
-        return self.head(image_h)
+        return self.policy.grounding(image_h)
 
     def flow_loss(self, batch: dict, noise: torch.Tensor | None = None,
                   time: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,7 +5,8 @@ attends to are a fixed function of (instruction, frames). Computing them once tu
 into the body expert alone. Stored as float16 (the body still trains in float32):
 
     text:   per episode  (layers, 2, heads, L_text, head_dim)
-    images: per frame    (layers, 2, heads, N_image, head_dim)
+    images: per frame    (layers, 2, heads, N_image, head_dim), N_image = cfg.body_image_tokens: the pooled
+                         grid the body attends to (prefix_pool), not every token the vision expert ran
 
 Image K/V do not depend on the text padding: padded text keys are masked out of every attention.
 
@@ -36,7 +37,7 @@ from training.data import ChunkDataset
 
 def cache_bytes(policy: MoTPolicy, frames: int) -> int:
     d = policy.dims
-    return frames * len(policy.layers) * 2 * d.heads * policy.cfg.image_tokens * d.head_dim * 2
+    return frames * len(policy.layers) * 2 * d.heads * policy.cfg.body_image_tokens * d.head_dim * 2
 
 
 # Config fields of the body expert and the action space: the text/image K/V do not depend on them, so
@@ -130,12 +131,12 @@ class PrefixCache:
                 self.text.append(text.kv[:, :, 0].half())  # (layers, 2, heads, L, head_dim)
             n = len(data)
             d = policy.dims
-            shape = (n, len(policy.layers), 2, d.heads, policy.cfg.image_tokens, d.head_dim)
+            shape = (n, len(policy.layers), 2, d.heads, policy.cfg.body_image_tokens, d.head_dim)
             mapped = None if images_file is None else np.lib.format.open_memmap(images_file, "w+", np.float16, shape)
             self.images = np.empty(shape, dtype=np.float16) if mapped is None else mapped  # (N, layers, 2, heads, L_img, hd)
             for start in tqdm(range(0, n, batch_size), desc="cache prefix", unit="batch", disable=not progress):
                 idx = np.arange(start, min(n, start + batch_size))
-                obs = validate_batch(data.batch(idx), policy.cfg)
+                obs = validate_batch(data.batch(idx), policy.cfg, state_dim=policy.cfg.state_dim)  # sim points in
                 text = policy.encode_text(*policy.tokenizer(obs.instruction))
                 kv = policy.encode_images(obs.images, text).kv[..., text.kv.shape[4]:, :]
                 self.images[idx] = kv.permute(2, 0, 1, 3, 4, 5).half().numpy()

@@ -95,7 +95,7 @@ def build_policy(cfg: TrainConfig, features: DatasetFeatures) -> MoTPolicy:
         if cfg.image_token_stride not in (None, policy.cfg.image_token_stride):
             raise InputError(f"image_token_stride: the init checkpoint's image tokens have stride "
                              f"{policy.cfg.image_token_stride}, this run asks for {cfg.image_token_stride}")
-        robot_state = policy.cfg.state_dim - (policy.cfg.target_point_dim if policy.cfg.target_points else 0)
+        robot_state = policy.cfg.robot_state_dim
         got = (sorted(features.cameras), features.state_dim, features.action_dim)
         if got != (sorted(policy.cfg.cameras), robot_state, policy.cfg.action_dim):
             raise InputError(f"data: the init checkpoint reads cameras {sorted(policy.cfg.cameras)}, state {robot_state}, "
@@ -103,8 +103,10 @@ def build_policy(cfg: TrainConfig, features: DatasetFeatures) -> MoTPolicy:
                              f"actions {got[2]}")
         if cfg.delta_actions is not None:  # the action space belongs to the body: chosen when it starts training
             policy.set_delta_action_mask(action_mask(cfg, features))
+        if cfg.prefix_pool is not None:  # what the body attends to: the vision expert does not depend on it
+            policy.cfg = dataclasses.replace(policy.cfg, prefix_pool=cfg.prefix_pool)  # validates
     else:
-        overrides = {} if cfg.image_token_stride is None else {"image_token_stride": cfg.image_token_stride}
+        overrides = {k: getattr(cfg, k) for k in ("image_token_stride", "prefix_pool") if getattr(cfg, k) is not None}
         policy = MoTPolicy(PolicyConfig.preset(
             cfg.preset, routing=cfg.routing, prefix_mask=cfg.prefix_mask, cameras=features.cameras,
             state_dim=features.state_dim, action_dim=features.action_dim,
