@@ -27,8 +27,8 @@ TINY = {"stages": [
     {"name": "policy", "kind": "train", "args": {"stage": "policy", "data": "${demos}", "init": "${align}/checkpoint",
                                                   "preset": "tiny", "steps": 40, "batch_size": 4, "warmup": 1,
                                                   "log_every": 1, "eval_every": 40, "ckpt_every": 1,
-                                                  "target_points": "sim"}},
-    {"name": "pack", "kind": "pack", "args": {"checkpoint": "${policy}/checkpoint", "pointer": "${align}", "dtype": "int8"}},
+                                                  "target_points": "model", "prefix_pool": 2}},
+    {"name": "pack", "kind": "pack", "args": {"checkpoint": "${policy}/checkpoint", "dtype": "int8"}},
     {"name": "eval", "kind": "eval", "args": {"checkpoint": "${pack}", "episodes": 1, "tasks": "reach", "split": "train"}},
 ]}
 
@@ -68,7 +68,9 @@ def test_tiny_recipe_runs_every_stage_resumes_after_a_kill_and_writes_readable_f
     assert all(s["seconds"] > 0 for s in record["stages"].values())
     assert set(record["stages"]["eval"]["figures"]) == {"train"}
     assert (out / "eval" / "eval.json").is_file() and (out / "eval" / "eval.episodes.jsonl").is_file()
-    assert (out / "pack" / "pointer" / "manifest.json").is_file()  # body + the align run's pointer, int8
+    # One model that points, then acts: the align run's grounding head is in the packed checkpoint, no pointer/ beside it.
+    packed = json.loads((out / "pack" / "config.json").read_text())
+    assert (packed["target_points"], packed["prefix_pool"]) == ("model", 2) and not (out / "pack" / "pointer").exists()
     # The align stage ran both phases: 3 steps in all, the last one with pad referents.
     assert json.loads((out / "align" / "result.json").read_text())["steps"] == 3
 
@@ -102,7 +104,7 @@ def test_bad_recipes_are_refused_with_the_stage_and_field(tmp_path):
         stages[0].resolved(tmp_path, set())
     # The shipped recipe parses, and every stage's args build its command's config.
     shipped = load_recipe(REPO / "recipes" / "tabletop.yaml")
-    assert [s.kind for s in shipped] == ["collect", "collect", "train", "train", "train", "pack", "eval"]
+    assert [s.kind for s in shipped] == ["collect", "collect", "train", "train", "pack", "eval"]
     earlier = set()
     for stage in shipped:
         args = stage.resolved(tmp_path, earlier)

@@ -118,7 +118,7 @@ def test_prefix_cache_on_disk_is_reused_only_for_the_same_frozen_prefix_and_fram
     idx = np.array([len(data) - 1, 0, 7, 7])
     assert torch.equal(again.prefix(idx).kv, PrefixCache(policy, data, progress=False).prefix(idx).kv)
     # A body-only change (target points widen the state) leaves the text/image K/V, and the key, as they were.
-    policy.set_target_points("sim")
+    policy.set_target_points("model")
     assert cache_key(policy, data) == built_key(tmp_path)
     # Other frozen weights (another align checkpoint) or other frames: another key, a fresh build.
     with torch.no_grad():
@@ -175,10 +175,10 @@ def test_align_head_learns_where_in_its_cell_the_object_is(sim_dataset):
     assert len(pixel_cells(batch["grounding"]["target_object_pixels"], policy.cfg.feature_grid)[0]) > 0
     module = StageLoss(policy, "align")
     module(batch).backward()
-    assert module.head.offset.weight.grad.abs().sum() > 0
+    assert policy.grounding.offset.weight.grad.abs().sum() > 0  # the policy's own head
     with torch.no_grad():  # moving the offsets the loss reads changes the loss
         before = module(batch).item()
-        module.head.offset.bias += 0.3
+        policy.grounding.offset.bias += 0.3
         assert module(batch).item() != pytest.approx(before, abs=1e-6)
 
 
@@ -266,16 +266,19 @@ def test_target_points_widen_the_state_with_the_sims_ground_truth(sim_dataset, t
     from training.data import target_point_vector
 
     with pytest.raises(ValueError, match="target_points: expected stage 'policy'"):
-        _cfg(sim_dataset, tmp_path, stage="align", target_points="sim")
-    result = train(_cfg(sim_dataset, tmp_path / "run", steps=2, eval_every=2, ckpt_every=2, target_points="sim"),
-                   progress=False)
+        _cfg(sim_dataset, tmp_path, stage="align", target_points="model")
+    with pytest.raises(ValueError, match="prefix_pool: expected a positive int or None, received 0"):
+        _cfg(sim_dataset, tmp_path, prefix_pool=0)
+    result = train(_cfg(sim_dataset, tmp_path / "run", steps=2, eval_every=2, ckpt_every=2, target_points="model",
+                        prefix_pool=2), progress=False)
     policy = load_checkpoint(result["checkpoint"])
     cams = len(policy.cfg.cameras)
-    assert policy.cfg.target_points == "sim" and policy.cfg.state_dim == 7 + 4 * cams
+    assert policy.cfg.target_points == "model" and policy.cfg.state_dim == 7 + 4 * cams
+    assert policy.cfg.prefix_pool == 2 and policy.cfg.robot_state_dim == 7
     assert policy.state_in.in_features == policy.cfg.state_dim
     assert policy.norm_stats.state_mean.shape == (policy.cfg.state_dim,)
     with pytest.raises(ValueError, match="already has them"):
-        policy.set_target_points("sim")
+        policy.set_target_points("model")
     # The extra entries are the instruction's own object/pad pixels of that very frame.
     _, episodes = read_episodes(sim_dataset)
     data = ChunkDataset(episodes, list(policy.cfg.cameras), policy.cfg.horizon, target_points=True)
