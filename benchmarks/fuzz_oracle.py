@@ -30,16 +30,26 @@ SLACK_S = 0.05  # thread scheduling between the fuzzer and the worker thread
 
 
 class FuzzRunner:
-    """A policy stand-in: a short ramp from the observed state, or (rarely) something hostile."""
+    """A policy stand-in: a short ramp from the observed state, or (rarely) something hostile; and, like a
+    PolicyRunner of a policy that points, `last_points` / `last_confidence` (often hostile too: the node
+    only reports them, so nothing it holds there may crash the worker or change a command)."""
+
+    POINTS = (lambda r: r.random(8), lambda r: r.random(8), lambda r: np.full(8, np.nan), lambda r: r.random(5),
+              lambda r: "not points", lambda r: None, lambda r: np.full((2, 4), np.inf), lambda r: [object()] * 8)
+    CONFIDENCE = (lambda r: r.random(4), lambda r: r.random(4), lambda r: None, lambda r: r.random(3),
+                  lambda r: np.full(4, np.nan), lambda r: {"front": 1.0})
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng, self.calls = rng, 0
         self.lock = threading.Lock()
+        self.last_points = self.last_confidence = None
 
     def infer(self, images, state, instruction):
         with self.lock:
             self.calls += 1
             roll = self.rng.random()
+            self.last_points = self.POINTS[self.rng.integers(len(self.POINTS))](self.rng)
+            self.last_confidence = self.CONFIDENCE[self.rng.integers(len(self.CONFIDENCE))](self.rng)
         horizon = 10
         if roll < 0.04:
             return np.full((horizon, state.size), np.nan)

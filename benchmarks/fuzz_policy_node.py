@@ -5,7 +5,7 @@ reset calls, control ticks and short pauses, valid and hostile (benchmarks/fuzz_
 them into a real ``PolicyNode``'s subscription callbacks (no executor: called directly, so an exception
 is a crash we see). The policy is a stand-in that answers fast and sometimes adversarially. A second
 campaign calls the pure functions directly (image/joint-state/instruction conversion, the plausibility
-gates, the safety guard).
+gates, the safety guard, the pointing report).
 
 Every command the node publishes is checked against an oracle that knows only what was sent: inside
 the limits, within the step bound (also from where the robot was last reported), never while
@@ -54,6 +54,7 @@ from policy.options import parse  # noqa: E402
 from ros_nodes.ament import share_directory  # noqa: E402
 from ros_nodes.common import decode_string  # noqa: E402
 from ros_nodes.convert import image_to_numpy, joint_state_to_vector, numpy_to_image, seconds_to_time  # noqa: E402
+from ros_nodes.diagnostics import pointing_status  # noqa: E402
 from ros_nodes.estop import reset_request  # noqa: E402
 from ros_nodes.plausibility import FreshnessGate, JointPlausibility, Verdict  # noqa: E402
 from ros_nodes.policy_node import PolicyNode  # noqa: E402
@@ -180,8 +181,9 @@ def node_campaign(examples: int, seed: int, quiet: bool = True, domain_id: int |
                 oracle.latched = False
         elif kind == "tick":
             node._on_tick()
-            if rng.random() < 0.1:
+            if rng.random() < 0.1:  # the reports carry what the stand-in pointed at, hostile or not
                 node._publish_diagnostics()
+                node._publish_status()
         elif kind == "sleep":
             time.sleep(event[1])
 
@@ -254,8 +256,10 @@ def pure_campaign(examples: int) -> dict:
            names=st.lists(st.sampled_from(joints + ["x", ""]), max_size=5), positions=st.lists(floats, max_size=5),
            raw=st.binary(max_size=64), chunk=arrays(np.float64, st.tuples(st.integers(0, 6), st.integers(1, 4)),
                                                      elements=floats),
-           start=arrays(np.float64, (3,), elements=floats), stamp=floats, now=st.floats(0, 1e9))
-    def campaign(encoding, h, w, step, data, names, positions, raw, chunk, start, stamp, now):
+           start=arrays(np.float64, (3,), elements=floats), stamp=floats, now=st.floats(0, 1e9),
+           points=st.one_of(st.none(), arrays(np.float64, st.integers(0, 10), elements=floats), st.text(max_size=8)),
+           confidence=st.one_of(st.none(), arrays(np.float64, st.integers(0, 6), elements=floats)))
+    def campaign(encoding, h, w, step, data, names, positions, raw, chunk, start, stamp, now, points, confidence):
         def image():
             return image_to_numpy(Image(encoding=encoding, height=max(h, 0), width=max(w, 0), step=max(step, 0),
                                         data=data))
@@ -273,6 +277,9 @@ def pure_campaign(examples: int) -> dict:
                 unsafe["joint_limits"] += 1
             if np.any(np.abs(np.diff(np.vstack([previous, safe]), axis=0)) > limits.step_bound + 1e-9):
                 unsafe["velocity"] += 1
+        report = call("pointing_status", lambda: pointing_status(CAMERAS, points, confidence))
+        if not isinstance(report, dict):  # a report the node cannot read is left out, never raised
+            crashes["pointing_status: raised"] += 1
         del q
 
     started = time.perf_counter()

@@ -14,7 +14,8 @@ for --duration seconds on one long episode and prints JSON:
     mot bench ros --random-weights --preset tiny --json                    # an untrained preset instead
 
 It times the shipped checkpoint (checkpoints/default) unless --checkpoint names another; an untrained
---preset only with --random-weights, and the JSON says which in "weights". Targets (issue): p99 < 100 ms
+--preset only with --random-weights (built to point, then act, as the shipped one: its target points come
+from its own grounding head inside the observation pass), and the JSON says which in "weights". Targets (issue): p99 < 100 ms
 and 0 missed cycles with onnxruntime.
 
 --layout single (default) runs both nodes in this process, as `mot stack sim` does; --layout launch
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = str(args.checkpoint.resolve())
         if args.random_weights:
             checkpoint = str(Path(tmp) / args.preset)
-            save_checkpoint(MoTPolicy(PolicyConfig.preset(args.preset)), checkpoint)
+            untrained = MoTPolicy(PolicyConfig.preset(args.preset))
+            untrained.set_target_points("model")  # the shipped checkpoint's layout: it points, then acts
+            save_checkpoint(untrained, checkpoint)
         context = rclpy.Context()
         rclpy.init(context=context, domain_id=args.domain_id)
         overrides = {"policy_node": {"checkpoint": checkpoint, "backend": args.backend,  # e-stop files: not the user's
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "weights": "random (untrained preset): not the product's figures" if args.random_weights else "checkpoint",
         "preset": args.preset if args.random_weights else None,
         "checkpoint": None if args.random_weights else str(args.checkpoint),
+        "target_points": policy.runner.config.target_points,
         "duration_s": args.duration,
         "control_hz": policy.config.control_hz,
         "replan_steps": policy.config.replan_steps,

@@ -3,14 +3,17 @@
 One ``DiagnosticStatus`` per node (name ``"<node>: policy"``, the diagnostic_updater convention), its
 level OK / WARN / ERROR from the controller's status, a one-line message, and ``KeyValue`` entries
 (strings, as the message defines them) for the mode, the e-stop, input ages, inference latency and
-rejection counts. ``ros2 topic echo /diagnostics``, rqt_robot_monitor and diagnostic_aggregator read
-it unchanged. ``assess`` is pure (a status dict in, level + message + pairs out) and tested alone.
+rejection counts, and, for a policy that points (target points), where it pointed on its latest plan and
+how confident its grounding head was (``pointing_status``; reported only: the level never depends on it).
+``ros2 topic echo /diagnostics``, rqt_robot_monitor and diagnostic_aggregator read it unchanged.
+``assess`` and ``pointing_status`` are pure and tested alone.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 OK, WARN, ERROR = 0, 1, 2  # DiagnosticStatus.OK/WARN/ERROR (bytes in the message, ints here)
@@ -24,6 +27,30 @@ def _text(value) -> str:
     if value is None:
         return "never"
     return str(value)
+
+
+def pointing_status(cameras: tuple[str, ...], points, confidence) -> dict:
+    """A runner's ``last_points`` (4 * cams,: object (u, v) per camera, then pad) and ``last_confidence``
+    (2 * cams,: object per camera, then pad) -> {camera: {"object_uv", "pad_uv", "object_confidence",
+    "pad_confidence"}} with plain floats (JSON). Anything else (no points, a policy without target points,
+    wrong shapes, non-finite values) -> {}: a report that cannot be read is left out, never raised."""
+    n = len(cameras)
+    try:
+        uv = np.asarray(points, dtype=np.float64)
+        conf = np.full(2 * n, np.nan) if confidence is None else np.asarray(confidence, dtype=np.float64)
+    except (TypeError, ValueError):
+        return {}
+    if points is None or n == 0 or uv.shape != (4 * n,) or conf.shape != (2 * n,) or not np.isfinite(uv).all():
+        return {}
+    uv = uv.reshape(2, n, 2)  # (object, pad) x camera x (u, v)
+    out = {}
+    for i, camera in enumerate(cameras):
+        out[camera] = {"object_uv": [round(float(x), 4) for x in uv[0, i]],
+                       "pad_uv": [round(float(x), 4) for x in uv[1, i]]}
+        for k, target in enumerate(("object", "pad")):
+            if np.isfinite(conf[k * n + i]):
+                out[camera][f"{target}_confidence"] = round(float(conf[k * n + i]), 4)
+    return out
 
 
 def assess(status: dict, new_rejections: int = 0) -> tuple[int, str, list[tuple[str, str]]]:
@@ -64,6 +91,9 @@ def assess(status: dict, new_rejections: int = 0) -> tuple[int, str, list[tuple[
               ("refused_resets", status.get("refused_resets")), ("faults", status.get("faults"))]
     pairs += [(f"rejected/{kind}", count) for kind, count in sorted(status.get("rejections", {}).items())]
     pairs += [(f"last_rejection/{kind}", text) for kind, text in sorted(status.get("last_rejection", {}).items())]
+    for camera, point in sorted(status.get("pointing", {}).items()):  # reported only: no effect on the level
+        pairs += [(f"pointing/{camera}/{key}", ",".join(f"{x:.3f}" for x in value) if isinstance(value, list) else value)
+                  for key, value in point.items()]
     return level, message, [(key, _text(value)) for key, value in pairs]
 
 

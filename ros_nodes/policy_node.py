@@ -7,7 +7,8 @@ Topics (names relative, so a namespace or remap moves them):
     sub  instruction                  std_msgs/String            typed (`mot say`) or spoken (audio_node)
     sub  estop                        std_msgs/Bool              True latches the e-stop
     pub  joint_trajectory             trajectory_msgs/JointTrajectory   chunks and holds, always guarded
-    pub  policy/status                std_msgs/String (JSON)     mode, e-stop, stale inputs, latency
+    pub  policy/status                std_msgs/String (JSON)     mode, e-stop, stale inputs, latency, and
+                                                                 where the policy pointed ("pointing")
     pub  /diagnostics                 diagnostic_msgs/DiagnosticArray   the same, for ros2 tools (1 Hz)
     srv  policy/reset_estop           rcl_interfaces/SetParameters      the only way out of an e-stop:
                                       one string parameter ``token`` holding the operator's token
@@ -20,6 +21,10 @@ control tick stay on time while the model thinks. The worker never dies silently
 outside the model, a dead thread or a hung inference call is a fault (hold, mode "fault", ERROR on
 /diagnostics). ``close()`` (SIGINT/SIGTERM through ``run_node`` / `mot stack`) publishes a final hold.
 With ``trusted_key`` (an ed25519 public key) the node does not start on a checkpoint that key did not sign.
+The checkpoint directory is all the node needs: a policy trained with target points points at the
+instruction's object and pad itself (its grounding head is part of the checkpoint, so the signature
+covers it); the node reports those points and their confidence on policy/status and /diagnostics, and
+they never change what is published or how it is guarded.
 """
 
 from __future__ import annotations
@@ -43,8 +48,6 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory
 
-from policy.errors import CheckpointError
-from policy.pointing import Pointer
 from policy.runtime import PolicyRunner
 from policy.signing import key_id, resolve_trusted_key
 from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, lock_process_memory, now_s,
@@ -53,7 +56,7 @@ from ros_nodes.controller import PolicyController
 from ros_nodes.controller_config import ControllerConfig, Inference, Request
 from ros_nodes.convert import (chunk_to_trajectory, fit_image, image_to_numpy, joint_state_to_vector,
                                seconds_to_time, time_to_seconds)
-from ros_nodes.diagnostics import diagnostic_array
+from ros_nodes.diagnostics import diagnostic_array, pointing_status
 from ros_nodes.estop import ensure_token, token_file_warning, token_from_request, token_matches
 from ros_nodes.guarded_publisher import Command, GuardedCommandPublisher
 from ros_nodes.safety import EStopLatch, SafetyGuard, SafetyLimits
@@ -63,7 +66,6 @@ from ros_nodes.safety import EStopLatch, SafetyGuard, SafetyLimits
 PARAMETERS: dict[str, Any] = {
     "checkpoint": "",  # checkpoint directory (policy.MoTPolicy.save); required unless a runner is passed in
     "backend": "torch",  # torch | onnxruntime | tensorrt
-    "points_from": "",  # align run whose model points at the target (target_points checkpoint; "" = its bundled one)
     # ed25519 public key PEM the checkpoint's manifest.sig must verify with (`mot pack --sign`); "": $MOT_TRUSTED_KEY,
     # else nothing is checked. A robot sets it: the node then refuses to start on an unsigned or mis-signed checkpoint.
     "trusted_key": "",
@@ -98,6 +100,12 @@ PARAMETERS: dict[str, Any] = {
     "diagnostics_hz": 1.0,
     "lock_memory": False,  # mlockall once loaded (no page-fault stalls); the launch YAMLs turn it on
 }
+# Parameters of earlier versions, with why they went: set to anything but "", the node refuses to start (an
+# operator who names one expects something this node no longer does); "" (an old YAML's default) is accepted.
+RETIRED_PARAMETERS: dict[str, str] = {
+    "points_from": "the checkpoint points itself (format mot-policy/2: its grounding head is in the checkpoint, "
+                   "no align run or pointer beside it)",
+}
 
 
 def _read_parameters(node: Node) -> dict[str, Any]:
@@ -108,6 +116,10 @@ def _read_parameters(node: Node) -> dict[str, Any]:
             values[name] = node.get_parameter(name).value
         except ParameterUninitializedException:
             values[name] = None
+    for name, why in RETIRED_PARAMETERS.items():
+        value = node.declare_parameter(name, "").value
+        if value not in ("", None):
+            raise ValueError(f"{name}: retired, {why}; expected it unset, received {value!r}")
     return values
 
 
@@ -132,7 +144,7 @@ class PolicyNode(Node):
         for name in ("joint_names", "position_lower", "position_upper"):
             if not p[name]:
                 raise ValueError(f"{name}: expected a non-empty list parameter (the safety layer needs it), received none")
-        # The robot's state: the checkpoint's, less the target points a pointer appends (PolicyRunner).
+        # The robot's state: the checkpoint's, less the target points the policy appends itself (PolicyRunner).
         state_dim = getattr(runner, "robot_state_dim", model.state_dim if model is not None else 0)
         if model is not None and not (state_dim == model.action_dim == len(joint_names)):
             raise ValueError(f"joint_names: expected {state_dim} names (the checkpoint's state/action dim), "
@@ -190,6 +202,8 @@ class PolicyNode(Node):
         self._reported_rejections = 0
         self._diagnostic_name = f"{self.get_name()}: policy"
         self._hardware_id = str(p["checkpoint"] or type(runner).__name__)
+        self._cameras = tuple(model.cameras) if model is not None else cameras  # the order of the runner's points
+        self._pointing: dict = {}  # where the policy pointed on its latest plan (set by the worker, read by timers)
 
         # One reentrant group: callbacks may overlap on the executor's threads; the controller's lock
         # serialises what must be serialised, and the slow work (inference) is not on these threads.
@@ -227,16 +241,9 @@ class PolicyNode(Node):
         if trusted is None:
             log.warning("trusted_key is empty (and $MOT_TRUSTED_KEY unset): the checkpoint's signature is not "
                         "checked; a robot must set trusted_key")
-        elif p["points_from"]:
-            # The signature covers the checkpoint and the pointer it bundles, not an align run beside it.
-            raise CheckpointError(f"points_from: expected '' with a trusted key (an align run outside the checkpoint "
-                                  f"is not covered by its signature: bundle it with `mot pack --pointer` and sign), "
-                                  f"received {p['points_from']!r}")
         checked = f", checking its signature with key {key_id(trusted)}" if trusted is not None else ""
         log.info(f"loading {p['checkpoint']} (backend {p['backend']}{checked})")
-        # An explicit align run, else the pointer the checkpoint bundles (loaded once the checkpoint verified).
-        pointer = Pointer.for_checkpoint(p["points_from"], p["checkpoint"]) if p["points_from"] else "bundled"
-        return PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"], pointer=pointer, trusted_key=trusted)
+        return PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"], trusted_key=trusted)
 
     # -- callbacks: convert, validate, hand to the controller; a bad message is logged and dropped ----
     def _reject(self, what: str, exc: Exception) -> None:
@@ -296,11 +303,17 @@ class PolicyNode(Node):
             self.controller.on_fault("the inference worker thread has died", now)
         self.controller.tick(now)
 
+    def _status(self) -> dict:
+        status = self.controller.status(now_s(self))
+        if self._pointing:
+            status["pointing"] = self._pointing
+        return status
+
     def _publish_status(self) -> None:
-        self._status_pub.publish(json_string(self.controller.status(now_s(self))))
+        self._status_pub.publish(json_string(self._status()))
 
     def _publish_diagnostics(self) -> None:
-        status = self.controller.status(now_s(self))
+        status = self._status()
         new = status["rejected_messages"] - self._reported_rejections
         self._reported_rejections = status["rejected_messages"]
         self._diagnostics_pub.publish(diagnostic_array(self._diagnostic_name, self._hardware_id, status, new,
@@ -320,6 +333,9 @@ class PolicyNode(Node):
                 except Exception as exc:  # a refused input or a broken backend: the controller holds
                     self.controller.on_failure(request, exc, now_s(self))
                     continue
+                # Report only (never raises, whatever the runner holds): the chunk goes through the guard alone.
+                self._pointing = pointing_status(self._cameras, getattr(self.runner, "last_points", None),
+                                                 getattr(self.runner, "last_confidence", None))
                 self.controller.on_result(request, chunk, now_s(self), time.perf_counter() - started)
             except Exception as exc:  # outside the model: a bug or a broken publisher, never silent
                 if self._closing:

@@ -13,12 +13,14 @@ class EpisodeTrace:
     closest_target_m      smallest TCP-to-target-object distance of the episode (m)
     went_to_target        at the TCP's closest approach to *any* object (xy), that object was the target
     object_to_pad_m       last target-object-to-target-pad distance in xy (push / place only, m)
-    first_point_err_px    target points from a pointer: its object point's distance from the truth in the first
-                          camera at the first plan (pixels); first_pad_point_err_px the same for the pad
+    first_point_err_px    a policy that points itself (target points): its object point's distance from the truth
+                          in the first camera at the first plan (pixels); first_pad_point_err_px the same for the pad
     first_point_on_target the scene object nearest that point is the instruction's (a wrong object, not an
                           imprecise point, when false)
     point_err_px          per pointing camera, the median over the episode's plans of the object point's error
                           (a camera that moves with the arm loses the object from view)
+    point_confidence      per camera, the mean over the episode's plans of the grounding head's confidence in
+                          its object point (policy.grounding.point_confidence)
     """
 
     def __init__(self) -> None:
@@ -26,10 +28,11 @@ class EpisodeTrace:
         self.closest_any = np.inf
         self.closest_is_target = False
         self.object_to_pad: float | None = None
-        self.first_point_err_px: float | None = None  # set by ChunkedPolicy (target points from a pointer)
+        self.first_point_err_px: float | None = None  # set by ChunkedPolicy (a policy that points itself)
         self.first_pad_point_err_px: float | None = None
         self.first_point_on_target: bool | None = None
         self.point_errs_px: dict[str, list[float]] = {}
+        self.point_confidence: dict[str, list[float]] = {}
 
     def observe(self, info: dict) -> None:
         """Reads the sim's info (TCP, objects); an env that reports none of it (another robot) leaves the
@@ -60,6 +63,8 @@ class EpisodeTrace:
             out["first_point_on_target"] = self.first_point_on_target
         if self.point_errs_px:
             out["point_err_px"] = {c: float(np.median(e)) for c, e in self.point_errs_px.items()}
+        if self.point_confidence:
+            out["point_confidence"] = {c: float(np.mean(v)) for c, v in self.point_confidence.items()}
         return out
 
 
@@ -74,7 +79,7 @@ def diagnostics(traces: list[dict]) -> dict:
     if pads:
         out["median_object_to_pad_m"] = round(float(np.median(pads)), 4)
     points = [t["first_point_err_px"] for t in traces if "first_point_err_px" in t]
-    if points:  # where the pointer put the object on the first frame, in the first camera
+    if points:  # where the policy put the object on the first frame, in the first camera
         out["median_first_point_err_px"] = round(float(np.median(points)), 2)
         out["first_point_within_8px_rate"] = round(float(np.mean(np.array(points) <= 8.0)), 3)
     pad_points = [t["first_pad_point_err_px"] for t in traces if "first_pad_point_err_px" in t]
@@ -87,4 +92,7 @@ def diagnostics(traces: list[dict]) -> dict:
     along = [t["point_err_px"] for t in traces if "point_err_px" in t]
     if along:  # per camera: median over episodes of each episode's median error along the way
         out["median_point_err_px"] = {c: round(float(np.median([a[c] for a in along])), 2) for c in along[0]}
+    confident = [t["point_confidence"] for t in traces if "point_confidence" in t]
+    if confident:  # per camera: mean over episodes of the head's mean confidence in its object point
+        out["mean_point_confidence"] = {c: round(float(np.mean([a[c] for a in confident])), 3) for c in confident[0]}
     return out

@@ -3,11 +3,15 @@ action error on recorded demonstrations).
 
     mot eval --checkpoint runs/policy/checkpoint --episodes 50 --split both --video eval.mp4 --json
     mot eval --checkpoint runs/policy/checkpoint --open-loop runs/demos --json
+    mot eval --checkpoint runs/policy/checkpoint --sim-points --json     # target points: the simulator's truth
 
 Per task family and overall, on the train and/or held-out instruction splits. Episodes use seeds
 EVAL_SEED_BASE + i, far from collection seeds, so evaluation scenes are never training scenes.
 The policy runs chunked, as on a robot: a chunk is sampled, its first `--execute-steps` actions are
-executed, then it re-plans (LeRobot's action queue).
+executed, then it re-plans (LeRobot's action queue; training/chunked_policy.py). A checkpoint trained
+with target points points itself, as on a robot, and the diagnostics say how well (pixels from the truth,
+on-target rate, the grounding head's confidence); `--sim-points` hands it the simulator's ground truth
+instead: an upper bound, what perfect pointing would give. The JSON says which in "target_points".
 """
 
 from __future__ import annotations
@@ -31,82 +35,18 @@ from policy.artifacts import atomic_write_bytes, atomic_write_json
 from policy.checkpoint import checkpoint_id, load_checkpoint
 from policy.errors import InputError
 from policy.options import parse
-from policy.pointing import Pointer
 from policy.runtime import PolicyRunner
 from training.collect import DEFAULT_ENV, load_callable, task_families
-from training.data import ChunkDataset, pixels_from_info, read_episodes, split_episodes, target_point_vector
-from training.episode_trace import EpisodeTrace, diagnostics
+from training.chunked_policy import ChunkedPolicy
+from training.data import ChunkDataset, read_episodes, split_episodes
+from training.episode_trace import diagnostics
 from training.paths import DEFAULT_CHECKPOINT
-from training.video import compose, mark_outcome, write_video
+from training.video import mark_outcome, write_video
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 EVAL_SEED_BASE = 1_000_000
-
-
-class SimTargetPoints:
-    """Target points from the simulator's `info` (its ground truth): what a target_points policy trained on."""
-
-    def __init__(self, cameras: list[str], rng_seed: int = 0):
-        self.cameras = cameras
-        self.rng = np.random.default_rng(rng_seed)  # the random pad point of a task without a pad
-
-    def __call__(self, obs: dict, info: dict) -> np.ndarray:
-        return target_point_vector(*pixels_from_info(info, self.cameras), self.rng)
-
-
-class ChunkedPolicy:
-    """fn(obs, info) -> action, re-planning every `execute_steps`; optionally records annotated frames.
-
-    `trace` follows the episode through the infos it is handed (see `EpisodeTrace`)."""
-
-    def __init__(self, runner: PolicyRunner, execute_steps: int, record: bool = False, rng_seed: int = 0):
-        if not 1 <= execute_steps <= runner.config.horizon:
-            raise InputError(f"execute_steps: expected 1..{runner.config.horizon}, received {execute_steps}")
-        self.runner, self.execute_steps = runner, execute_steps
-        # A target_points policy without a pointer in its runner reads the simulator's ground truth.
-        self.sim_points = SimTargetPoints(list(runner.config.cameras), rng_seed) \
-            if runner.config.target_points is not None and runner.pointer is None else None
-        self.queue: list[np.ndarray] = []
-        self.frames: list[np.ndarray] = [] if record else None
-        self.rng = np.random.default_rng(rng_seed)  # sampling noise: reproducible episodes
-        self.trace = EpisodeTrace()
-
-    def __call__(self, obs: dict, info: dict) -> np.ndarray:
-        self.trace.observe(info)
-        if self.frames is not None:
-            self.frames.append(compose(obs["images"], obs["instruction"], step=len(self.frames)))
-        if not self.queue:
-            cfg = self.runner.config
-            noise = self.rng.standard_normal((cfg.horizon, cfg.action_dim))
-            state = np.asarray(obs["state"], np.float32)
-            if self.sim_points is not None:
-                state = np.concatenate([state, self.sim_points(obs, info)])
-            chunk = self.runner.infer(obs["images"], state, obs["instruction"], noise=noise.astype(np.float32))
-            if self.runner.pointer is not None:
-                self.trace_pointer(self.runner.last_points, info)
-            self.queue = list(chunk[: self.execute_steps])
-        return self.queue.pop(0)
-
-    def trace_pointer(self, points: np.ndarray, info: dict) -> None:
-        """How far the pointer's object point is from the truth per pointing camera on this plan; on the first
-        plan also the pad's, and which scene object the first camera's point is nearest to."""
-        cfg, trace = self.runner.config, self.trace
-        cameras = list(cfg.cameras)
-        obj, pad = pixels_from_info(info, cameras)
-        # target_point_vector: object (u, v) per camera, then pad (u, v) per camera; truth clipped as trained
-        errs = np.linalg.norm(points[: 2 * len(cameras)].reshape(-1, 2) - np.clip(obj, 0, 1), axis=1) * cfg.image_size
-        for camera, err in zip(cameras, errs):
-            trace.point_errs_px.setdefault(camera, []).append(float(err))
-        if trace.first_point_err_px is not None:
-            return
-        trace.first_point_err_px = float(errs[0])
-        nearest = min(info["objects"], key=lambda o: np.linalg.norm(np.asarray(o["pixels"][cameras[0]]) - points[:2]))
-        trace.first_point_on_target = nearest["name"] == info["target_object"]
-        pad_at = 2 * len(cameras)
-        if not np.isnan(pad).any():  # push / place
-            trace.first_pad_point_err_px = float(np.linalg.norm(points[pad_at:pad_at + 2] - pad[0]) * cfg.image_size)
 
 
 def make_env(task: str, split: str, runner: PolicyRunner, env_spec: str | None = None):
@@ -155,19 +95,28 @@ def append_log(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def points_source(runner: PolicyRunner, sim_points: bool) -> str | None:
+    """Where the body's target points come from in this evaluation: "model" (its own grounding head, what a
+    robot gets), "simulator" (--sim-points: the ground truth) or None (a policy without target points)."""
+    if runner.config.target_points is None:
+        return None
+    return "simulator" if sim_points else "model"
+
+
 def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: list[str], execute_steps: int,
              video: Path | None = None, progress: bool = True, log: Path | None = None,
-             env_spec: str | None = None) -> dict:
+             env_spec: str | None = None, sim_points: bool = False) -> dict:
     """Closed-loop success per split and family. log: JSON lines, one per finished episode; episodes it
-    already holds for this same evaluation are taken from it instead of being run again."""
+    already holds for this same evaluation are taken from it instead of being run again. sim_points: a
+    target_points policy acts on the simulator's truth instead of its own points (an upper bound)."""
     identity = {"checkpoint_id": getattr(runner.policy, "checkpoint_id", None), "backend": runner.backend.name,
                 "env": env_spec,
                 "execute_steps": execute_steps,
-                "target_points": runner.pointer.source if runner.pointer is not None else None}
+                "target_points": points_source(runner, sim_points)}
     done = read_log(log, identity)
     results: dict = {"episodes_per_family": episodes, "execute_steps": execute_steps, "splits": {}}
-    if runner.config.target_points is not None:
-        results["target_points"] = f"pointer {runner.pointer.source}" if runner.pointer is not None else "simulator"
+    if identity["target_points"] is not None:
+        results["target_points"] = identity["target_points"]
     frames: list[np.ndarray] = []
     t0 = time.perf_counter()
     bar = tqdm(total=episodes * len(families) * len(splits), desc="eval", unit="ep", disable=not progress)
@@ -179,7 +128,8 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
             for i in range(episodes):
                 record = done.get((split, family, i))
                 if record is None or (video is not None and i == 0):  # the video episode always runs
-                    record = run_episode(env, runner, execute_steps, i, record_frames=video is not None and i == 0)
+                    record = run_episode(env, runner, execute_steps, i, record_frames=video is not None and i == 0,
+                                         sim_points=sim_points)
                     if "frames" in record:  # one video episode per family and split; hold its last frame a
                         shown = record.pop("frames")  # second, with the outcome on it
                         frames += mark_outcome(shown + [shown[-1]] * 10, record["success"])
@@ -202,9 +152,10 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
     return results
 
 
-def run_episode(env, runner: PolicyRunner, execute_steps: int, i: int, record_frames: bool) -> dict:
+def run_episode(env, runner: PolicyRunner, execute_steps: int, i: int, record_frames: bool,
+                sim_points: bool = False) -> dict:
     """Episode i (seed EVAL_SEED_BASE + i) -> {"success", "steps", "trace"[, "frames"]}."""
-    fn = ChunkedPolicy(runner, execute_steps, record=record_frames, rng_seed=i)
+    fn = ChunkedPolicy(runner, execute_steps, record=record_frames, rng_seed=i, sim_points=sim_points)
     result = sim.rollout(env, fn, seed=EVAL_SEED_BASE + i)
     fn.trace.observe(result.info)  # the last step's info never reaches the policy
     out = {"success": bool(result.success), "steps": int(result.steps), "trace": fn.trace.summary()}
@@ -236,13 +187,14 @@ def summary_png(results: dict, path: Path) -> Path:
 
 
 def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdout_fraction: float = 0.1,
-              seed: int = 0, batch_size: int = 32) -> dict:
+              seed: int = 0, batch_size: int = 32, sim_points: bool = False) -> dict:
     """Action error on recorded demonstrations (no rollout): is the policy imitating the expert at all?
 
     Frames from the held-out episodes of `mot train`'s split (same fraction and seed) -> a sampled
     chunk vs the expert's chunk, mean absolute error over the first `steps` actions, per joint group,
     next to the "hold still" baseline (the chunk = the current joint positions). A policy whose joint
     error is close to the baseline has not learned where to move, whatever its flow loss says.
+    A target_points policy gets the robot's state and points itself; sim_points: the recorded truth instead.
     """
     import torch
 
@@ -254,16 +206,21 @@ def open_loop(policy, data_dir: Path, samples: int = 256, steps: int = 5, holdou
     picked = rng.choice(len(data), size=min(samples, len(data)), replace=False)
     generator = torch.Generator().manual_seed(seed)
     errors, baseline = [], []
+    robot = policy.cfg.robot_state_dim  # the dataset's state carries the truth's target points after the robot's
     for start in range(0, len(picked), batch_size):
         batch = data.batch(picked[start:start + batch_size])
         noise = torch.randn((len(batch["state"]), policy.cfg.horizon, policy.cfg.action_dim), generator=generator)
-        chunk = policy.sample_actions({k: batch[k] for k in ("images", "state", "instruction")}, noise=noise).numpy()
+        points = torch.from_numpy(batch["state"][:, robot:]) if sim_points else None
+        obs = {"images": batch["images"], "state": batch["state"][:, :robot], "instruction": batch["instruction"]}
+        chunk = policy.sample_actions(obs, noise=noise, points=points).numpy()
         expert = batch["actions"]
         errors.append(np.abs(chunk - expert)[:, :steps])
         baseline.append(np.abs(batch["state"][:, None, : expert.shape[-1]] - expert)[:, :steps])
     err, base = np.concatenate(errors), np.concatenate(baseline)
     joints = slice(0, policy.cfg.action_dim - 1)  # the last action dimension is the gripper command
+    source = None if policy.cfg.target_points is None else ("simulator" if sim_points else "model")
     return {"samples": int(len(err)), "steps": steps, "frames_from": "held-out episodes of the training split",
+            **({"target_points": source} if source else {}),
             "joint_mae_rad": round(float(err[..., joints].mean()), 5),
             "hold_still_joint_mae_rad": round(float(base[..., joints].mean()), 5),
             "joint_mae_over_hold_still": round(float(err[..., joints].mean() / base[..., joints].mean()), 4),
@@ -302,10 +259,9 @@ class EvalConfig:
     """instead of rollouts: action error on this dataset's held-out demonstrations vs holding still"""
     samples: int = 256
     """frames for --open-loop"""
-    points_from: Path | None = None
-    """a target-points checkpoint reads its points from this align run's model instead of its bundled pointer"""
     sim_points: bool = False
-    """a target-points checkpoint reads the simulator's truth even if it bundles a pointer"""
+    """a target-points checkpoint acts on the simulator's ground-truth points instead of its own (an upper
+    bound: what perfect pointing would give; default: the policy points itself, as on a robot; torch only)"""
 
     def __post_init__(self) -> None:
         for name in ("episodes", "samples"):
@@ -317,8 +273,9 @@ class EvalConfig:
         unknown = sorted(set(self.families()) - set(known))
         if unknown:
             raise InputError(f"tasks: expected 'all' or families among {known}, received {unknown}")
-        if self.sim_points and self.points_from:
-            raise InputError("sim_points: expected without --points-from (they name two sources of target points)")
+        if self.sim_points and self.backend != "torch":
+            raise InputError(f"sim_points: expected --backend torch (the exported graphs compute their own points), "
+                             f"received {self.backend!r}")
 
     def families(self) -> list[str]:
         return task_families(self.env or DEFAULT_ENV) if self.tasks == "all" else [t.strip() for t in self.tasks.split(",")]
@@ -331,23 +288,30 @@ class EvalConfig:
 
 
 def run_open_loop(cfg: EvalConfig) -> dict:
+    policy = load_checkpoint(cfg.checkpoint)
+    check_sim_points(cfg, policy.cfg)
     return {"checkpoint": str(cfg.checkpoint), "data": str(cfg.open_loop),
-            **open_loop(load_checkpoint(cfg.checkpoint), cfg.open_loop, cfg.samples)}
+            **open_loop(policy, cfg.open_loop, cfg.samples, sim_points=cfg.sim_points)}
+
+
+def check_sim_points(cfg: EvalConfig, policy_cfg) -> None:
+    if cfg.sim_points and policy_cfg.target_points is None:
+        raise InputError(f"sim_points: expected a checkpoint with target points (mot train --target-points model), "
+                         f"{cfg.checkpoint} has none")
 
 
 def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     """The closed-loop evaluation `mot eval` runs; also the recipe's eval stage."""
-    # A target_points checkpoint reads its points from the align run's pointer (--points-from), the pointer
-    # it bundles or, here only (no pointer, or --sim-points), from the simulator's ground truth.
-    pointer = None if cfg.sim_points else Pointer.resolve(cfg.points_from, cfg.checkpoint)
-    runner = PolicyRunner.from_checkpoint(cfg.checkpoint, backend=cfg.backend, allow_privileged=True, pointer=pointer)
+    # A target_points checkpoint points itself, as on a robot; --sim-points hands it the simulator's truth.
+    runner = PolicyRunner.from_checkpoint(cfg.checkpoint, backend=cfg.backend)
+    check_sim_points(cfg, runner.config)
     execute = cfg.execute_steps or max(1, runner.config.horizon // 2)
     families, splits = cfg.families(), cfg.splits()
     print(f"eval: {cfg.episodes} episodes x {len(families)} families x {len(splits)} splits = "
           f"{cfg.episodes * len(families) * len(splits)} episodes", file=sys.stderr)
     results = {"checkpoint": str(cfg.checkpoint), "checkpoint_id": checkpoint_id(cfg.checkpoint), "backend": cfg.backend,
                **evaluate(runner, cfg.episodes, splits, families, execute, cfg.video, progress, cfg.log_path(),
-                         cfg.env)}
+                         cfg.env, cfg.sim_points)}
     summary = cfg.summary or ((cfg.video or cfg.out or Path("eval.json")).with_suffix(".png"))
     results["summary_png"] = str(summary_png(results, summary))
     if cfg.out:

@@ -1,7 +1,8 @@
 """`mot run "put the red cube on the blue pad"`: the main job.
 
 Builds a sim scene in which the instruction makes sense (or says why it cannot), executes it with
-the policy, prints whether it succeeded and where the rollout video is.
+the policy, prints whether it succeeded and where the rollout video is. The one checkpoint directory is
+all it needs: a policy trained with target points points at the instruction's object and pad itself.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import tyro
 import sim
 from policy.errors import CheckpointError, InputError
 from policy.options import parse
-from policy.pointing import Pointer
 from policy.runtime import PolicyRunner
-from training.evaluate import ChunkedPolicy, make_env
+from training.chunked_policy import ChunkedPolicy
+from training.evaluate import make_env
 from training.paths import DEFAULT_CHECKPOINT, REPO_ROOT
 from training.video import write_video
 
@@ -36,9 +37,6 @@ class RunConfig:
     """which runtime runs the graphs"""
     execute_steps: int | None = None
     """actions executed per chunk before re-planning (default: horizon / 2)"""
-    points_from: Path | None = None
-    """for a target-points checkpoint: the align run whose model points at the target (default: the
-    pointer the checkpoint bundles)"""
     video: Path | None = None
     """rollout video (default: outputs/run_<time>.mp4)"""
     json: bool = False
@@ -60,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.checkpoint / "manifest.json").is_file():
         raise CheckpointError(f"checkpoint: expected a checkpoint directory at {args.checkpoint} (the default is the "
                               "shipped checkpoints/default; see README: 'How the default checkpoint was made')")
-    runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend,
-                                          pointer=Pointer.resolve(args.points_from, args.checkpoint))
+    runner = PolicyRunner.from_checkpoint(args.checkpoint, backend=args.backend)  # it points itself, if it points
     env = make_env("multi", "train", runner)
     fn = ChunkedPolicy(runner, args.execute_steps or max(1, runner.config.horizon // 2), record=True,
                        rng_seed=args.seed)

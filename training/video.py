@@ -2,6 +2,8 @@
 
 compose(images, caption, step=...)  {camera: (H, W, 3) uint8 RGB} -> one (28 + H*scale, sum(W)*scale, 3) frame:
     cameras side by side (sorted by name), each labelled with its name, the caption (and "step N") on a top band.
+mark_points(images, points, cameras)  copies of the camera images with the policy's target points drawn on them
+    (a magenta cross on the object point, a cyan one on the pad point): where the policy pointed.
 write_video(path, frames, fps, outcome=...)  (H, W, 3) uint8 RGB frames -> mp4 (libx264, yuv420p, sizes padded
     to even); with an outcome, the last second carries a green SUCCESS / red FAILED banner.
 encoder()  the encoder this PyAV build uses: the first of CODECS that opens ("libx264", else "h264", else "mpeg4").
@@ -24,6 +26,7 @@ OUTCOME_SECONDS = 1.0  # how long before the end the outcome banner shows
 BAND = 28  # caption band height, px
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+OBJECT_MARK, PAD_MARK = (255, 0, 255), (0, 255, 255)  # magenta: the object point; cyan: the pad point
 
 
 @functools.cache
@@ -80,6 +83,28 @@ def compose(images: dict[str, np.ndarray], caption: str, scale: int = 3, step: i
         right -= 12
     cv2.putText(band, _fit(caption, right - 6, 0.5), (6, 19), FONT, 0.5, WHITE, 1, cv2.LINE_AA)
     return np.concatenate([band, row], axis=0)
+
+
+def mark_points(images: dict[str, np.ndarray], points: np.ndarray, cameras: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """{camera: (H, W, 3) uint8 RGB} and target points (4 * cams,: object (u, v) in [0, 1] per camera in `cameras`
+    order, then pad; PolicyRunner.last_points) -> the same dict with copies of those cameras' images marked:
+    an OBJECT_MARK cross on the object point, a PAD_MARK cross on the pad point (drawn before compose upscales)."""
+    n = len(cameras)
+    points = np.asarray(points, np.float64)
+    if points.shape != (4 * n,):
+        raise ValueError(f"points: expected shape ({4 * n},) (object and pad (u, v) per camera), received {points.shape}")
+    out = dict(images)
+    for i, camera in enumerate(cameras):
+        if camera not in images:
+            continue
+        view = np.ascontiguousarray(images[camera]).copy()
+        h, w = view.shape[:2]
+        for k, color in enumerate((OBJECT_MARK, PAD_MARK)):
+            u, v = np.clip(np.nan_to_num(points[2 * (k * n + i):2 * (k * n + i) + 2]), 0.0, 1.0)
+            at = (min(int(u * w), w - 1), min(int(v * h), h - 1))
+            cv2.drawMarker(view, at, color, cv2.MARKER_CROSS, max(5, w // 10), 1)
+        out[camera] = view
+    return out
 
 
 def banner(frame: np.ndarray, outcome: bool | str) -> np.ndarray:

@@ -1,11 +1,13 @@
 """The e-stop reset token and the /diagnostics status, without a ROS graph."""
 
+import json
 import stat
 
+import numpy as np
 import pytest
 
 from policy.errors import InputError
-from ros_nodes.diagnostics import ERROR, OK, WARN, assess, diagnostic_array
+from ros_nodes.diagnostics import ERROR, OK, WARN, assess, diagnostic_array, pointing_status
 from ros_nodes.estop import (ensure_token, main as estop_main, read_token, reset_request, token_file_warning,
                              token_from_request, token_matches)
 from training.cli import main as mot
@@ -92,3 +94,33 @@ def test_one_diagnostic_status_per_node():
     array = diagnostic_array("policy_node: policy", "ckpt", STATUS, 0, stamp=Time(sec=5))
     assert len(array.status) == 1 and array.status[0].name == "policy_node: policy"
     assert array.status[0].level == bytes([OK]) and array.header.stamp.sec == 5
+
+
+def test_the_pointing_report_follows_the_runners_layout():
+    """last_points: object (u, v) per camera, then pad; last_confidence: object per camera, then pad."""
+    points = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], np.float32)
+    report = pointing_status(("front", "wrist"), points, np.array([0.9, 0.8, 0.4, 0.3], np.float32))
+    assert report == {"front": {"object_uv": [0.1, 0.2], "pad_uv": [0.5, 0.6], "object_confidence": 0.9,
+                                "pad_confidence": 0.4},
+                      "wrist": {"object_uv": [0.3, 0.4], "pad_uv": [0.7, 0.8], "object_confidence": 0.8,
+                                "pad_confidence": 0.3}}
+    json.dumps(report)  # plain floats: policy/status carries it as JSON
+    assert pointing_status(("front", "wrist"), points, None)["front"] == {"object_uv": [0.1, 0.2], "pad_uv": [0.5, 0.6]}
+
+
+@pytest.mark.parametrize("points,confidence", [
+    (None, None), (np.zeros(5), np.zeros(4)), (np.full(8, np.nan), np.zeros(4)), (np.zeros(8), np.zeros(3)),
+    ("not points", None), ([object()] * 8, None), (np.zeros(8), {"front": 1.0}), (np.zeros((2, 4)), np.zeros(4))])
+def test_a_pointing_report_it_cannot_read_is_left_out_not_raised(points, confidence):
+    assert pointing_status(("front", "wrist"), points, confidence) == {}
+
+
+def test_pointing_is_reported_on_diagnostics_and_never_changes_the_level():
+    pointing = pointing_status(("front",), np.array([0.25, 0.5, 0.75, 1.0]), np.array([0.02, 0.6]))
+    for change, level in (({}, OK), ({"mode": "estop", "estop": True}, WARN), ({"mode": "fault", "fault": "x"}, ERROR)):
+        got, message, pairs = assess({**STATUS, **change, "pointing": pointing})
+        assert (got, message) == assess({**STATUS, **change})[:2] and got == level  # a low confidence is no warning
+        values = dict(pairs)
+        assert values["pointing/front/object_uv"] == "0.250,0.500" and values["pointing/front/pad_uv"] == "0.750,1.000"
+        assert values["pointing/front/object_confidence"] == "0.02" and values["pointing/front/pad_confidence"] == "0.6"
+    assert not any(k.startswith("pointing/") for k, _ in assess(STATUS)[2])

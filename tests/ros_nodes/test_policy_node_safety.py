@@ -4,6 +4,7 @@ A small "robot" in the test publishes camera frames and joint states at 10 Hz li
 everything the node publishes on joint_trajectory is checked against the limits in launch/config/sim.yaml.
 """
 
+import json
 import tempfile
 import threading
 import time
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
+from diagnostic_msgs.msg import DiagnosticArray
 from hypothesis import HealthCheck, given, settings, strategies as st
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
@@ -22,8 +23,6 @@ from trajectory_msgs.msg import JointTrajectory
 
 from policy import MoTPolicy, PolicyConfig
 from policy.checkpoint import save_checkpoint
-from policy.cli import pack_main as pack
-from policy.pointing import GroundingHead
 from ros_nodes.ament import share_directory
 from ros_nodes.convert import numpy_to_image, time_to_seconds
 from ros_nodes.estop import reset_request
@@ -251,41 +250,38 @@ def test_dry_run_publishes_no_command(ros, tiny_checkpoint):
     assert trajectories == []
 
 
-def _body_and_align_run(tmp_path):
-    """A tiny target-points body checkpoint (tmp_path/body) and an untrained align run's layout (tmp_path/align:
-    its checkpoint + grounding head in train_state.pt) -> the body's checkpoint path."""
-    body = MoTPolicy(PolicyConfig.preset("tiny"))
-    body.set_target_points("sim")
-    checkpoint = save_checkpoint(body, tmp_path / "body")
-    align = MoTPolicy(PolicyConfig.preset("tiny"))
-    save_checkpoint(align, tmp_path / "align" / "checkpoint")
-    head = {f"head.{k}": v for k, v in GroundingHead(align.dims.width).state_dict().items()}
-    torch.save({"config": {"stage": "align"}, "params": head, "ema": None}, tmp_path / "align" / "train_state.pt")
-    return checkpoint
+@pytest.fixture(scope="module")
+def pointing_checkpoint(tmp_path_factory):
+    """A tiny checkpoint that points, then acts: its target points come from its own grounding head."""
+    policy = MoTPolicy(PolicyConfig.preset("tiny"))
+    policy.set_target_points("model")
+    return save_checkpoint(policy, tmp_path_factory.mktemp("ckpt") / "pointing")
 
 
-def test_a_target_points_checkpoint_plans_with_its_pointer_and_is_refused_without(ros, tmp_path):
-    """points_from: the node hands the runner the robot's 7 joints, the pointer adds where the target is."""
-    checkpoint = _body_and_align_run(tmp_path)
-    with pytest.raises(ValueError, match="needs a pointer"):
-        start(ros, checkpoint)
-    node, robot, instruction = start(ros, checkpoint, points_from=str(tmp_path / "align"))
+def test_a_target_points_checkpoint_plans_with_no_pointer_parameter(ros, pointing_checkpoint):
+    """The checkpoint alone: the node hands the runner the robot's 7 joints, the policy points itself, and
+    where it pointed (with its confidence) is reported on policy/status and /diagnostics."""
+    node, robot, instruction = start(ros, pointing_checkpoint)
+    assert node.runner.robot_state_dim == 7 and node.runner.config.state_dim == 15
     trajectories = ros.collect(JointTrajectory, "joint_trajectory")
+    statuses = ros.collect(String, "policy/status")
+    reports = ros.collect(DiagnosticArray, "/diagnostics")
     instruction.publish(String(data="put the red cube on the blue pad"))
     ros.wait_for(lambda: len(chunks(trajectories)) >= 2, 30, "planned chunks")
     assert node.runner.last_points.shape == (8,)
+    ros.wait_for(lambda: any("pointing" in json.loads(m.data) for m in statuses), 5, "a status with the points")
+    pointing = next(json.loads(m.data)["pointing"] for m in reversed(statuses) if "pointing" in json.loads(m.data))
+    assert set(pointing) == {"front", "wrist"}
+    for point in pointing.values():
+        assert all(0.0 <= x <= 1.0 for x in point["object_uv"] + point["pad_uv"])
+        assert 0.0 < point["object_confidence"] <= 1.0 and 0.0 < point["pad_confidence"] <= 1.0
+    ros.wait_for(lambda: any(kv.key == "pointing/front/object_uv" for r in reports for s in r.status for kv in s.values),
+                 5, "/diagnostics with the points")
     assert_safe(trajectories)
 
 
-def test_a_packed_checkpoint_brings_its_own_pointer(ros, tmp_path):
-    """`mot pack --pointer`: with points_from left empty the node plans with the pointer the checkpoint bundles."""
-    checkpoint = _body_and_align_run(tmp_path)
-    assert pack(["--checkpoint", str(checkpoint), "--pointer", str(tmp_path / "align"),
-                 "--out", str(tmp_path / "packed")]) == 0
-    node, robot, instruction = start(ros, tmp_path / "packed")
-    assert node.runner.pointer.source == f"{tmp_path / 'align'} (bundled in {tmp_path / 'packed'})"
+def test_the_retired_points_from_parameter_stops_the_node_at_start(ros, pointing_checkpoint, tmp_path):
     trajectories = ros.collect(JointTrajectory, "joint_trajectory")
-    instruction.publish(String(data="put the red cube on the blue pad"))
-    ros.wait_for(lambda: len(chunks(trajectories)) >= 2, 30, "planned chunks")
-    assert node.runner.last_points.shape == (8,)
-    assert_safe(trajectories)
+    with pytest.raises(ValueError, match=r"points_from: retired, the checkpoint points itself .* received '/runs/align'"):
+        start(ros, pointing_checkpoint, points_from="/runs/align")
+    assert trajectories == []

@@ -2,9 +2,11 @@
 
 With a trusted key the node does not start on an unsigned or mis-signed checkpoint (CheckpointError
 naming it; the console script exits 1 with that one line and publishes nothing); a checkpoint signed
-with the key starts and plans.
+with the key starts and plans, a policy that points included: its grounding head is in the checkpoint,
+so the signature covers it.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,9 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
+from policy import MoTPolicy, PolicyConfig
+from policy.artifacts import sha256_file
+from policy.checkpoint import load_checkpoint, save_checkpoint
 from policy.errors import CheckpointError
 from policy.signing import TRUSTED_KEY_ENV, generate_key_pair, sign_manifest
 from tests.ros_nodes.test_policy_node_safety import SIM_YAML, chunks, start
@@ -54,11 +60,30 @@ def test_a_node_with_a_trusted_key_runs_a_checkpoint_signed_with_it(ros, tiny_ch
     ros.wait_for(lambda: len(chunks(trajectories)) >= 1, 30, "a chunk from the signed checkpoint")
 
 
-def test_a_trusted_key_refuses_an_align_run_outside_the_checkpoint(ros, tiny_checkpoint, tmp_path, keys):
+def test_the_signature_covers_the_grounding_head_a_policy_points_with(ros, tmp_path, keys):
+    """A signed target-points checkpoint starts and plans with no pointer beside it; its grounding head swapped
+    (and the manifest re-hashed to match, so the files check out) no longer verifies under the key."""
     trusted, _ = keys
-    signed = _signed_copy(tiny_checkpoint, trusted["private_key"], tmp_path)
-    with pytest.raises(CheckpointError, match="points_from: expected '' with a trusted key"):
-        start(ros, signed, trusted_key=trusted["public_key"], points_from=str(tmp_path / "align_run"))
+    policy = MoTPolicy(PolicyConfig.preset("tiny"))
+    policy.set_target_points("model")
+    signed = save_checkpoint(policy, tmp_path / "pointing", signing_key=trusted["private_key"])
+    node, _, instruction = start(ros, signed, trusted_key=trusted["public_key"])
+    trajectories = ros.collect(JointTrajectory, "joint_trajectory")
+    instruction.publish(String(data="put the red cube on the blue pad"))
+    ros.wait_for(lambda: len(chunks(trajectories)) >= 1, 30, "a chunk from the signed pointing checkpoint")
+    assert node.runner.last_points.shape == (8,)
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(signed, swapped)
+    weights = load_file(swapped / "model.safetensors")
+    weights["grounding.score.weight"] = -weights["grounding.score.weight"]  # points somewhere else
+    save_file(weights, swapped / "model.safetensors")
+    manifest = json.loads((swapped / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = sha256_file(swapped / "model.safetensors")
+    (swapped / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    assert load_checkpoint(swapped, trusted_key=None).cfg.target_points == "model"  # consistent files: it loads
+    with pytest.raises(CheckpointError, match="does not verify"):
+        start(ros, swapped, trusted_key=trusted["public_key"])
 
 
 def test_policy_node_exits_with_one_line_on_an_unsigned_checkpoint(ros, tiny_checkpoint, tmp_path, keys):

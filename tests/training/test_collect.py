@@ -9,11 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
+import sim
 from training.collect import collect, run_episode
-from training.data import ChunkDataset, load_manifest, read_episodes
+from training.data import (ChunkDataset, Episode, SceneTrack, dataset_features, episode_from_bytes, episode_to_bytes,
+                           load_manifest, pixels_from_info, read_episodes, save_manifest, target_point_vector)
 
 TOY = dict(env_spec="tests.training.toy_env:make_toy_env", expert_spec="tests.training.toy_env:toy_expert")
 
@@ -179,12 +182,8 @@ def test_action_noise_perturbs_the_executed_commands_not_the_stored_labels(tmp_p
 
 
 def test_target_points_from_live_info_match_the_recorded_track():
-    """What `mot eval` hands a target_points="sim" policy (from the env's info) is what it trained on (the track)."""
-    import gymnasium as gym
-
-    import sim  # noqa: F401
-    from training.data import ChunkDataset, Episode, SceneTrack, pixels_from_info, target_point_vector
-
+    """What `mot eval --sim-points` hands a target-points policy (from the env's info) is what its body trained on
+    (the track), and what its own points are measured against."""
     env = gym.make("mot/Tabletop-v0", task="place", image_size=64, render_mode="rgb_array")
     expert = sim.make_expert(env)
     obs, info = env.reset(seed=3)
@@ -210,8 +209,6 @@ def test_target_points_from_live_info_match_the_recorded_track():
 
 
 def test_target_point_vector_clips_into_the_image_and_draws_a_missing_pad():
-    from training.data import target_point_vector
-
     obj = np.array([[0.5, 0.25], [-7.0, 40.0]], np.float32)
     v = target_point_vector(obj, np.full((2, 2), np.nan, np.float32), np.random.default_rng(1))
     np.testing.assert_array_equal(v[:4], [0.5, 0.25, 0.0, 1.0])
@@ -274,7 +271,6 @@ def test_workers_die_with_a_killed_collect(tmp_path):
 
 
 def test_collect_records_fps_timestamps_and_dataset_features(tmp_path):
-    from training.data import dataset_features
 
     manifest = collect(tmp_path / "toy", episodes=2, tasks=["reach"], image_size=32, progress=False, **TOY)
     assert manifest["fps"] == 10.0 and manifest["source"] == {"format": "mot collect"}
@@ -291,7 +287,6 @@ def test_collect_records_fps_timestamps_and_dataset_features(tmp_path):
 
 def test_datasets_from_before_fps_still_load(tmp_path):
     """A dataset collected before fps/timestamps/sizes were recorded: fps None, facts read off an episode."""
-    from training.data import dataset_features, episode_from_bytes, episode_to_bytes, save_manifest
 
     out = tmp_path / "old"
     collect(out, episodes=2, tasks=["reach"], image_size=32, progress=False, **TOY)
