@@ -39,15 +39,16 @@ from torch import nn
 
 from policy.attention import ACTION, IMAGE, STATE, TEXT, Prefix, cat_tokens, euler_sample, make_attn_mask, posemb_sincos
 from policy.errors import InputError
-from policy.config import STAGES, PolicyConfig
+from policy.config import PolicyConfig
 from policy.experts import BertExpert, BodyExpert, merge_heads
 from policy.grounding import GroundingHead, point_confidence, pointed_uv
 from policy.inputs import Observation, validate_batch
 from policy.language import BertDims, BertEmbeddings, TextTokenizer, load_bert_weights, resolve_language_model
 from policy.normalize import NormStats, to_absolute, to_relative
+from policy.stages import TrainingStages
 from policy.vision import EfficientNetTrunk, ImageTokenizer, preprocess_images
 
-class MoTPolicy(nn.Module):
+class MoTPolicy(TrainingStages, nn.Module):
     def __init__(self, cfg: PolicyConfig, norm_stats: NormStats | None = None):
         super().__init__()
         self.cfg = cfg
@@ -109,36 +110,6 @@ class MoTPolicy(nn.Module):
         self.set_stage("policy")
 
     # -- training stages and normalisation ---------------------------------------------------------
-    def set_stage(self, stage: str, *, train_vision: bool = False) -> None:
-        """Chooses what trains. Language and the image trunk never do (in MoT routing).
-
-        align:  image projection + vision expert (grounding); everything else frozen.
-        policy: body expert + state/action/time modules; vision frozen unless `train_vision` (ablation).
-        Dense routing has one shared expert, which then trains with the body in "policy".
-        """
-        if stage not in STAGES:
-            raise InputError(f"stage: expected one of {STAGES}, received {stage!r}")
-        self.stage = stage
-        self.requires_grad_(False)
-        vision = [self.image_embed, self.grounding] + [layer[self.route["image"]] for layer in self.layers]
-        body = [self.state_in, self.action_in, self.time_mlp, self.action_norm, self.action_out]
-        body += [layer[self.route["body"]] for layer in self.layers]
-        if stage == "align" or train_vision:
-            for module in vision:
-                module.requires_grad_(True)
-            if self.cfg.vision_trainable == "attention" and self.cfg.routing == "mot":
-                for layer in self.layers:  # the FFN stays the language expert's copy
-                    for ffn in (layer["vision"].ffn_in, layer["vision"].ffn_out, layer["vision"].ffn_norm):
-                        ffn.requires_grad_(False)
-        if stage == "policy":
-            for module in body:
-                module.requires_grad_(True)
-            self.action_pos.requires_grad_(True)
-            self.state_cond.requires_grad_(True)
-        if self.cfg.routing == "mot":  # the language expert is frozen by construction
-            for layer in self.layers:
-                layer["language"].requires_grad_(False)
-
     def set_norm_stats(self, stats: NormStats) -> None:
         if stats.state_mean.shape != (self.cfg.state_dim,) or stats.action_mean.shape != (self.cfg.action_dim,):
             raise InputError(f"norm_stats: expected state ({self.cfg.state_dim},) and action ({self.cfg.action_dim},) "
@@ -179,12 +150,6 @@ class MoTPolicy(nn.Module):
 
     def unnormalize_actions(self, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         return to_absolute(actions * self.action_std + self.action_mean, state, self.delta_mask)
-
-    def prefix_trainable(self) -> bool:
-        """True when any parameter reached by the text/image passes is trainable (align, ablations)."""
-        modules = [self.image_embed, self.text_embed, self.grounding] + [layer[self.route[m]] for layer in self.layers
-                                                          for m in ("text", "image")]
-        return any(p.requires_grad for m in modules for p in m.parameters())
 
     # -- the joint-attention core ------------------------------------------------------------------
     def _forward(self, segments: list[tuple[str, torch.Tensor, torch.Tensor | None]],
@@ -413,23 +378,6 @@ class MoTPolicy(nn.Module):
         return self.unnormalize_actions(x, o.state)
 
     # Checkpoints: policy/checkpoint.py `save_checkpoint(policy, dir)` / `load_checkpoint(dir)` (a layer above).
-    def num_parameters(self) -> dict[str, dict[str, int]]:
-        """Parameters per expert/module group: {"language": {"total": n, "trainable": m}, ...}."""
-        groups: dict[str, list[nn.Parameter]] = {}
-        for name, p in self.named_parameters():
-            if name.startswith("layers."):
-                key = name.split(".")[2]
-            elif name.startswith(("text_embed",)):
-                key = "language"
-            elif name.startswith("trunk"):
-                key = "vision_trunk"
-            elif name.startswith("image_embed"):
-                key = "vision"
-            else:
-                key = "body"
-            groups.setdefault(key, []).append(p)
-        return {k: {"total": sum(p.numel() for p in ps), "trainable": sum(p.numel() for p in ps if p.requires_grad)}
-                for k, ps in groups.items()}
 
 
 __all__ = ["MoTPolicy", "Prefix", "make_attn_mask", "euler_sample", "posemb_sincos"]
