@@ -4,20 +4,22 @@
     policy = MoTPolicy(PolicyConfig.preset("small"))
     chunk = policy.sample_actions({"images": {...}, "state": ..., "instruction": [...]})
 
-The package's own names load on first use (PEP 562 `__getattr__`): importing a light module such as
-`policy.options` or `policy.errors` (what `mot say --help` needs) must not import torch.
+The package's own names load on first use (PEP 562 `__getattr__`, through policy/lazy.py references): importing a
+light module such as `policy.options` or `policy.errors` (what `mot say --help` needs), or the torch-free runtime
+(`policy.runtime`), must not import torch.
 """
 
 from __future__ import annotations
 
-import importlib
+from policy.lazy import resolve
 
-_EXPORTS = {"PolicyConfig": "policy.config", "MoTPolicy": "policy.model", "NormStats": "policy.normalize"}
+_EXPORTS = {"PolicyConfig": "policy.config:PolicyConfig", "MoTPolicy": "policy.model:MoTPolicy",
+            "NormStats": "policy.normalize:NormStats"}
 
 __all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        return resolve(_EXPORTS[name])
     raise AttributeError(f"module 'policy' has no attribute {name!r}")

@@ -1,17 +1,18 @@
 """The pieces of joint attention and flow sampling that MoTPolicy (policy/model.py) is built from.
 
 Prefix (the cached K/V of earlier modality blocks), make_attn_mask (the block-causal mask, with a worked
-example), the flow-time embedding and the Euler sampler shared by every backend.
+example), the flow-time embedding, and the Euler sampler shared by every backend (policy/sampling.py, torch-free:
+re-exported here for the model).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, TypeVar
+from typing import NamedTuple
 
 import torch
 
-from policy.errors import InputError
+from policy.sampling import euler_sample
 
 # Modality blocks, in token order. Block ids feed `make_attn_mask`.
 TEXT, IMAGE, STATE, ACTION = 0, 1, 2, 3
@@ -67,24 +68,10 @@ def posemb_sincos(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_perio
     return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
-X = TypeVar("X")
-
-
-def euler_sample(denoise: Callable[[X, float], X], noise: X, num_steps: int) -> X:
-    """Integrates dx/dt = v(x, t) from t = 1 (noise) to t = 0 (actions) in `num_steps` Euler steps.
-
-    Backend-agnostic (torch tensors or numpy arrays): the runtime shares it with onnxruntime/TensorRT.
-    """
-    if num_steps < 1:
-        raise InputError(f"num_steps: expected >= 1, received {num_steps}")
-    dt = -1.0 / num_steps
-    x = noise
-    for i in range(num_steps):
-        x = x + dt * denoise(x, 1.0 + i * dt)
-    return x
-
-
 def cat_tokens(parts: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate per-segment (B, heads, L_i, head_dim) along tokens; a single segment (every cached
     pass) is returned as is, so exported graphs carry no one-input Concat per layer."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+__all__ = ["ACTION", "IMAGE", "STATE", "TEXT", "Prefix", "cat_tokens", "euler_sample", "make_attn_mask", "posemb_sincos"]

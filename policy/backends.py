@@ -20,9 +20,12 @@ so a stale or tampered export can never silently drive a robot with other weight
 
 Where graphs live: `onnx_dir` if given, else `<checkpoint>/onnx/`, else (an in-memory policy) a
 per-fingerprint folder under `$MOT_CACHE` (default `~/.cache/mot-policy`). Missing graphs are exported
-there first, atomically (policy.export).
+there first, atomically, when this process can export (torch and policy.export import: EXPORT, a lazy reference,
+policy/lazy.py); a torch-free process is told, in one line, which `mot export` command makes them.
 
-TensorRT engines: policy/tensorrt.py.
+No torch here (and nothing that imports it): a backend takes a `policy.spec.PolicySpec` (or an in-memory
+MoTPolicy, whose spec it takes). onnxruntime is imported when a backend is built. TensorRT engines:
+policy/tensorrt.py.
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from policy import export as ex
+from policy import graphs as gr
 from policy.artifacts import sha256_bytes, sha256_file
-from policy.checkpoint import checkpoint_id
 from policy.errors import ArtifactMismatchError, InputError
-from policy.model import MoTPolicy
+from policy.lazy import resolve
 from policy.signing import TrustedKey, resolve_trusted_key, verify_signature
+from policy.spec import PolicySpec, as_spec
+
+EXPORT = "policy.export:export_missing_graphs"  # lazy (torch): only when graphs are missing and may be exported here
 
 
 def physical_cores() -> int:
@@ -66,12 +71,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("MOT_CACHE", Path.home() / ".cache" / "mot-policy"))
 
 
-def expected_fingerprint(policy: MoTPolicy, checkpoint_dir: Path | None) -> str:
-    if getattr(policy, "checkpoint_id", None):
-        return policy.checkpoint_id
-    if checkpoint_dir is not None and (Path(checkpoint_dir) / "manifest.json").is_file():
-        return checkpoint_id(checkpoint_dir)
-    return ex.policy_fingerprint(policy)
+def expected_fingerprint(policy, checkpoint_dir: Path | None) -> str:
+    """The checkpoint id graphs must name: a spec's, or an in-memory policy's (policy.spec.PolicySpec.of)."""
+    return as_spec(policy, checkpoint_dir).checkpoint_id
 
 
 @dataclass(frozen=True)
@@ -91,16 +93,19 @@ def default_onnx_dir(checkpoint_dir: Path | None, sha: str) -> Path:
     return Path(checkpoint_dir) / "onnx" if checkpoint_dir is not None else cache_root() / "onnx" / sha[-24:]
 
 
-def load_graphs(policy: MoTPolicy, checkpoint_dir: Path | None, onnx_dir: str | Path | None = None,
+def load_graphs(policy, checkpoint_dir: Path | None, onnx_dir: str | Path | None = None,
                 export_if_missing: bool = True, *, trusted_key: TrustedKey = None, fp16: bool | None = None) -> VerifiedGraphs:
-    """Finds (or exports) the three graphs for this policy and verifies them (module docstring, steps 1-4).
+    """Finds (or exports) the three graphs for this policy (a PolicySpec or a MoTPolicy) and verifies them (module
+    docstring, steps 1-4).
 
     fp16: None accepts either dtype (what `mot export` wrote); True/False also requires float16/float32 graphs and
     exports that dtype when missing. trusted_key: an ed25519 public key (default `$MOT_TRUSTED_KEY`)."""
-    sha = expected_fingerprint(policy, checkpoint_dir)
+    spec = as_spec(policy, checkpoint_dir)
+    checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else spec.checkpoint_dir
+    sha = spec.checkpoint_id
     trusted = resolve_trusted_key(trusted_key)
     onnx_dir = Path(onnx_dir) if onnx_dir is not None else default_onnx_dir(checkpoint_dir, sha)
-    paths = ex.graph_paths(onnx_dir)
+    paths = gr.graph_paths(onnx_dir)
     missing = tuple(g for g, p in paths.items() if not p.is_file())
     redo = f"`mot export --checkpoint {checkpoint_dir or 'DIR'} --out {onnx_dir}{' --fp16' if fp16 else ''}`"
     if missing:
@@ -110,12 +115,12 @@ def load_graphs(policy: MoTPolicy, checkpoint_dir: Path | None, onnx_dir: str | 
                                         "where the private key is and ship them with the checkpoint")
         if not export_if_missing:
             raise FileNotFoundError(f"onnx_dir: expected {[str(paths[g]) for g in missing]}; run {redo}")
-        ex.export_policy(policy, onnx_dir, checkpoint_sha256=sha, graphs=missing, fp16=bool(fp16))
-    manifest_path = onnx_dir / ex.MANIFEST_FILE
-    found = ex.read_export_manifest(onnx_dir)
+        export_graphs(spec, onnx_dir, missing, bool(fp16), redo)
+    manifest_path = onnx_dir / gr.MANIFEST_FILE
+    found = gr.read_export_manifest(onnx_dir)
     if found is None:
         raise ArtifactMismatchError(f"{manifest_path}: expected the export manifest (sha256 of every graph), it is "
-                                    f"missing or not a {ex.MANIFEST_FORMAT} file; re-export with {redo}")
+                                    f"missing or not a {gr.MANIFEST_FORMAT} file; re-export with {redo}")
     manifest, manifest_bytes = found
     signed_by = None
     if trusted is not None:
@@ -134,9 +139,20 @@ def load_graphs(policy: MoTPolicy, checkpoint_dir: Path | None, onnx_dir: str | 
         record = manifest.get("graphs", {}).get(graph)
         data[graph] = verify_graph_file(path, record, manifest_path, redo)
         check_graph_bytes_metadata(path, data[graph], graph, sha)
-        digests[graph] = ex.graph_digest(record)
+        digests[graph] = gr.graph_digest(record)
     external = frozenset(g for g in paths if manifest["graphs"][g].get("external_data"))
     return VerifiedGraphs(paths, sha, data, digests, str(manifest.get("dtype")), signed_by, external)
+
+
+def export_graphs(spec: PolicySpec, onnx_dir: Path, missing: tuple[str, ...], fp16: bool, redo: str) -> None:
+    """Exports the missing graphs here (policy.export, lazily: it needs torch), or says in one line how to."""
+    try:
+        export = resolve(EXPORT)
+    except ImportError as e:
+        raise ArtifactMismatchError(f"onnx_dir: expected graphs {list(missing)} in {onnx_dir}, and this process cannot "
+                                    f"export them ({type(e).__name__}: {e}); run {redo} where torch is installed "
+                                    "and ship the graphs with the checkpoint") from None
+    export(spec, onnx_dir, missing, fp16=fp16)
 
 
 def verify_graph_file(path: Path, record: dict | None, manifest_path: Path, redo: str = "`mot export`") -> bytes:
@@ -158,7 +174,7 @@ def verify_graph_file(path: Path, record: dict | None, manifest_path: Path, redo
     return data
 
 
-def ensure_graphs(policy: MoTPolicy, checkpoint_dir: Path | None, onnx_dir: str | Path | None = None,
+def ensure_graphs(policy, checkpoint_dir: Path | None, onnx_dir: str | Path | None = None,
                   export_if_missing: bool = True, *, trusted_key: TrustedKey = None) -> tuple[dict[str, Path], str]:
     """Finds (or exports) the three graphs for this policy and verifies them (`load_graphs`). Returns (paths, sha256)."""
     graphs = load_graphs(policy, checkpoint_dir, onnx_dir, export_if_missing, trusted_key=trusted_key)
@@ -166,8 +182,8 @@ def ensure_graphs(policy: MoTPolicy, checkpoint_dir: Path | None, onnx_dir: str 
 
 
 def _check_metadata(path: Path, meta: dict[str, str], graph: str, sha: str) -> dict[str, str]:
-    if meta.get("mot.format") != ex.FORMAT:
-        raise ArtifactMismatchError(f"{path}: expected an ONNX graph exported by mot-policy ({ex.FORMAT}), "
+    if meta.get("mot.format") != gr.FORMAT:
+        raise ArtifactMismatchError(f"{path}: expected an ONNX graph exported by mot-policy ({gr.FORMAT}), "
                                     f"received mot.format={meta.get('mot.format')!r}")
     if meta.get("mot.graph") != graph:
         raise ArtifactMismatchError(f"{path}: expected graph {graph!r}, received {meta.get('mot.graph')!r}")
@@ -179,13 +195,13 @@ def _check_metadata(path: Path, meta: dict[str, str], graph: str, sha: str) -> d
 
 def check_graph_metadata(path: Path, graph: str, sha: str) -> dict[str, str]:
     """The graph file's metadata, refused unless it is graph `graph` of checkpoint `sha`."""
-    return _check_metadata(path, ex.read_metadata(path), graph, sha)
+    return _check_metadata(path, gr.read_metadata(path), graph, sha)
 
 
 def check_graph_bytes_metadata(path: Path, data: bytes, graph: str, sha: str) -> dict[str, str]:
     """As check_graph_metadata, on the graph's (already verified) bytes."""
     try:
-        meta = ex.read_metadata(data)
+        meta = gr.read_metadata(data)
     except Exception as e:  # onnx's DecodeError: not a protobuf at all
         raise ArtifactMismatchError(f"{path}: expected an ONNX model, cannot parse it ({type(e).__name__})") from None
     return _check_metadata(path, meta, graph, sha)
@@ -209,24 +225,33 @@ class _OrtPrefix:
         self.device = device
 
 
+def refuse_points(points, backend: str) -> None:
+    """The graphs compute the target points themselves: replacing them is the torch backend's (MoTPolicy.observe)."""
+    if points is not None:
+        raise InputError(f"points: replacing the policy's own target points needs the torch backend (the {backend} "
+                         "observation graph computes them), received points with backend " + repr(backend))
+
+
 class OnnxRuntimeBackend:
     """The three graphs in onnxruntime sessions (CPU, or CUDA when its provider is installed).
 
     Graph optimisation level ALL, intra-op threads = physical cores, sequential execution. The text
     K/V and the prefix K/V stay OrtValues (on the provider's device) between calls; each Euler step
-    binds only x_t and t.
+    binds only x_t and t. The target points and their confidence come back as numpy arrays.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, policy: MoTPolicy, checkpoint_dir: Path | None = None, *, onnx_dir: str | Path | None = None,
+    def __init__(self, policy, checkpoint_dir: Path | None = None, *, onnx_dir: str | Path | None = None,
                  providers: list[str] | None = None, intra_op_threads: int | None = None,
                  export_if_missing: bool = True, trusted_key: TrustedKey = None):
         import onnxruntime as ort
 
         self.ort = ort
-        self.cfg = policy.cfg
-        graphs = load_graphs(policy, checkpoint_dir, onnx_dir, export_if_missing, trusted_key=trusted_key)
+        self.spec = as_spec(policy, checkpoint_dir)
+        self.cfg = self.spec.cfg
+        self.outputs = {g: gr.graph_outputs(self.cfg, g) for g in gr.GRAPHS}
+        graphs = load_graphs(self.spec, checkpoint_dir, onnx_dir, export_if_missing, trusted_key=trusted_key)
         self.paths, self.checkpoint_sha256, self.graph_sha256 = graphs.paths, graphs.checkpoint_sha256, graphs.sha256
         available = ort.get_available_providers()
         if providers is None:
@@ -250,22 +275,25 @@ class OnnxRuntimeBackend:
         # Sessions from the bytes just hashed, never re-read from disk; a graph with external data loads from its
         # path (its side files were hashed too) since ORT resolves them relative to the file.
         self.sessions = {g: ort.InferenceSession(str(self.paths[g]) if g in graphs.external else graphs.data[g], options,
-                                                 providers=providers) for g in ex.GRAPHS}
+                                                 providers=providers) for g in gr.GRAPHS}
+        for graph, session in self.sessions.items():
+            found = tuple(o.name for o in session.get_outputs())
+            if found != self.outputs[graph]:
+                raise ArtifactMismatchError(f"{self.paths[graph]}: expected outputs {self.outputs[graph]} for this "
+                                            f"policy, the graph has {found}; re-export it (`mot export`)")
 
-    def _bind_inputs(self, binding, feeds: dict[str, Any]) -> None:
+    def _run(self, graph: str, feeds: dict[str, Any], host: tuple[str, ...] = ()) -> list:
+        """Runs a graph with inputs bound as given; outputs stay OrtValues on the provider's device, but those named
+        in `host`, which come back on the CPU."""
+        session = self.sessions[graph]
+        binding = session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
             else:
                 binding.bind_ortvalue_input(name, value)
-
-    def _run(self, graph: str, feeds: dict[str, Any]) -> list:
-        """Runs a graph with inputs bound as given; outputs stay OrtValues on the provider's device."""
-        session = self.sessions[graph]
-        binding = session.io_binding()
-        self._bind_inputs(binding, feeds)
-        for name in ex.OUTPUTS[graph]:
-            binding.bind_output(name, self.device)
+        for name in self.outputs[graph]:
+            binding.bind_output(name, "cpu" if name in host else self.device)
         session.run_with_iobinding(binding)
         return binding.get_outputs()
 
@@ -274,12 +302,16 @@ class OnnxRuntimeBackend:
                                            "text_valid": text_valid.astype(bool, copy=False)})
         return kv, text_valid.astype(bool, copy=True)
 
-    def encode_observation(self, images: np.ndarray, state_norm: np.ndarray, text) -> _OrtPrefix:
+    def encode_observation(self, images: np.ndarray, robot_state_norm: np.ndarray, text, points=None):
+        """-> (prefix, points (B, 4 * cams) float32 or None, confidence (B, 2 * cams) float32 or None)."""
+        refuse_points(points, self.name)
         text_kv, text_valid = text
-        kv, valid = self._run("obs_encoder", {"images": images, "state_norm": state_norm.astype(np.float32, copy=False),
-                                              "text_kv": text_kv, "text_valid": text_valid})
+        out = self._run("obs_encoder", {"images": images, "robot_state_norm": robot_state_norm.astype(np.float32, copy=False),
+                                        "text_kv": text_kv, "text_valid": text_valid}, host=gr.POINT_OUTPUTS)
         b = images.shape[0]
-        return _OrtPrefix(self.sessions["denoiser"], kv, valid, self.device, (b, self.cfg.horizon, self.cfg.action_dim))
+        prefix = _OrtPrefix(self.sessions["denoiser"], out[0], out[1], self.device, (b, self.cfg.horizon, self.cfg.action_dim))
+        pointed, confidence = (out[2].numpy(), out[3].numpy()) if len(out) == 4 else (None, None)
+        return prefix, pointed, confidence
 
     def denoise(self, x_t: np.ndarray, t: float, prefix: _OrtPrefix) -> np.ndarray:
         x = np.ascontiguousarray(x_t, dtype=np.float32)
@@ -297,5 +329,6 @@ class OnnxRuntimeBackend:
         return value if isinstance(value, np.ndarray) else value.numpy()
 
 
-__all__ = ["OnnxRuntimeBackend", "ArtifactMismatchError", "ensure_graphs", "load_graphs", "VerifiedGraphs",
-           "verify_graph_file", "check_graph_metadata", "physical_cores", "cache_root", "expected_fingerprint"]
+__all__ = ["OnnxRuntimeBackend", "ArtifactMismatchError", "ensure_graphs", "load_graphs", "export_graphs", "VerifiedGraphs",
+           "verify_graph_file", "check_graph_metadata", "refuse_points", "physical_cores", "cache_root",
+           "expected_fingerprint", "EXPORT"]

@@ -32,23 +32,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from policy.artifacts import atomic_directory, sha256_bytes, sha256_file
+from policy.artifacts import atomic_directory, sha256_file
 from policy.config import PolicyConfig
 from policy.errors import CheckpointError, InputError
+from policy.manifest import (FILES, FORMAT, RETIRED_FORMATS, checkpoint_id, load_manifest,  # noqa: F401 (re-exported)
+                             read_manifest)
 from policy.model import MoTPolicy
 from policy.normalize import NormStats
-from policy.signing import (Ed25519PublicKey, SigningKey, TrustedKey, load_private_key, resolve_trusted_key, sign_bytes,
-                            signature_path, verify_signature)
+from policy.signing import SigningKey, TrustedKey, load_private_key, resolve_trusted_key, sign_bytes, signature_path
 from policy.vision import default_trunk_weights
 
-FORMAT = "mot-policy/2"
-# Formats this code refuses, with why: one line each, for the error message.
-RETIRED_FORMATS = {
-    "mot-policy/1": "a body fed by a separate pointer model (before the policy pointed itself, 2026-12); its body "
-                    "attends to another vision expert, so it cannot be converted: retrain with `mot recipe run "
-                    "recipes/tabletop.yaml` (or use git tag experiments-2026-11 to run it)",
-}
-FILES = ("model.safetensors", "config.json", "norm_stats.json")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 INT8_MIN_ELEMENTS = 4096  # matrices at least this large are stored as int8; biases, norms, small tables as float16
 SCALE_SUFFIX = ":scale"  # "<key>:scale" holds an int8 matrix's per-row scales (":" never occurs in a parameter name)
@@ -106,42 +99,6 @@ def unpack_weights(stored: dict[str, torch.Tensor], quantized: list[str]) -> dic
     return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
 
 
-def load_manifest(directory: str | Path, fmt: str, files: tuple[str, ...],
-                  trusted: Ed25519PublicKey | None = None) -> tuple[dict, str, str | None]:
-    """directory/manifest.json of format `fmt`, read once: its signature checked when `trusted` is given, then every
-    file in `files` against its sha256. Returns (manifest, sha256 of the bytes checked, signing key id or None)."""
-    directory = Path(directory)
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        raise CheckpointError(f"checkpoint: expected {manifest_path}, it does not exist (not a checkpoint directory?)")
-    data = manifest_path.read_bytes()
-    signed_by = verify_signature(manifest_path, data, trusted) if trusted is not None else None
-    try:
-        manifest = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint: {manifest_path} is not valid JSON ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        why = f": {RETIRED_FORMATS[got]}" if got in RETIRED_FORMATS else ""
-        raise CheckpointError(f"checkpoint: expected format {fmt!r} in {manifest_path}, received {got!r}{why}")
-    for name in files:
-        path = directory / name
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint: expected file {path}, it does not exist")
-        expected, actual = manifest.get("files", {}).get(name), sha256_file(path)
-        if expected != actual:
-            raise CheckpointError(f"checkpoint: {path} is corrupted or modified: sha256 expected {expected}, "
-                                  f"received {actual}")
-    return manifest, sha256_bytes(data), signed_by
-
-
-def read_manifest(directory: str | Path, fmt: str, files: tuple[str, ...],
-                  trusted: Ed25519PublicKey | None = None) -> dict:
-    """directory/manifest.json of format `fmt`, with every file in `files` checked against its sha256 (and the
-    manifest's signature, when a `trusted` key is given)."""
-    return load_manifest(directory, fmt, files, trusted)[0]
-
-
 def _external_keys(policy) -> set[str]:
     """State-dict keys loaded from installed packages and never trained: not stored in checkpoints."""
     keys = set()
@@ -181,11 +138,6 @@ def check_pretrained(policy, manifest: dict) -> None:
         if sources.get(key) != expected:
             raise CheckpointError(f"checkpoint: trained against pretrained weights {key}={expected}, but the "
                                   f"installed ones have {sources.get(key)}; install the same package versions")
-
-
-def checkpoint_id(directory: str | Path) -> str:
-    """The checkpoint's identity: sha256 of its manifest (which hashes every file)."""
-    return sha256_file(Path(directory) / "manifest.json")
 
 
 def save_checkpoint(policy: MoTPolicy, directory: str | Path, dtype: torch.dtype = torch.float32,

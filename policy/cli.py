@@ -114,7 +114,8 @@ class ExportConfig:
     fp16: bool = False
     """fp16 weights and arithmetic (inputs and outputs stay fp32)"""
     parity: bool = True
-    """check onnxruntime against torch on random inputs after the export"""
+    """check onnxruntime against torch after the export: each graph (and the target points) on random inputs, and
+    whole sampled chunks through PolicyRunner with the same flow noise (actions and points)"""
     sign: Path | None = None
     """ed25519 private key (PEM) to sign export_manifest.json with (writes export_manifest.sig): a robot with a
     trusted key runs only signed graphs and never exports its own"""
@@ -133,6 +134,26 @@ def export_main(argv: list[str] | None = None) -> int:
               "signed_by": key_id(key) if key is not None else None,
               "checkpoint_sha256": checkpoint_id(cfg.checkpoint), "dtype": "float16" if cfg.fp16 else "float32"}
     if cfg.parity:
-        report["parity_max_abs"] = parity(policy, out)
+        report["parity_max_abs"] = {**parity(policy, out), **chunk_parity(policy, cfg.checkpoint, out)}
     print(json.dumps(report, indent=2))
     return 0
+
+
+def chunk_parity(policy: MoTPolicy, checkpoint: Path, onnx_dir: Path, observations: int = 3) -> dict:
+    """Whole sampled chunks through PolicyRunner, onnxruntime (the torch-free path: from the checkpoint directory and
+    `onnx_dir`) vs torch, on seeded random observations with the same flow noise: the largest action difference
+    (robot units) and, for a policy that points, target-point difference ((u, v) units)."""
+    source = PolicyRunner(policy)
+    target = PolicyRunner.from_checkpoint(checkpoint, backend="onnxruntime", onnx_dir=onnx_dir, export_if_missing=False)
+    cfg, rng = policy.cfg, np.random.default_rng(0)
+    actions, points = 0.0, 0.0
+    for i in range(observations):
+        images = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
+        state = rng.standard_normal(cfg.robot_state_dim).astype(np.float32) * 0.1
+        noise = rng.standard_normal((cfg.horizon, cfg.action_dim)).astype(np.float32)
+        words = ("put the red cube on the blue pad", "pick up the green cylinder")[i % 2]
+        a, b = source.infer(images, state, words, noise=noise), target.infer(images, state, words, noise=noise)
+        actions = max(actions, float(np.abs(a - b).max()))
+        if cfg.target_points is not None:
+            points = max(points, float(np.abs(source.last_points - target.last_points).max()))
+    return {"chunk_actions": actions, **({"chunk_points": points} if cfg.target_points is not None else {})}

@@ -1,5 +1,6 @@
 """TensorRT backend: the exported ONNX graphs built into engines (policy/backends.py has what it shares with
-onnxruntime: where graphs live, the export-manifest hash check, their metadata check).
+onnxruntime: where graphs live, the export-manifest hash check, their metadata check). No torch: device buffers
+and the stream are cuda-python's (policy/cuda.py), so a Jetson needs TensorRT, cuda-python, numpy and tokenizers.
 
 Supported TensorRT: 10.x from 10.3 (JetPack 6) on; the `tensorrt` extra pins `tensorrt-cu12>=10.3,<11`, the
 range this code is written against. TensorRT 11 is handled (strongly typed, no precision flags) but was never
@@ -39,12 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from policy import export as ex
+from policy import graphs as gr
 from policy.artifacts import atomic_write_bytes, sha256_bytes
-from policy.backends import VerifiedGraphs, default_onnx_dir, expected_fingerprint, load_graphs
+from policy.backends import VerifiedGraphs, default_onnx_dir, load_graphs, refuse_points
+from policy.cuda import Cuda, DeviceArray, import_cudart
 from policy.errors import ArtifactMismatchError, InputError
-from policy.model import MoTPolicy
 from policy.signing import TrustedKey
+from policy.spec import as_spec
 
 MIN_VERSION = (10, 0)
 STRONG_TYPING_FROM = (10, 12)  # weak typing (BuilderFlag.FP16 & co.) deprecated here, removed in 11
@@ -158,21 +160,20 @@ def read_engine(path: Path, expected: EngineKey) -> bytes:
     return engine
 
 
-def profile_shapes(policy: MoTPolicy, graph: str, *, max_batch: int = 1, opt_batch: int = 1,
+def profile_shapes(policy, graph: str, *, max_batch: int = 1, opt_batch: int = 1,
                    opt_text_len: int = 16, image_hw: tuple[int, int] | None = None) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """Optimisation profile {input: (min, opt, max)} of one graph for batch 1..max_batch.
+    """Optimisation profile {input: (min, opt, max)} of one graph (of a PolicySpec or MoTPolicy) for batch 1..max_batch.
 
-    Text length spans 1..max_text_tokens (optimised for `opt_text_len`); the prefix length follows
-    (text + image tokens + the state token). Frames are fixed at image_hw (default image_size square): the
-    engine is built for the cameras' resolution.
-    """
-    cfg, dims = policy.cfg, policy.dims
+    Text length spans 1..max_text_tokens (optimised for `opt_text_len`); the prefix length follows (text + the
+    pooled image tokens + the state token). Frames are fixed at image_hw (default image_size square)."""
+    spec = as_spec(policy)
+    cfg, dims = spec.cfg, spec.dims
     if not 1 <= opt_batch <= max_batch:
         raise InputError(f"opt_batch: expected 1 <= opt_batch <= max_batch={max_batch}, received {opt_batch}")
     t_max = cfg.max_text_tokens
     t_opt = max(1, min(opt_text_len, t_max))
     h, w = image_hw or (cfg.image_size, cfg.image_size)
-    extra = cfg.image_tokens + 1  # + the state token
+    extra = cfg.body_image_tokens + 1  # + the state token
     batches = (1, opt_batch, max_batch)
     kv = lambda n: tuple((dims.layers, 2, b, dims.heads, m, dims.head_dim) for b, m in zip(batches, n))  # noqa: E731
     texts, prefixes = (1, t_opt, t_max), (1 + extra, t_opt + extra, t_max + extra)
@@ -180,13 +181,13 @@ def profile_shapes(policy: MoTPolicy, graph: str, *, max_batch: int = 1, opt_bat
     shapes = {
         "text_encoder": {"token_ids": two(texts), "text_valid": two(texts)},
         "obs_encoder": {"images": tuple((b, len(cfg.cameras), h, w, 3) for b in batches),
-                        "state_norm": tuple((b, cfg.state_dim) for b in batches), "text_kv": kv(texts),
+                        "robot_state_norm": tuple((b, cfg.robot_state_dim) for b in batches), "text_kv": kv(texts),
                         "text_valid": two(texts)},
         "denoiser": {"x_t": tuple((b, cfg.horizon, cfg.action_dim) for b in batches), "t": tuple((b,) for b in batches),
                      "prefix_kv": kv(prefixes), "prefix_valid": two(prefixes)},
     }
     if graph not in shapes:
-        raise InputError(f"graph: expected one of {ex.GRAPHS}, received {graph!r}")
+        raise InputError(f"graph: expected one of {gr.GRAPHS}, received {graph!r}")
     return shapes[graph]
 
 
@@ -273,35 +274,33 @@ def prepare_engine(trt, logger, runtime, graphs: VerifiedGraphs, graph: str, key
 
 
 class TensorRTBackend:
-    """TensorRT engines built from the three ONNX graphs (TensorRT 10.x Python API), torch CUDA buffers.
+    """TensorRT engines built from the three ONNX graphs (TensorRT 10.x Python API), cuda-python device buffers.
 
-    fp16 (default) as the module docstring's table says; every input gets an optimisation profile for batch
-    1..max_batch and text length 1..max_text_tokens. Buffers for every input and output are allocated once at
-    the profile's maximum; a call writes into views of them.
-    """
+    fp16 (default) as the module docstring's table says; one optimisation profile (batch 1..max_batch, text length
+    1..max_text_tokens). Buffers for every input and output are allocated once at the profile's maximum; a call
+    writes into views of them. Cached K/V (text per instruction, prefix per observation) are device copies the next
+    graph reads in place; points, confidence and velocity come back as numpy."""
 
     name = "tensorrt"
 
-    def __init__(self, policy: MoTPolicy, checkpoint_dir: Path | None = None, *, onnx_dir: str | Path | None = None,
+    def __init__(self, policy, checkpoint_dir: Path | None = None, *, onnx_dir: str | Path | None = None,
                  engine_dir: str | Path | None = None, fp16: bool = True, max_batch: int = 1, opt_batch: int = 1,
                  image_hw: tuple[int, int] | None = None, workspace_gb: float = 2.0, export_if_missing: bool = True,
                  strongly_typed: bool | None = None, fp16_onnx_dir: str | Path | None = None,
                  trusted_key: TrustedKey = None):
-        """fp16_onnx_dir: the float16 graphs a strongly typed fp16 engine builds from (default <onnx_dir>/fp16)."""
+        """policy: a PolicySpec or MoTPolicy. fp16_onnx_dir: the float16 graphs of strongly typed fp16 engines."""
         trt = import_tensorrt()
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("backend 'tensorrt': expected a CUDA device, torch.cuda.is_available() is False")
-        self.trt, self.torch = trt, torch
-        self.cfg = policy.cfg
+        self.trt, self.cuda = trt, Cuda(import_cudart())
+        self.spec = as_spec(policy, checkpoint_dir)
+        self.cfg = self.spec.cfg
+        self.outputs = {g: gr.graph_outputs(self.cfg, g) for g in gr.GRAPHS}
         self.precision = "fp16" if fp16 else "fp32"
         self.network = network_mode(trt, self.precision, strongly_typed)
         dtype = graph_dtype(self.precision, self.network)
         if dtype == "float16":
-            base = Path(onnx_dir) if onnx_dir else default_onnx_dir(checkpoint_dir, expected_fingerprint(policy, checkpoint_dir))
+            base = Path(onnx_dir) if onnx_dir else default_onnx_dir(checkpoint_dir, self.spec.checkpoint_id)
             onnx_dir = Path(fp16_onnx_dir) if fp16_onnx_dir else base / "fp16"
-        self.graphs = load_graphs(policy, checkpoint_dir, onnx_dir, export_if_missing, trusted_key=trusted_key,
+        self.graphs = load_graphs(self.spec, checkpoint_dir, onnx_dir, export_if_missing, trusted_key=trusted_key,
                                   fp16=dtype == "float16")
         self.paths, self.checkpoint_sha256 = self.graphs.paths, self.graphs.checkpoint_sha256
         self.engine_dir = Path(engine_dir) if engine_dir else self.paths["denoiser"].parent / "trt"
@@ -310,12 +309,10 @@ class TensorRTBackend:
         self.runtime = trt.Runtime(self.logger)
         if self.runtime is None:
             raise TensorRTError("tensorrt: Runtime() returned None")
-        self.stream = torch.cuda.Stream()
-        cap = torch.cuda.get_device_capability()
-        self.gpu = f"{torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})"
+        self.gpu = self.cuda.device_name()
         self.profiles, self.engines, self.contexts, self.buffers, self.keys = {}, {}, {}, {}, {}
-        for graph in ex.GRAPHS:
-            profile = profile_shapes(policy, graph, max_batch=max_batch, opt_batch=opt_batch, image_hw=image_hw)
+        for graph in gr.GRAPHS:
+            profile = profile_shapes(self.spec, graph, max_batch=max_batch, opt_batch=opt_batch, image_hw=image_hw)
             self.profiles[graph] = profile
             self.keys[graph] = self.engine_key(graph, profile)
             self.engines[graph], self.contexts[graph] = prepare_engine(
@@ -328,9 +325,8 @@ class TensorRTBackend:
     def engine_key(self, graph: str, profile: dict) -> EngineKey:
         return engine_key(self.graphs, graph, self.gpu, self.trt.__version__, self.precision, self.network, profile)
 
-    def _allocate(self, graph: str, engine, profile: dict) -> dict:
+    def _allocate(self, graph: str, engine, profile: dict) -> dict[str, DeviceArray]:
         """One device buffer per I/O tensor, sized for the profile's maximum shapes."""
-        torch, trt = self.torch, self.trt
         context = self.contexts[graph]
         for name, (_, _, hi) in profile.items():
             set_input_shape(context, graph, name, hi)
@@ -340,56 +336,61 @@ class TensorRTBackend:
             shape = tuple(context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise TensorRTError(f"tensorrt {graph}.{name}: shape {shape} still dynamic after setting every input")
-            dtype = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
-            buffers[name] = torch.empty(int(np.prod(shape)), dtype=dtype, device="cuda")
+            buffers[name] = self.cuda.empty(shape, self.trt.nptype(engine.get_tensor_dtype(name)))
+        missing = sorted(set(self.outputs[graph]) - set(buffers))
+        if missing:
+            raise TensorRTError(f"tensorrt {graph}: expected outputs {self.outputs[graph]}, the engine lacks {missing}")
         return buffers
 
-    def _run(self, graph: str, feeds: dict[str, Any]) -> list:
-        """feeds: numpy arrays or CUDA tensors; returns output tensor views (valid until the next call)."""
-        torch = self.torch
+    def _run(self, graph: str, feeds: dict[str, Any]) -> list[DeviceArray]:
+        """feeds: numpy arrays or DeviceArrays; returns output views (valid until the next call of this graph)."""
         context, buffers = self.contexts[graph], self.buffers[graph]
         check_in_profile(graph, {k: tuple(v.shape) for k, v in feeds.items()}, self.profiles[graph])
-        with torch.cuda.stream(self.stream):
-            for name, value in feeds.items():
-                buffer = buffers[name]
-                if isinstance(value, torch.Tensor) and value.is_cuda and value.dtype == buffer.dtype \
-                        and value.is_contiguous():
-                    address = value.data_ptr()  # cached K/V already on the device: read in place
-                else:
-                    view = buffer[: int(np.prod(value.shape))].view(tuple(value.shape))
-                    src = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
-                    view.copy_(src.to(view.dtype), non_blocking=True)
-                    address = view.data_ptr()
-                set_input_shape(context, graph, name, tuple(value.shape))
-                set_tensor_address(context, graph, name, address)
-            outputs = []
-            for name in ex.OUTPUTS[graph]:
-                shape = tuple(context.get_tensor_shape(name))
-                view = buffers[name][: int(np.prod(shape))].view(shape)
-                set_tensor_address(context, graph, name, view.data_ptr())
-                outputs.append(view)
-            if not context.execute_async_v3(self.stream.cuda_stream):
-                raise TensorRTError(f"tensorrt {graph}: execute_async_v3 returned False")
-        self.stream.synchronize()
+        staged = []  # host arrays being copied: alive until the stream is synchronised
+        for name, value in feeds.items():
+            buffer = buffers[name]
+            if isinstance(value, DeviceArray) and value.dtype == buffer.dtype:
+                address = value.ptr  # cached K/V already on the device: read in place
+            else:
+                host = self.cuda.to_host(value) if isinstance(value, DeviceArray) else value
+                host = np.ascontiguousarray(host, dtype=buffer.dtype)
+                self.cuda.upload(buffer.view(host.shape), host)
+                staged.append(host)
+                address = buffer.ptr
+            set_input_shape(context, graph, name, tuple(value.shape))
+            set_tensor_address(context, graph, name, address)
+        outputs = []
+        for name in self.outputs[graph]:
+            view = buffers[name].view(tuple(context.get_tensor_shape(name)))
+            set_tensor_address(context, graph, name, view.ptr)
+            outputs.append(view)
+        if not context.execute_async_v3(self.cuda.stream_handle):
+            raise TensorRTError(f"tensorrt {graph}: execute_async_v3 returned False")
+        self.cuda.synchronize()
         return outputs
 
     def encode_text(self, token_ids: np.ndarray, text_valid: np.ndarray):
         (kv,) = self._run("text_encoder", {"token_ids": token_ids.astype(np.int64), "text_valid": text_valid})
         # The text K/V buffer is reused by the next call: the runner's cache needs its own copy.
-        return kv.clone(), self.torch.from_numpy(text_valid.astype(bool)).cuda()
+        return self.cuda.clone(kv), self.cuda.to_device(text_valid.astype(bool))
 
-    def encode_observation(self, images: np.ndarray, state_norm: np.ndarray, text):
+    def encode_observation(self, images: np.ndarray, robot_state_norm: np.ndarray, text, points=None):
+        """-> (prefix (device copies), points (B, 4 * cams) float32 or None, confidence (B, 2 * cams) or None)."""
+        refuse_points(points, self.name)
         kv, valid = text
-        prefix_kv, prefix_valid = self._run("obs_encoder", {"images": images, "state_norm": state_norm,
-                                                            "text_kv": kv, "text_valid": valid})
-        return prefix_kv.clone(), prefix_valid.clone()
+        out = self._run("obs_encoder", {"images": images, "robot_state_norm": robot_state_norm, "text_kv": kv,
+                                        "text_valid": valid})
+        prefix = (self.cuda.clone(out[0]), self.cuda.clone(out[1]))
+        if len(out) == 2:
+            return prefix, None, None
+        return prefix, self.cuda.to_host(out[2]).astype(np.float32), self.cuda.to_host(out[3]).astype(np.float32)
 
     def denoise(self, x_t: np.ndarray, t: float, prefix) -> np.ndarray:
         kv, valid = prefix
         b = x_t.shape[0]
         (velocity,) = self._run("denoiser", {"x_t": x_t.astype(np.float32, copy=False),
                                              "t": np.full((b,), t, np.float32), "prefix_kv": kv, "prefix_valid": valid})
-        return velocity.float().cpu().numpy()
+        return self.cuda.to_host(velocity).astype(np.float32)
 
 
 __all__ = ["TensorRTBackend", "TensorRTError", "EngineKey", "engine_key", "network_mode", "graph_dtype", "import_tensorrt",

@@ -1,5 +1,6 @@
 """Backends: onnxruntime through PolicyRunner (same actions and errors as torch), artifact refusal,
-TensorRT cache-key / engine-file / profile logic on CPU, engines themselves only with tensorrt + CUDA."""
+TensorRT cache-key / engine-file / profile logic on CPU, engines themselves only with tensorrt + CUDA (the TensorRT
+backend's data path on a CPU, with engines that run in onnxruntime: test_tensorrt_runtime.py)."""
 
 import json
 import shutil
@@ -45,6 +46,7 @@ def _single(cfg, seed=0):
 
 
 def test_from_checkpoint_exports_missing_graphs_into_the_checkpoint(checkpoint, runners):
+    assert runners[0].policy is None and runners[0].spec.checkpoint_id == checkpoint_id(checkpoint)  # no MoTPolicy
     onnx_dir = checkpoint / "onnx"
     assert sorted(p.name for p in onnx_dir.iterdir()) == sorted([*(f"{g}.onnx" for g in GRAPHS), "export_manifest.json"])  # no temp
     for path in graph_paths(onnx_dir).values():
@@ -130,7 +132,7 @@ def _rewrite_metadata(path, **changes):
 
 
 def test_graphs_from_another_checkpoint_are_refused(checkpoint, runners, tmp_path):
-    policy = runners[0].policy
+    policy = runners[0].spec
     stale = tmp_path / "onnx"
     shutil.copytree(checkpoint / "onnx", stale)
     manifest = json.loads((stale / "export_manifest.json").read_text())
@@ -154,14 +156,14 @@ def test_graphs_from_another_checkpoint_are_refused(checkpoint, runners, tmp_pat
 
 def test_missing_graphs_without_export_raise_a_clear_error(checkpoint, runners, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"run `mot export --checkpoint"):
-        ensure_graphs(runners[0].policy, checkpoint, tmp_path, export_if_missing=False)
+        ensure_graphs(runners[0].spec, checkpoint, tmp_path, export_if_missing=False)
 
 
 def test_unknown_backend_and_provider_are_refused(runners, checkpoint):
     with pytest.raises(ValueError, match=r"backend: expected one of"):
-        make_backend("openvino", runners[0].policy, checkpoint)
+        make_backend("openvino", runners[0].spec, checkpoint)
     with pytest.raises(ValueError, match=r"providers: expected a subset"):
-        OnnxRuntimeBackend(runners[0].policy, checkpoint, providers=["NoSuchExecutionProvider"])
+        OnnxRuntimeBackend(runners[0].spec, checkpoint, providers=["NoSuchExecutionProvider"])
 
 
 # -- TensorRT: cache key, engine files, profiles (pure logic, no GPU) -------------------------------
@@ -212,7 +214,7 @@ def test_engine_file_round_trip_and_refusal(tmp_path):
 
 def test_profiles_cover_the_batch_and_text_ranges(tiny_policy):
     cfg, dims = tiny_policy.cfg, tiny_policy.dims
-    extra = cfg.image_tokens + 1
+    extra = cfg.body_image_tokens + 1
     for graph in GRAPHS:
         profile = profile_shapes(tiny_policy, graph, max_batch=4, opt_batch=2, opt_text_len=12)
         for name, (lo, opt, hi) in profile.items():
@@ -241,10 +243,14 @@ def test_shapes_outside_the_profile_raise_a_clear_error(tiny_policy):
 def _tensorrt_missing() -> str | None:
     try:
         import tensorrt  # noqa: F401
+
+        from policy.cuda import Cuda, import_cudart
+
+        Cuda(import_cudart())
     except ImportError:
         return "tensorrt is not installed (Jetson/RTX only; see docs/deploy.md)"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
+    except RuntimeError as e:  # no cuda-python, no device
+        return str(e)
     return None
 
 
@@ -252,7 +258,7 @@ def test_tensorrt_backend_without_tensorrt_says_how_to_get_it(runners, checkpoin
     if _tensorrt_missing() is None:
         pytest.skip("tensorrt and CUDA are present")
     with pytest.raises(RuntimeError, match=r"backend 'tensorrt'"):
-        make_backend("tensorrt", runners[0].policy, checkpoint)
+        make_backend("tensorrt", runners[0].spec, checkpoint)
 
 
 @pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing()))
@@ -323,7 +329,7 @@ def test_export_manifest_hashes_every_graph(checkpoint, runners):
 
 def test_graph_with_edited_weights_and_intact_metadata_is_refused(checkpoint, runners, tmp_path):
     """Negated weights, metadata kept: the metadata check let it run (actions 0.13 off); the manifest refuses it."""
-    policy = runners[0].policy
+    policy = runners[0].spec
     edited = tmp_path / "onnx"
     shutil.copytree(checkpoint / "onnx", edited)
     before = read_metadata(edited / "denoiser.onnx")
@@ -344,14 +350,14 @@ def test_graphs_without_their_manifest_are_refused(checkpoint, runners, tmp_path
     shutil.copytree(checkpoint / "onnx", old)
     (old / "export_manifest.json").unlink()  # an export from before manifests
     with pytest.raises(ArtifactMismatchError, match=r"export_manifest.json: expected the export manifest"):
-        OnnxRuntimeBackend(runners[0].policy, checkpoint, onnx_dir=old)
+        OnnxRuntimeBackend(runners[0].spec, checkpoint, onnx_dir=old)
 
 
 def test_signed_graphs_run_with_the_trusted_key_and_edited_ones_are_refused(checkpoint, runners, tmp_path):
     from policy.signing import generate_key_pair, sign_manifest
 
     ours, theirs = generate_key_pair(tmp_path / "ours"), generate_key_pair(tmp_path / "theirs")
-    policy = runners[0].policy
+    policy = runners[0].spec
     signed = tmp_path / "onnx"
     shutil.copytree(checkpoint / "onnx", signed)
     with pytest.raises(ArtifactMismatchError, match=r"expected a signed manifest \(export_manifest.sig beside"):
@@ -373,7 +379,7 @@ def test_with_a_trusted_key_missing_graphs_are_not_exported(checkpoint, runners,
 
     ours = generate_key_pair(tmp_path / "k")
     with pytest.raises(ArtifactMismatchError, match=r"expected signed graphs .*graphs are not exported here"):
-        ensure_graphs(runners[0].policy, checkpoint, tmp_path / "empty", trusted_key=ours["public_key"])
+        ensure_graphs(runners[0].spec, checkpoint, tmp_path / "empty", trusted_key=ours["public_key"])
     assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
 
 
@@ -585,7 +591,7 @@ def test_engine_key_changes_when_the_onnx_bytes_change(checkpoint, runners, tmp_
     from policy.backends import load_graphs
     from policy.tensorrt import engine_key
 
-    policy = runners[0].policy
+    policy = runners[0].spec
     edited = tmp_path / "onnx"
     shutil.copytree(checkpoint / "onnx", edited, ignore=shutil.ignore_patterns("trt"))
     gpu, profile = "NVIDIA GeForce RTX 4090 (sm_89)", {"x_t": [[1, 8, 7]] * 3}
@@ -608,14 +614,6 @@ def test_engine_key_changes_when_the_onnx_bytes_change(checkpoint, runners, tmp_
     assert after["denoiser"].onnx_sha256 != before["denoiser"].onnx_sha256
     assert after["denoiser"].filename() != before["denoiser"].filename()
     assert after["text_encoder"] == before["text_encoder"] and after["obs_encoder"] == before["obs_encoder"]
-
-
-def test_tensorrt_backend_without_cuda_says_so(monkeypatch, runners, checkpoint):
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT("10.3.0"))
-    with pytest.raises(RuntimeError, match=r"backend 'tensorrt': expected a CUDA device"):
-        make_backend("tensorrt", runners[0].policy, checkpoint)
 
 
 # -- benchmarks/tensorrt_check.sh: refuses cleanly without a GPU ----------------------------------------------

@@ -1,9 +1,12 @@
 """ONNX export: three graphs, named dynamic I/O, metadata, the export manifest (sha256 of every file, signed with
---sign), atomic writes, parity with torch (fp32 <= 1e-4).
+--sign), atomic writes, parity with torch (fp32 <= 1e-4): each graph, and whole 10-step chunks (actions and target
+points) of a policy that points (its own grounding head, image K/V pooled for the body) and of one that does not.
 
-One `mot export --sign KEY` of a tiny checkpoint serves the whole module (export is the slow part).
+One `mot export --sign KEY` per tiny checkpoint serves the whole module (export is the slow part).
 """
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -14,15 +17,18 @@ import torch
 from policy import MoTPolicy, PolicyConfig
 from policy.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint
 from policy.cli import export_main as main
-from policy.export import (GRAPHS, INPUTS, MODULES, OUTPUTS, ExportError, example_inputs, export_policy, graph_paths,
-                           read_metadata)
+from policy.export import (GRAPHS, INPUTS, MODULES, ExportError, example_inputs, export_policy, graph_outputs, graph_paths,
+                           read_metadata, resize_frames)
 
 from policy.artifacts import sha256_file
 from policy.backends import OnnxRuntimeBackend
 from policy.errors import ArtifactMismatchError, InputError
 from policy.signing import generate_key_pair, load_public_key, verify_signature
 
+from policy.sampling import euler_sample
+
 from .conftest import make_batch, randomize_body
+from .policies import tiny_policy
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -32,34 +38,74 @@ def signing_key(tmp_path_factory) -> dict:
     return generate_key_pair(tmp_path_factory.mktemp("keys"))
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, signing_key):
-    torch.manual_seed(0)
-    policy = randomize_body(MoTPolicy(PolicyConfig.preset("tiny")))
-    ckpt = tmp_path_factory.mktemp("export") / "ckpt"
+def _mot_export(policy, root, *args) -> tuple:
+    """save_checkpoint + `mot export` (with its parity check) -> (the loaded policy, checkpoint, onnx dir, report)."""
+    ckpt = root / "ckpt"
     save_checkpoint(policy, ckpt)
     out = ckpt.parent / "onnx"
-    assert main(["--checkpoint", str(ckpt), "--out", str(out), "--sign", signing_key["private_key"]]) == 0  # + parity
-    return load_checkpoint(ckpt), ckpt, out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--checkpoint", str(ckpt), "--out", str(out), *args]) == 0
+    return load_checkpoint(ckpt), ckpt, out, json.loads(printed.getvalue())
+
+
+@pytest.fixture(scope="module")
+def exported_both(tmp_path_factory, signing_key):
+    """{"no_points": a policy without target points, "points": one that points, prefix_pool 2}: (policy, ckpt, out,
+    the `mot export` report)."""
+    root = tmp_path_factory.mktemp("export")
+    return {"no_points": _mot_export(tiny_policy(points=False), root / "a", "--sign", signing_key["private_key"]),
+            "points": _mot_export(tiny_policy(points=True), root / "b")}
+
+
+@pytest.fixture(scope="module")
+def exported(exported_both):
+    return exported_both["no_points"][:3]
+
+
+@pytest.fixture(scope="module")
+def exported_points(exported_both):
+    return exported_both["points"][:3]
 
 
 def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def test_three_graphs_pass_the_checker_with_named_dynamic_io(exported):
-    _, _, out = exported
+@pytest.mark.parametrize("kind", ["no_points", "points"])
+def test_three_graphs_pass_the_checker_with_named_dynamic_io(exported_both, kind):
+    policy, _, out, _ = exported_both[kind]
+    assert ("points" in graph_outputs(policy.cfg, "obs_encoder")) == (kind == "points")
     for graph, path in graph_paths(out).items():
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
         assert [i.name for i in model.graph.input] == list(INPUTS[graph])
-        assert [o.name for o in model.graph.output] == list(OUTPUTS[graph])
+        assert [o.name for o in model.graph.output] == list(graph_outputs(policy.cfg, graph))
         for value in list(model.graph.input) + list(model.graph.output):
             dims = value.type.tensor_type.shape.dim
             batch_axis = 2 if value.name.endswith("_kv") else 0
             assert dims[batch_axis].dim_param, f"{graph}.{value.name}: batch axis must be dynamic"
+    signed = ["export_manifest.sig"] if kind == "no_points" else []
     assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{g}.onnx" for g in GRAPHS), "export_manifest.json",
-                                                            "export_manifest.sig"])  # no temp files left
+                                                            *signed])  # no temp files left
+
+
+# Every op the graphs may use: all in TensorRT 10's ONNX parser (onnx-tensorrt docs/operators.md, 10.1) for the
+# types the graphs use them with. Not there: Resize with antialias=1 (the parser refuses it), so no Resize at all.
+TENSORRT_OPS = {"Abs", "Add", "And", "ArgMax", "Cast", "Clip", "Concat", "Constant", "Conv", "Cos", "Div", "Equal", "Erf",
+                "Expand", "Gather", "GatherElements", "Gemm", "IsNaN", "LayerNormalization", "Less", "MatMul", "Mod",
+                "Mul", "Neg", "Not", "Pow", "Range", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape",
+                "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+                "Where"}
+
+
+def test_graphs_use_only_tensorrt_parsable_ops_and_the_points_are_argmax_and_gather(exported_points):
+    _, _, out = exported_points
+    ops = {g: {n.op_type for n in onnx.load(str(p)).graph.node} for g, p in graph_paths(out).items()}
+    assert {g: sorted(o - TENSORRT_OPS) for g, o in ops.items()} == {g: [] for g in GRAPHS}
+    assert {"ArgMax", "GatherElements"} <= ops["obs_encoder"]  # the grounding head's top token and its offset
+    argmax = [n for n in onnx.load(str(graph_paths(out)["obs_encoder"])).graph.node if n.op_type == "ArgMax"]
+    assert len(argmax) == 2  # object, pad
 
 
 def test_metadata_carries_checkpoint_config_and_preprocessing(exported):
@@ -77,9 +123,10 @@ def test_metadata_carries_checkpoint_config_and_preprocessing(exported):
         assert meta["mot.dtype"] == "float32"
 
 
+@pytest.mark.parametrize("kind", ["no_points", "points"])
 @pytest.mark.parametrize("batch,text_len", [(1, 3), (3, 9)])
-def test_each_graph_matches_torch(exported, batch, text_len):
-    policy, _, out = exported
+def test_each_graph_matches_torch(exported_both, kind, batch, text_len):
+    policy, _, out, _ = exported_both[kind]
     inputs = example_inputs(policy, batch=batch, text_len=text_len, seed=batch)
     for graph, path in graph_paths(out).items():
         got = _session(path).run(None, {n: x.numpy() for n, x in zip(INPUTS[graph], inputs[graph])})
@@ -95,34 +142,58 @@ def test_each_graph_matches_torch(exported, batch, text_len):
 
 
 def _chunk_onnx(out, policy, batch, noise):
-    """The full 10-step chunk through the three sessions with numpy glue (no runner)."""
-    from policy.model import euler_sample
-
+    """The full 10-step chunk through the three sessions with numpy glue (no runner) -> (actions, points or None)."""
     obs = {k: v for k, v in batch.items() if k != "actions"}
-    ids, valid = policy.tokenizer(obs["instruction"])
+    ids, valid = policy.tokenizer.encode(obs["instruction"])
     s = {g: _session(p) for g, p in graph_paths(out).items()}
-    (text_kv,) = s["text_encoder"].run(None, {"token_ids": ids.numpy(), "text_valid": valid.numpy()})
+    (text_kv,) = s["text_encoder"].run(None, {"token_ids": ids, "text_valid": valid})
     images = np.stack([obs["images"][c] for c in policy.cfg.cameras], axis=1)
-    state = policy.normalize_state(torch.from_numpy(obs["state"])).numpy()
-    kv, pvalid = s["obs_encoder"].run(None, {"images": images, "state_norm": state, "text_kv": text_kv,
-                                             "text_valid": valid.numpy()})
+    state = policy.normalize_robot_state(torch.from_numpy(obs["state"])).numpy()
+    kv, pvalid, *points = s["obs_encoder"].run(None, {"images": images, "robot_state_norm": state, "text_kv": text_kv,
+                                                      "text_valid": valid})
     b = images.shape[0]
     step = lambda x, t: s["denoiser"].run(None, {"x_t": x, "t": np.full((b,), t, np.float32), "prefix_kv": kv,  # noqa
                                                  "prefix_valid": pvalid})[0]
     x = euler_sample(step, noise.numpy(), policy.cfg.num_inference_steps)
-    return policy.unnormalize_actions(torch.from_numpy(x), torch.from_numpy(obs["state"])).numpy()
+    actions = policy.unnormalize_actions(torch.from_numpy(x), torch.from_numpy(obs["state"])).numpy()
+    return actions, (points[0] if points else None)
 
 
-def test_full_chunk_matches_torch_on_random_observations(exported):
-    policy, _, out = exported
+def _chunk_torch(policy, batch, noise):
+    """The same chunk in torch -> (actions (policy.sample_actions), points (MoTPolicy.observe) or None)."""
+    actions = policy.sample_actions(batch, noise=noise).numpy()
+    with torch.no_grad():
+        text = policy.encode_text(*policy.tokenizer(batch["instruction"]))
+        images = torch.from_numpy(np.stack([batch["images"][c] for c in policy.cfg.cameras], axis=1))
+        _, points, _ = policy.observe(images, policy.normalize_robot_state(torch.from_numpy(batch["state"])), text)
+    return actions, (None if points is None else points.numpy())
+
+
+@pytest.mark.parametrize("kind", ["no_points", "points"])
+def test_full_chunk_matches_torch_on_random_observations(exported_both, kind):
+    policy, _, out, _ = exported_both[kind]
     batch = make_batch(policy.cfg, batch_size=3, seed=2, actions=False)  # padded text in the batch
+    batch["state"] = batch["state"][:, :policy.cfg.robot_state_dim]  # callers pass the robot's state
     noise = torch.randn(3, policy.cfg.horizon, policy.cfg.action_dim)
-    want = policy.sample_actions(batch, noise=noise).numpy()
-    assert np.abs(_chunk_onnx(out, policy, batch, noise) - want).max() <= 1e-4
+    (got, got_points), (want, want_points) = _chunk_onnx(out, policy, batch, noise), _chunk_torch(policy, batch, noise)
+    assert np.abs(got - want).max() <= 1e-4
+    if kind == "no_points":
+        assert got_points is None and want_points is None
+    else:
+        assert got_points.shape == (3, policy.cfg.target_point_dim) and np.abs(got_points - want_points).max() <= 1e-4
+        assert ((got_points >= 0) & (got_points <= 1)).all()
 
 
-def test_full_chunk_matches_torch_on_rendered_observations(exported):
-    policy, _, out = exported
+def test_mot_export_reports_parity_of_the_points_and_of_whole_chunks(exported_both):
+    for kind, (_, _, _, report) in exported_both.items():
+        parity = report["parity_max_abs"]
+        assert set(parity) >= {"text_encoder", "obs_encoder", "denoiser", "chunk_actions"}
+        assert all(v <= 1e-4 for v in parity.values()), parity
+        assert ({"points", "confidence", "chunk_points"} <= set(parity)) == (kind == "points")
+
+
+def test_full_chunk_matches_torch_on_rendered_observations(exported_points):
+    policy, _, out = exported_points
     try:
         from sim.tabletop_env import TabletopEnv
 
@@ -135,20 +206,35 @@ def test_full_chunk_matches_torch_on_rendered_observations(exported):
              "state": obs["state"][None].astype(np.float32), "instruction": [obs["instruction"]]}
     noise = torch.randn(1, policy.cfg.horizon, policy.cfg.action_dim)
     want = policy.sample_actions(batch, noise=noise).numpy()
-    assert np.abs(_chunk_onnx(out, policy, batch, noise) - want).max() <= 1e-4
+    assert np.abs(_chunk_onnx(out, policy, batch, noise)[0] - want).max() <= 1e-4
 
 
-def test_frames_of_another_size_are_resized_inside_the_graph(exported):
-    """H, W are dynamic: the graph resizes like policy.vision.preprocess_images (antialiased bilinear)."""
-    policy, _, out = exported
+@pytest.mark.parametrize("hw", [(96, 80), (240, 320), (50, 70)])
+def test_frames_of_another_size_are_resized_inside_the_graph(exported_points, hw):
+    """H, W are dynamic: the graph resizes like policy.vision.preprocess_images (torch's antialiased bilinear)."""
+    policy, _, out = exported_points
     cfg = policy.cfg
     batch = make_batch(cfg, batch_size=1, actions=False)
+    batch["state"] = batch["state"][:, :cfg.robot_state_dim]
     rng = np.random.default_rng(1)
-    batch["images"] = {c: rng.integers(0, 256, (1, 96, 80, 3), dtype=np.uint8) for c in cfg.cameras}
+    batch["images"] = {c: rng.integers(0, 256, (1, *hw, 3), dtype=np.uint8) for c in cfg.cameras}
     noise = torch.randn(1, cfg.horizon, cfg.action_dim)
-    want = policy.sample_actions(batch, noise=noise).numpy()
-    # ORT's antialias filter differs from torch's in the last bits (~1e-3 grey levels): a looser bound.
-    assert np.abs(_chunk_onnx(out, policy, batch, noise) - want).max() <= 1e-3
+    (got, got_points), (want, want_points) = _chunk_onnx(out, policy, batch, noise), _chunk_torch(policy, batch, noise)
+    assert np.abs(got - want).max() <= 1e-4 and np.abs(got_points - want_points).max() <= 1e-4
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (128, 128), (96, 80), (480, 640), (20, 30), (8, 200)])
+def test_resize_frames_is_torchs_antialiased_bilinear(hw):
+    """The graph's resize (two matrix products, TensorRT-parsable) against F.interpolate(antialias=True), which the
+    torch path runs (policy.vision.preprocess_images): up and down, square or not; the identity at the model's size."""
+    images = torch.randint(0, 256, (2, 2, *hw, 3), dtype=torch.uint8)
+    got = resize_frames(images, 64)
+    x = images.reshape(4, *hw, 3).permute(0, 3, 1, 2).float()
+    want = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    want = want.permute(0, 2, 3, 1).reshape(2, 2, 64, 64, 3)
+    assert got.shape == (2, 2, 64, 64, 3) and (got - want).abs().max() <= 1e-3  # grey levels (0..255)
+    if hw == (64, 64):
+        assert torch.equal(got, images.float())
 
 
 def test_bidirectional_prefix_is_refused(tmp_path):
@@ -192,7 +278,7 @@ def test_bad_export_arguments_are_refused(tiny_policy, tmp_path):
         export_policy(tiny_policy, tmp_path, graphs=("decoder",))
 
 
-@pytest.mark.parametrize("extra", [{"image_token_stride": 16}], ids=["token_stride16"])
+@pytest.mark.parametrize("extra", [{"image_token_stride": 16, "prefix_pool": 2}], ids=["token_stride16_pool2"])
 def test_longer_prefix_policies_export_and_match_torch(tmp_path, extra):
     """Finer image tokens lengthen the prefix the graphs pass on: export, reload, compare."""
     torch.manual_seed(1)
@@ -204,7 +290,7 @@ def test_longer_prefix_policies_export_and_match_torch(tmp_path, extra):
     batch = make_batch(policy.cfg, batch_size=2, seed=3, actions=False)
     noise = torch.randn(2, policy.cfg.horizon, policy.cfg.action_dim)
     want = policy.sample_actions(batch, noise=noise).numpy()
-    assert np.abs(_chunk_onnx(tmp_path / "onnx", policy, batch, noise) - want).max() <= 1e-4
+    assert np.abs(_chunk_onnx(tmp_path / "onnx", policy, batch, noise)[0] - want).max() <= 1e-4
 
 
 # -- the export manifest ---------------------------------------------------------------------------

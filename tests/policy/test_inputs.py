@@ -25,7 +25,7 @@ def _case(tiny_cfg, name):
         return b, ValueError, r"images:.*unknown \['top'\]"
     if name == "float image":
         b["images"]["front"] = b["images"]["front"].astype(np.float32)
-        return b, TypeError, r"images\['front'\]: expected dtype torch.uint8, received torch.float32"
+        return b, TypeError, r"images\['front'\]: expected dtype uint8, received float32"
     if name == "image without channels":
         b["images"]["front"] = b["images"]["front"][..., 0]
         return b, ValueError, r"images\['front'\]: expected shape \(B, H, W, 3\).*received \(2, %d, %d\)" % (s, s)
@@ -37,7 +37,7 @@ def _case(tiny_cfg, name):
         return b, TypeError, r"images\['front'\]: expected a numpy array or torch tensor"
     if name == "float64 state":
         b["state"] = b["state"].astype(np.float64)
-        return b, TypeError, r"state: expected dtype torch.float32, received torch.float64"
+        return b, TypeError, r"state: expected dtype float32, received float64"
     if name == "wrong state width":
         b["state"] = b["state"][:, :5]
         return b, ValueError, r"state: expected shape \(B, 7\), received \(2, 5\)"

@@ -128,28 +128,3 @@ def test_mot_pack_signs_and_makes_keys(policy, keys, tmp_path, capsys):
     with pytest.raises(InputError, match=r"pack: expected --checkpoint and --out"):
         pack_main([])
     assert np.isfinite(report["max_action_diff"])
-
-
-class _FakePointer:
-    """Anything with `.save(dir, dtype)`: the body's manifest hashes the pointer's manifest.json."""
-
-    def save(self, directory, dtype):
-        directory.mkdir(parents=True)
-        (directory / "manifest.json").write_text(json.dumps({"format": "mot-pointer/1", "files": {}}))
-
-
-def test_the_signature_covers_the_bundled_pointer(keys, tmp_path):
-    ours, _ = keys
-    torch.manual_seed(0)
-    body = randomize_body(MoTPolicy(PolicyConfig.preset("tiny", target_points="sim")))
-    path = save_checkpoint(body, tmp_path / "ckpt", pointer=_FakePointer(), signing_key=ours["private_key"])
-    load_checkpoint(path, trusted_key=ours["public_key"])
-    # Swap the pointer and re-hash its entry in the body's manifest: the file hashes agree again ...
-    (path / "pointer" / "manifest.json").write_text(json.dumps({"format": "mot-pointer/1", "files": {"x": "y"}}))
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["pointer"]["manifest_sha256"] = sha256_file(path / "pointer" / "manifest.json")
-    (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    load_checkpoint(path)
-    # ... but not the signature over the body's manifest.
-    with pytest.raises(CheckpointError, match=r"manifest.sig does not verify"):
-        load_checkpoint(path, trusted_key=ours["public_key"])
