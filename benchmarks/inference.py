@@ -17,6 +17,10 @@ Prints one JSON object:
   threads/device) and MFU = FLOPs / time / peak;
 - the ratios the issues set targets on: cached / naive chunk, backend / torch-eager chunk.
 
+- PolicyRunner.infer (the torch-free path for onnxruntime/tensorrt: `PolicyRunner.from_checkpoint`), median / p90;
+- the target points: computed inside the observation graph (one model points, then acts: no separate pointer),
+  so the observation figures include the grounding head; "points" says what the policy pointed at.
+
 It times the shipped checkpoint (checkpoints/default) unless --checkpoint names another; an untrained
 preset only with --random-weights (adaLN gates randomised so the body does real work), and the JSON
 says so in "weights". Timings on a shared machine are noisy:
@@ -49,7 +53,6 @@ from policy.backends import physical_cores  # noqa: E402
 from policy.checkpoint import load_checkpoint  # noqa: E402
 from policy.errors import InputError  # noqa: E402
 from policy.options import parse  # noqa: E402
-from policy.pointing import Pointer  # noqa: E402
 from policy.runtime import PolicyRunner  # noqa: E402
 from training.cli import run_command  # noqa: E402
 
@@ -144,6 +147,7 @@ def build_policy(args) -> tuple[MoTPolicy, Path | None]:
         return load_checkpoint(args.checkpoint), Path(args.checkpoint)
     torch.manual_seed(0)
     policy = MoTPolicy(PolicyConfig.preset(args.preset))
+    policy.set_target_points("model")  # the shipped checkpoint's layout: it points, then acts (in the observation graph)
     with torch.no_grad():  # trained-like adaLN gates (zero at init): the action tokens then read the prefix
         for name, p in policy.named_parameters():
             if ".ada." in name or name == "state_cond":
@@ -152,9 +156,10 @@ def build_policy(args) -> tuple[MoTPolicy, Path | None]:
 
 
 def observation(cfg: PolicyConfig, batch: int, seed: int = 0):
+    """Random frames, the robot's state (what callers pass: the policy appends its target points) and flow noise."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (batch, len(cfg.cameras), cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
-    state = rng.standard_normal((batch, cfg.state_dim)).astype(np.float32)
+    state = rng.standard_normal((batch, cfg.robot_state_dim)).astype(np.float32)
     noise = rng.standard_normal((batch, cfg.horizon, cfg.action_dim)).astype(np.float32)
     return images, state, noise
 
@@ -162,28 +167,34 @@ def observation(cfg: PolicyConfig, batch: int, seed: int = 0):
 def backend_ops(runner: PolicyRunner, images, state, noise, instruction: str, steps: int) -> dict:
     """The backend's three graphs, the cached chunk, and PolicyRunner.infer, as zero-argument calls."""
     backend, b = runner.backend, images.shape[0]
-    ids, valid = runner.policy.tokenizer([instruction] * b)
-    ids, valid = ids.numpy(), valid.numpy()
+    ids, valid = runner.tokenizer.encode([instruction] * b)
+    state_norm = runner.spec.normalize_robot_state(state)
     text = backend.encode_text(ids, valid)
-    prefix = backend.encode_observation(images, state, text)
+    prefix, _, _ = backend.encode_observation(images, state_norm, text)  # + the target points, inside the graph
 
     def chunk():  # what a control step costs: observation encode + Euler steps on the cached text K/V
-        p = backend.encode_observation(images, state, text)
+        p, _, _ = backend.encode_observation(images, state_norm, text)
         return euler_sample(lambda x, t: backend.denoise(x, t, p), noise, steps)
 
     single = {k: v[0] for k, v in zip(runner.cfg.cameras, np.moveaxis(images[:1], 1, 0))}
     runner.warmup(instruction)
-    robot_state = state[0][:runner.robot_state_dim]  # a pointer appends the target points itself
-    pointing = {"pointer": lambda: runner.pointer(single, instruction)} if runner.pointer is not None else {}
     return {
         "text_encode": lambda: backend.encode_text(ids, valid),
-        "observation_encode": lambda: backend.encode_observation(images, state, text),
+        "observation_encode": lambda: backend.encode_observation(images, state_norm, text),
         "denoise_step": lambda: backend.denoise(noise, 0.5, prefix),
         "chunk": chunk,
-        # End to end (validation, text cache hit, de-normalisation), batch 1.
-        "runner_infer": lambda: runner.infer(single, robot_state, instruction, noise=noise[0]),
-        **pointing,  # the pointer alone, batch 1 (included in runner_infer)
+        # End to end (validation, text cache hit, observation with its points, sampler, de-normalisation), batch 1.
+        "runner_infer": lambda: runner.infer(single, state[0], instruction, noise=noise[0]),
     }
+
+
+def points_report(runner: PolicyRunner, cfg: PolicyConfig) -> dict:
+    """Where the target points come from and what the latest PolicyRunner.infer pointed at ((u, v) in [0, 1])."""
+    if cfg.target_points is None:
+        return {"source": None}
+    return {"source": "the observation graph (grounding head on the vision expert's final image tokens)",
+            "dim": cfg.target_point_dim, "last_points": np.round(runner.last_points, 4).tolist(),
+            "last_confidence": np.round(runner.last_confidence, 4).tolist()}
 
 
 def count_text_encodes(runner: PolicyRunner, fn, calls: int = 3) -> int:
@@ -243,26 +254,29 @@ def main(argv: list[str] | None = None) -> int:
         options = {"onnx_dir": args.onnx_dir, "intra_op_threads": threads}
     elif args.backend == "tensorrt":
         options = {"onnx_dir": args.onnx_dir, "max_batch": max(1, b), "opt_batch": b}
-    # A target_points checkpoint: its bundled pointer runs (torch) inside PolicyRunner.infer, as on a robot;
-    # without one, the graphs are timed on a state that already carries the points.
-    pointer = Pointer.bundled(ckpt) if ckpt is not None and cfg.target_points is not None else None
-    privileged = cfg.target_points is not None and pointer is None
+    # The torch-free runtime for onnxruntime/tensorrt when there is a checkpoint (what a robot runs: graphs from
+    # <checkpoint>/onnx or --onnx-dir, exported first when missing); an in-memory policy otherwise.
     t0 = time.perf_counter()
-    runner = PolicyRunner(policy, backend=args.backend, checkpoint_dir=ckpt, pointer=pointer,
-                          allow_privileged=privileged, **options)
+    if ckpt is not None and args.backend != "torch":
+        runner = PolicyRunner.from_checkpoint(ckpt, backend=args.backend, **options)
+    else:
+        runner = PolicyRunner(policy, backend=args.backend, checkpoint_dir=ckpt, **options)
     setup_s = time.perf_counter() - t0
-    torch_runner = runner if args.backend == "torch" else PolicyRunner(policy, backend="torch", pointer=pointer,
-                                                                       allow_privileged=privileged)
+    torch_runner = runner if args.backend == "torch" else PolicyRunner(policy, backend="torch")
 
-    # FLOPs of the exported computations, counted on the torch modules.
+    # FLOPs of the exported computations, counted on the torch modules (the observation: MoTPolicy.observe, the
+    # graph's own computation, grounding head and target points included).
     ids_t, valid_t = policy.tokenizer([instruction] * b)
-    images_t, state_t, noise_t = torch.from_numpy(images), torch.from_numpy(state), torch.from_numpy(noise)
+    images_t, noise_t = torch.from_numpy(images), torch.from_numpy(noise)
+    robot_t = policy.normalize_robot_state(torch.from_numpy(state))
     with torch.no_grad():
         text_p = policy.encode_text(ids_t, valid_t)
-        prefix_p = policy.encode_state(state_t, policy.encode_images(images_t, text_p))
+        prefix_p, points_p, _ = policy.observe(images_t, robot_t, text_p)
+    state_t = robot_t if points_p is None else torch.cat(  # the body's whole state, for the naive pass
+        [robot_t, (points_p - policy.state_mean[cfg.robot_state_dim:]) / policy.state_std[cfg.robot_state_dim:]], 1)
     flops = {
         "text_encode": count_flops(policy, lambda: policy.encode_text(ids_t, valid_t)),
-        "observation_encode": count_flops(policy, lambda: policy.encode_state(state_t, policy.encode_images(images_t, text_p))),
+        "observation_encode": count_flops(policy, lambda: policy.observe(images_t, robot_t, text_p)),
         "denoise_step": count_flops(policy, lambda: policy.denoise(noise_t, torch.full((b,), 0.5), prefix_p)),
         "naive_step": count_flops(policy, lambda: policy.velocity_uncached(ids_t, valid_t, images_t, state_t, noise_t,
                                                                    torch.full((b,), 0.5))),
@@ -314,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         "weights": "random (untrained preset): not the product's figures" if args.random_weights else "checkpoint",
         "preset": args.preset if args.random_weights else None,
         "checkpoint": None if args.random_weights else str(args.checkpoint),
-        "pointer": pointer.source if pointer is not None else None,
+        "checkpoint_id": runner.checkpoint_id,
         "backend": args.backend,
+        "runtime": "torch-free (PolicyRunner.from_checkpoint)" if runner.policy is None else "in-memory MoTPolicy",
         "batch": b,
         "num_steps": steps,
         "threads": threads,
@@ -323,13 +338,16 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__, "note": "shared machine: timings are noisy"},
         "backend_setup_s": round(setup_s, 2),
         "parameters": policy.num_parameters(),
-        "tokens": {"text": int(ids_t.shape[1]), "image": cfg.image_tokens, "state": 1, "action": cfg.horizon},
+        "tokens": {"text": int(ids_t.shape[1]), "image": cfg.image_tokens, "image_attended_by_body": cfg.body_image_tokens,
+                   "state": 1, "action": cfg.horizon},
+        "points": points_report(runner, cfg),
         "flops": {**flops, "method": "torch.utils.flop_counter.FlopCounterMode (matmul/linear/conv/attention; "
                                      "element-wise not counted)"},
         "gemm_peak": peak,
         "latency": figures,
         "naive_chunk": {**naive, "gflops": round(flops["naive_chunk"] / naive["median_ms"] / 1e6, 1),
                         "mfu": mfu("naive_chunk", naive["median_ms"])},
+        "runner_infer": {k: main_res["runner_infer"][k] for k in ("median_ms", "p90_ms", "min_ms", "iters")},
         "split": {
             "per_instruction_ms": text_ms,  # text K/V: computed once per instruction, then cached
             "per_observation_ms": main_res["observation_encode"]["median_ms"],

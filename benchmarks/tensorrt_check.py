@@ -5,12 +5,14 @@
 
 For the shipped checkpoint (checkpoints/default, or --checkpoint): exports the float32 graphs (and the float16
 ones when this TensorRT builds strongly typed fp16 engines) into a scratch folder, builds the three engines per
-precision from scratch (timed), then on the same observations and flow noise compares whole action chunks from
-PolicyRunner(backend="tensorrt") with PolicyRunner(backend="onnxruntime") (max abs action difference, robot
-units), and times each graph and the chunk (observation encode + num_inference_steps denoise steps, text cached):
-median / p90 / min ms. Sized for < 5 minutes on a desktop GPU (builds dominate; --precisions fp16 halves them).
+precision from scratch (timed), then on the same observations and flow noise compares whole chunks from
+PolicyRunner(backend="tensorrt") with PolicyRunner(backend="onnxruntime") (both the torch-free runtime, from the
+checkpoint directory: max abs action difference in robot units, and target-point difference in (u, v) units), and
+times each graph and the chunk (observation encode with its points + num_inference_steps denoise steps, text
+cached): median / p90 / min ms. Sized for < 5 minutes on a desktop GPU (builds dominate; --precisions fp16 halves
+them). torch is needed for the export only (any build: the engines run through cuda-python, policy/cuda.py).
 
-Exit 3 with one line on stderr where there is no CUDA device or no tensorrt module.
+Exit 3 with one line on stderr where there is no tensorrt or cuda-python module, or no CUDA device.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from policy.checkpoint import checkpoint_id, load_checkpoint  # noqa: E402
+from policy.cuda import Cuda, import_cudart  # noqa: E402
 from policy.export import export_policy  # noqa: E402
-from policy.model import euler_sample  # noqa: E402
 from policy.options import parse  # noqa: E402
 from policy.runtime import PolicyRunner  # noqa: E402
+from policy.sampling import euler_sample  # noqa: E402
 from policy.tensorrt import graph_dtype, import_tensorrt, network_mode  # noqa: E402
 
 
@@ -87,41 +90,40 @@ def observations(cfg, robot_state_dim: int, n: int, seed: int = 0) -> list[tuple
 
 
 def latency(runner: PolicyRunner, obs: tuple, iters: int) -> dict:
-    """Per graph (text encode, observation encode, one denoise step), the chunk (observation + every denoise step,
-    text cached: what a control step costs the backend), and PolicyRunner.infer (+ validation, pointer, sampler)."""
+    """Per graph (text encode, observation encode with the target points, one denoise step), the chunk (observation
+    + every denoise step, text cached: what a control step costs the backend), and PolicyRunner.infer (+ validation,
+    tokenisation, sampler, de-normalisation)."""
     backend, cfg = runner.backend, runner.cfg
     images, state, instruction, noise = obs
-    ids, valid = runner.policy.tokenizer([instruction])
-    ids, valid = ids.numpy(), valid.numpy()
+    ids, valid = runner.tokenizer.encode([instruction])
     frames = np.stack([images[c] for c in cfg.cameras])[None]
-    full_state = np.zeros((1, cfg.state_dim), np.float32)  # the graphs' input: the state incl. any target points
-    full_state[0, :state.shape[0]] = state
+    state_norm = runner.spec.normalize_robot_state(state[None])  # the graph's input: the robot's state, normalised
     text = backend.encode_text(ids, valid)
-    prefix = backend.encode_observation(frames, full_state, text)
+    prefix, _, _ = backend.encode_observation(frames, state_norm, text)
     x = noise[None]
 
     def chunk():
-        p = backend.encode_observation(frames, full_state, text)
+        p, _, _ = backend.encode_observation(frames, state_norm, text)
         return euler_sample(lambda xt, t: backend.denoise(xt, t, p), x, cfg.num_inference_steps)
 
     return {"text_encode": timed(lambda: backend.encode_text(ids, valid), iters),
-            "observation_encode": timed(lambda: backend.encode_observation(frames, full_state, text), iters),
+            "observation_encode": timed(lambda: backend.encode_observation(frames, state_norm, text), iters),
             "denoise_step": timed(lambda: backend.denoise(x, 0.5, prefix), iters),
             "chunk": timed(chunk, iters),
-            # the whole call, incl. a bundled pointer (torch, CPU: it dominates on a GPU), so fewer calls
-            "runner_infer": timed(lambda: runner.infer(images, state, instruction, noise=noise), max(3, iters // 10),
-                                  warmup=1)}
+            "runner_infer": timed(lambda: runner.infer(images, state, instruction, noise=noise), iters)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(TensorRTCheckConfig, argv, "tensorrt_check", __doc__.split("\n\n")[0])
     try:
         import tensorrt  # noqa: F401
-        import torch
+        import torch  # the export's
     except ImportError as e:
         return fail(f"expected the tensorrt and torch packages, {e}; run benchmarks/tensorrt_check.sh")
-    if not torch.cuda.is_available():
-        return fail("expected a CUDA device, torch.cuda.is_available() is False (a CPU-only torch build, or no GPU)")
+    try:
+        gpu = Cuda(import_cudart()).device_name()
+    except RuntimeError as e:  # no cuda-python, or no CUDA device
+        return fail(f"expected cuda-python and a CUDA device: {e}")
     import onnxruntime
 
     trt = import_tensorrt()
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = load_checkpoint(args.checkpoint)
     sha = checkpoint_id(args.checkpoint)
     onnx_dir = work / "onnx"
-    report: dict = {"gpu": torch.cuda.get_device_name(), "tensorrt": trt.__version__, "torch": torch.__version__,
+    report: dict = {"gpu": gpu, "tensorrt": trt.__version__, "torch": torch.__version__,
                     "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0],
                     "checkpoint": str(args.checkpoint), "checkpoint_id": sha, "work": str(work), "export_s": {}}
     modes = {p: network_mode(trt, p, args.strongly_typed) for p in args.precisions}
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = PolicyRunner.from_checkpoint(args.checkpoint, backend="onnxruntime", onnx_dir=onnx_dir)
     report["onnxruntime_providers"] = reference.backend.providers
     obs = observations(reference.cfg, reference.robot_state_dim, args.observations)
-    want = [reference.infer(images, state, words, noise=noise) for images, state, words, noise in obs]
+    want = [(reference.infer(images, state, words, noise=noise), reference.last_points)
+            for images, state, words, noise in obs]
     report["engines"] = {}
     for precision in args.precisions:
         t0 = time.perf_counter()
@@ -156,18 +159,20 @@ def main(argv: list[str] | None = None) -> int:
                                      engine_dir=work / f"trt-{precision}", fp16=precision == "fp16",
                                      strongly_typed=args.strongly_typed)
         load_s = time.perf_counter() - t0  # the same engines from the cache
-        got = [runner.infer(images, state, words, noise=noise) for images, state, words, noise in obs]
-        diffs = [float(np.abs(a - b).max()) for a, b in zip(got, want)]
+        got = [(runner.infer(images, state, words, noise=noise), runner.last_points)
+               for images, state, words, noise in obs]
+        diffs = [float(np.abs(a - b).max()) for (a, _), (b, _) in zip(got, want)]
+        point_diffs = [float(np.abs(a - b).max()) for (_, a), (_, b) in zip(got, want) if a is not None]
         report["engines"][precision] = {
             "network": runner.backend.network, "graph_dtype": runner.backend.graphs.dtype,
             "build_s": round(build_s, 2), "cached_load_s": round(load_s, 2),
             "parity_vs_onnxruntime": {"max_abs_action_diff": round(max(diffs), 6),
                                       "per_observation": [round(d, 6) for d in diffs],
+                                      "max_abs_point_diff": round(max(point_diffs), 6) if point_diffs else None,
                                       "observations": len(obs), "same_noise": True},
             "latency": latency(runner, obs[0], args.iters),
         }
-        del runner
-        torch.cuda.empty_cache()
+        del runner  # frees its engines' device buffers
     report["onnxruntime_latency"] = {k: v for k, v in latency(reference, obs[0], max(5, args.iters // 5)).items()
                                      if k in ("chunk", "runner_infer")}
     report["total_s"] = round(time.perf_counter() - t_all, 1)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# TensorRT check on a machine with an NVIDIA GPU: a venv with a CUDA torch, the project with [export,tensorrt],
+# TensorRT check on a machine with an NVIDIA GPU: a venv with torch (for the export), cuda-python (the TensorRT backend's
+# device buffers) and the project with [export,tensorrt],
 # then benchmarks/tensorrt_check.py (export checkpoints/default, build the engines, parity vs onnxruntime,
 # latency per graph and per chunk), which prints one JSON object on stdout. Progress goes to stderr.
 #
@@ -50,6 +51,8 @@ if [ -z "${MOT_TRT_SKIP_INSTALL:-}" ]; then
     else
         "${pip[@]}" "$torch_spec"
     fi
+    echo "tensorrt_check: installing cuda-python (the TensorRT backend's device buffers)" >&2
+    "${pip[@]}" cuda-python
     extras="export,tensorrt"
     [ "$JETSON" = 1 ] && extras="export"
     echo "tensorrt_check: installing the project with [$extras]" >&2

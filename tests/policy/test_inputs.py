@@ -105,3 +105,17 @@ def test_good_input_in_torch_or_numpy_and_any_image_size_works(policy, tiny_cfg)
 def test_noise_of_wrong_shape_is_refused(policy, tiny_cfg):
     with pytest.raises(ValueError, match=r"noise: expected shape \(2, %d, 7\)" % tiny_cfg.horizon):
         policy.sample_actions(make_batch(tiny_cfg, actions=False), noise=torch.zeros(2, 3, 7))
+
+
+def test_torch_and_numpy_inputs_get_the_same_dtype_message(policy, tiny_cfg):
+    """One validation (policy/validation.py, numpy) for both: a torch tensor's dtype is named as numpy names it."""
+    messages = []
+    for as_torch in (False, True):
+        b = make_batch(tiny_cfg, batch_size=1, actions=False)
+        b["state"] = b["state"].astype(np.float64)
+        if as_torch:
+            b["state"] = torch.from_numpy(b["state"])
+        with pytest.raises(TypeError) as e:
+            policy.sample_actions(b, num_steps=1)
+        messages.append(str(e.value))
+    assert messages == ["state: expected dtype float32, received float64"] * 2
