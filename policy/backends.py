@@ -6,7 +6,7 @@ numpy arrays); the sampler, text cache, validation and de-normalisation stay in 
 Identity and integrity, checked before a graph runs (`load_graphs`):
 
 1. `export_manifest.json` (written by policy.export beside the graphs) names the checkpoint the graphs were
-   exported from; it must be the loaded checkpoint (`policy.export.policy_fingerprint`).
+   exported from; it must be the loaded checkpoint (its id: `policy.spec.PolicySpec.checkpoint_id`).
 2. Every graph file (and any external-data file) is read once and its sha256 compared with the manifest's: a
    graph whose bytes changed after export (weights edited, metadata kept) is refused. The session or engine is
    built from those same bytes.
