@@ -186,9 +186,10 @@ class PolicyConfig:
             # Image tokens stack the stride-8/16 maps of their cell: a 4x4 grid alone cannot tell which
             # of two small cubes in one 32-pixel cell is the red one, or where it is.
             # 8x8 image tokens to point with (a ~10-pixel object mostly gets a token of its own), pooled to 4x4
-            # for the body.
+            # for the body. 5 Euler steps: as good as 10 in closed loop, 14 ms less per chunk (docs/experiments.md).
             "small": dict(vision_trainable="attention", delta_action_mask=(True,) * 6 + (False,),
-                          image_feature_strides=(8, 16, 32), image_token_stride=16, prefix_pool=2),
+                          image_feature_strides=(8, 16, 32), image_token_stride=16, prefix_pool=2,
+                          num_inference_steps=5),
         }
         if name not in presets:
             raise InputError(f"preset: expected one of {sorted(presets)}, received {name!r}")

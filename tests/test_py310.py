@@ -9,9 +9,9 @@ Three checks:
 - with that 3.10 and only its standard library (`-S -I`: no site-packages, no user site, no PYTHON* variables),
   the torch-free modules policy.errors, policy.artifacts and policy.config import and work.
 
-Skipped, with the reason, where no 3.10 is installed. The full torch-free runtime check (onnxruntime/TensorRT
-backends on 3.10 without torch) comes with a later issue: today policy.backends, policy.runtime and the TensorRT
-buffers still import torch.
+Skipped, with the reason, where no 3.10 is installed. The runtime's own torch-free check (PolicyRunner on
+onnxruntime and TensorRT where importing torch fails) is tests/policy/test_torch_free_runtime.py; it needs
+onnxruntime, tokenizers and cryptography, which a bare 3.10 does not have.
 """
 
 from __future__ import annotations

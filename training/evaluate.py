@@ -109,7 +109,7 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
     """Closed-loop success per split and family. log: JSON lines, one per finished episode; episodes it
     already holds for this same evaluation are taken from it instead of being run again. sim_points: a
     target_points policy acts on the simulator's truth instead of its own points (an upper bound)."""
-    identity = {"checkpoint_id": getattr(runner.policy, "checkpoint_id", None), "backend": runner.backend.name,
+    identity = {"checkpoint_id": runner.checkpoint_id, "backend": runner.backend.name,
                 "env": env_spec,
                 "execute_steps": execute_steps,
                 "target_points": points_source(runner, sim_points)}
