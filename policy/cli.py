@@ -74,14 +74,10 @@ def pack(cfg: PackConfig) -> dict:
             "signed_by": key_id(key) if key is not None else None, **report, **packing_error(policy, out)}
 
 
-def packing_error(policy: MoTPolicy, packed: Path, observations: int = 4) -> dict:
-    """What packing changed: the largest action difference (robot units) and, for a policy that points, target-point
-    difference (pixels) between the source and the packed checkpoint, on seeded random observations with the
-    same flow noise."""
-    source = PolicyRunner(policy)
-    target = PolicyRunner.from_checkpoint(packed)
-    points_too = policy.cfg.target_points is not None
-    cfg, rng = policy.cfg, np.random.default_rng(0)
+def runner_difference(source: PolicyRunner, target: PolicyRunner, observations: int) -> tuple[float, float | None]:
+    """The largest differences between two runners of one policy on seeded random observations with the same flow
+    noise: (actions, robot units; target points, (u, v) units, or None for a policy without them)."""
+    cfg, rng = source.config, np.random.default_rng(0)
     actions, points = 0.0, 0.0
     for i in range(observations):
         images = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
@@ -90,9 +86,17 @@ def packing_error(policy: MoTPolicy, packed: Path, observations: int = 4) -> dic
         words = ("put the red cube on the blue pad", "pick up the green cylinder")[i % 2]
         a, b = source.infer(images, state, words, noise=noise), target.infer(images, state, words, noise=noise)
         actions = max(actions, float(np.abs(a - b).max()))
-        if points_too:
-            points = max(points, float(np.abs(source.last_points - target.last_points).max()) * cfg.image_size)
-    return {"max_action_diff": round(actions, 6), **({"max_point_diff_px": round(points, 4)} if points_too else {})}
+        if cfg.target_points is not None:
+            points = max(points, float(np.abs(source.last_points - target.last_points).max()))
+    return actions, (points if cfg.target_points is not None else None)
+
+
+def packing_error(policy: MoTPolicy, packed: Path, observations: int = 4) -> dict:
+    """What packing changed: the largest action difference (robot units) and, for a policy that points, target-point
+    difference (pixels) between the source and the packed checkpoint (`runner_difference`)."""
+    actions, points = runner_difference(PolicyRunner(policy), PolicyRunner.from_checkpoint(packed), observations)
+    return {"max_action_diff": round(actions, 6),
+            **({"max_point_diff_px": round(points * policy.cfg.image_size, 4)} if points is not None else {})}
 
 
 def pack_main(argv: list[str] | None = None) -> int:
@@ -141,19 +145,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
 def chunk_parity(policy: MoTPolicy, checkpoint: Path, onnx_dir: Path, observations: int = 3) -> dict:
     """Whole sampled chunks through PolicyRunner, onnxruntime (the torch-free path: from the checkpoint directory and
-    `onnx_dir`) vs torch, on seeded random observations with the same flow noise: the largest action difference
-    (robot units) and, for a policy that points, target-point difference ((u, v) units)."""
-    source = PolicyRunner(policy)
+    `onnx_dir`) vs torch (`runner_difference`): the largest action and target-point differences."""
     target = PolicyRunner.from_checkpoint(checkpoint, backend="onnxruntime", onnx_dir=onnx_dir, export_if_missing=False)
-    cfg, rng = policy.cfg, np.random.default_rng(0)
-    actions, points = 0.0, 0.0
-    for i in range(observations):
-        images = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
-        state = rng.standard_normal(cfg.robot_state_dim).astype(np.float32) * 0.1
-        noise = rng.standard_normal((cfg.horizon, cfg.action_dim)).astype(np.float32)
-        words = ("put the red cube on the blue pad", "pick up the green cylinder")[i % 2]
-        a, b = source.infer(images, state, words, noise=noise), target.infer(images, state, words, noise=noise)
-        actions = max(actions, float(np.abs(a - b).max()))
-        if cfg.target_points is not None:
-            points = max(points, float(np.abs(source.last_points - target.last_points).max()))
-    return {"chunk_actions": actions, **({"chunk_points": points} if cfg.target_points is not None else {})}
+    actions, points = runner_difference(PolicyRunner(policy), target, observations)
+    return {"chunk_actions": actions, **({"chunk_points": points} if points is not None else {})}

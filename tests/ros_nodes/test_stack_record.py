@@ -19,7 +19,7 @@ from training.rosbag_import import bag_info, import_rosbag
 ROOT = Path(__file__).resolve().parents[2]
 SIM_YAML = ROOT / "launch" / "config" / "sim.yaml"
 TOPICS_YAML = ROOT / "launch" / "config" / "sim_topics.yaml"
-STEPS = 12  # per episode: 1.2 s at the sim's 10 Hz
+STEPS = 20  # per episode: 2 s at the sim's 10 Hz (room for the first plan on a loaded machine)
 
 
 def _stack_params(tmp_path) -> Path:
