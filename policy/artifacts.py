@@ -91,7 +91,7 @@ def atomic_write_json(path: str | Path, obj) -> Path:
 
 
 def atomic_directory(directory: str | Path, write: Callable[[Path], None]) -> Path:
-    """Atomically (re)creates `directory` (a checkpoint, a bundled pointer): `write(tmp)` fills a temporary
+    """Atomically (re)creates `directory` (a checkpoint): `write(tmp)` fills a temporary
     sibling directory with plain writes; every file in it is fsynced, then the directory is renamed into place.
 
     The old directory (if any) is moved aside first and removed only after the new one is in place, so a
