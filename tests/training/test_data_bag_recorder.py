@@ -82,7 +82,9 @@ def test_sim_stack_recording_becomes_a_dataset_a_policy_reads(tmp_path, storage)
         context.try_shutdown()
     assert (bag / "metadata.yaml").is_file()
 
-    (tmp_path / "topics.yaml").write_text(yaml.safe_dump(SIM_TOPICS))
+    # max_age_s 2: on a loaded CI machine the sim can stall for over the default 0.5 s, which would split an
+    # episode at the gap (training/rosbag_decode.py control_ticks)
+    (tmp_path / "topics.yaml").write_text(yaml.safe_dump({**SIM_TOPICS, "max_age_s": 2.0}))
     out = tmp_path / "dataset"
     assert main(["import", "rosbag", str(bag), "--out", str(out), "--topics", str(tmp_path / "topics.yaml"),
                  "--no-progress"]) == 0
