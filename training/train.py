@@ -229,7 +229,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     policy = build_policy(cfg, dataset_features(cfg.data))
     data, holdout = load_data(cfg, policy, rank)
-    policy.set_stage(cfg.stage, train_vision=cfg.train_vision)
+    policy.set_stage(cfg.stage, train_vision=cfg.train_vision, only_bridge=cfg.only_bridge)
     cache = prefix_cache(cfg, policy, data, rank, distributed, progress)
     loss_module = StageLoss(policy, cfg.stage)  # same RNG stream on every rank: same head init
     params = [p for p in loss_module.parameters() if p.requires_grad]

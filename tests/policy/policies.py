@@ -16,12 +16,16 @@ def _scramble(module: torch.nn.Module, generator: torch.Generator, std: float) -
             p.add_(torch.randn(p.shape, generator=generator) * std)
 
 
-def tiny_policy(points: bool, seed: int = 0) -> MoTPolicy:
+def tiny_policy(points: bool, seed: int = 0, language_model: str | None = None) -> MoTPolicy:
     """The `tiny` preset (64 px, 2x2 image tokens per camera). points=True: set_target_points("model") and
-    prefix_pool 2 (the body attends to one pooled cell per camera), a grounding head with spread-out scores."""
+    prefix_pool 2 (the body attends to one pooled cell per camera), a grounding head with spread-out scores.
+    language_model: a (tiny MPNet) folder, bridged to MoT layers of MiniLM's first two layers' shape."""
     torch.manual_seed(seed)
-    cfg = PolicyConfig.preset("tiny", prefix_pool=2 if points else 1)
+    bridged = dict(language_model=language_model, language_layers=None, vision_model="minilm", vision_layers=2)
+    cfg = PolicyConfig.preset("tiny", prefix_pool=2 if points else 1, **(bridged if language_model else {}))
     policy = MoTPolicy(cfg)
+    if language_model:
+        _scramble(policy.text_bridge, torch.Generator().manual_seed(seed), 0.05)
     if points:
         policy.set_target_points("model")
         _scramble(policy.grounding, torch.Generator().manual_seed(seed), 0.5)  # clear winners: no near-tied argmax

@@ -29,6 +29,7 @@ from policy.sampling import euler_sample
 
 from .conftest import make_batch, randomize_body
 from .policies import tiny_policy
+from .tiny_mpnet import write_tiny_mpnet
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -51,11 +52,13 @@ def _mot_export(policy, root, *args) -> tuple:
 
 @pytest.fixture(scope="module")
 def exported_both(tmp_path_factory, signing_key):
-    """{"no_points": a policy without target points, "points": one that points, prefix_pool 2}: (policy, ckpt, out,
-    the `mot export` report)."""
+    """{"no_points": a policy without target points, "points": one that points, prefix_pool 2, "bridged": one that points
+    with a (tiny) MPNet language expert bridged to its MoT layers}: (policy, ckpt, out, the `mot export` report)."""
     root = tmp_path_factory.mktemp("export")
+    mpnet = str(write_tiny_mpnet(root / "tiny_mpnet"))
     return {"no_points": _mot_export(tiny_policy(points=False), root / "a", "--sign", signing_key["private_key"]),
-            "points": _mot_export(tiny_policy(points=True), root / "b")}
+            "points": _mot_export(tiny_policy(points=True), root / "b"),
+            "bridged": _mot_export(tiny_policy(points=True, language_model=mpnet), root / "c")}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("kind", ["no_points", "points"])
+@pytest.mark.parametrize("kind", ["no_points", "points", "bridged"])
 def test_three_graphs_pass_the_checker_with_named_dynamic_io(exported_both, kind):
     policy, _, out, _ = exported_both[kind]
     assert ("points" in graph_outputs(policy.cfg, "obs_encoder")) == (kind == "points")
@@ -123,7 +126,7 @@ def test_metadata_carries_checkpoint_config_and_preprocessing(exported):
         assert meta["mot.dtype"] == "float32"
 
 
-@pytest.mark.parametrize("kind", ["no_points", "points"])
+@pytest.mark.parametrize("kind", ["no_points", "points", "bridged"])
 @pytest.mark.parametrize("batch,text_len", [(1, 3), (3, 9)])
 def test_each_graph_matches_torch(exported_both, kind, batch, text_len):
     policy, _, out, _ = exported_both[kind]
@@ -169,7 +172,7 @@ def _chunk_torch(policy, batch, noise):
     return actions, (None if points is None else points.numpy())
 
 
-@pytest.mark.parametrize("kind", ["no_points", "points"])
+@pytest.mark.parametrize("kind", ["no_points", "points", "bridged"])
 def test_full_chunk_matches_torch_on_random_observations(exported_both, kind):
     policy, _, out, _ = exported_both[kind]
     batch = make_batch(policy.cfg, batch_size=3, seed=2, actions=False)  # padded text in the batch
@@ -189,7 +192,7 @@ def test_mot_export_reports_parity_of_the_points_and_of_whole_chunks(exported_bo
         parity = report["parity_max_abs"]
         assert set(parity) >= {"text_encoder", "obs_encoder", "denoiser", "chunk_actions"}
         assert all(v <= 1e-4 for v in parity.values()), parity
-        assert ({"points", "confidence", "chunk_points"} <= set(parity)) == (kind == "points")
+        assert ({"points", "confidence", "chunk_points"} <= set(parity)) == (kind != "no_points")
 
 
 def test_full_chunk_matches_torch_on_rendered_observations(exported_points):

@@ -56,17 +56,41 @@ def test_bad_language_folder_is_refused(tmp_path):
 
 
 def test_language_benchmark_scores_held_out_synonyms_against_the_train_words():
+    """`mot bench language` (default: every supported expert) -> one entry per expert; an expert that is not
+    installed (mpnet on a bare checkout) is an entry saying how to install it, not a failure."""
     import json
     import subprocess
     import sys
+
+    from policy.text import LANGUAGE_MODELS
 
     done = subprocess.run([sys.executable, "-m", "training.cli", "bench", "language", "--json"], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
-    assert result["colour_words"] == 16 and result["phrases"] == 64 and result["chance_colour"] == 0.125
-    for key in ("colour_word_nn_acc", "shape_word_nn_acc", "phrase_colour_nn_acc", "phrase_both_nn_acc"):
-        assert 0.0 <= result[key] <= 1.0
-    assert result["phrase_both_nn_acc"] <= result["phrase_colour_nn_acc"]  # both right implies the colour is
-    by_layer = result["colour_token_nn_acc_by_layer"]
-    assert len(by_layer) == 7 and all(0.0 <= a <= 1.0 and (a * 16).is_integer() for a in by_layer)  # embeddings + 6
+    assert result["chance_colour"] == 0.125
+    experts = {e["name"]: e for e in result["experts"]}
+    assert tuple(experts) == LANGUAGE_MODELS and experts["minilm"]["installed"]
+    layers = {"bert": 6, "mpnet": 12}
+    for e in experts.values():
+        if not e["installed"]:
+            assert e == {"name": "mpnet", "installed": False, "how": "make mpnet"}
+            continue
+        assert e["colour_words"] == 16 and e["phrases"] == 64 and e["chance_colour"] == 0.125 and e["parameters"] > 0
+        for key in ("colour_word_nn_acc", "shape_word_nn_acc", "colour_phrase_nn_acc", "phrase_colour_nn_acc",
+                    "phrase_both_nn_acc"):
+            assert 0.0 <= e[key] <= 1.0
+        assert e["phrase_both_nn_acc"] <= e["phrase_colour_nn_acc"]  # both right implies the colour is
+        assert 0 <= e["colour_phrase_nn_hits"] <= 16 and e["colour_phrase_nn_acc"] == e["colour_phrase_nn_hits"] / 16
+        by_layer = e["colour_token_nn_acc_by_layer"]
+        assert len(by_layer) == layers[e["model_type"]] + 1  # embeddings + every layer
+        assert all(0.0 <= a <= 1.0 and (a * 16).is_integer() for a in by_layer)
+        assert e["best_colour_token_nn_acc"] == max(by_layer) == by_layer[e["best_colour_token_layer"]]
+
+
+def test_language_benchmark_reports_an_uninstalled_expert(tmp_path, monkeypatch):
+    from training import bench
+
+    monkeypatch.setenv("MOT_MODELS_DIR", str(tmp_path))  # nothing installed there
+    assert bench.load_script("language").measure_named("mpnet") == {"name": "mpnet", "installed": False,
+                                                                     "how": "make mpnet"}

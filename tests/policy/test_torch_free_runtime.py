@@ -23,6 +23,7 @@ from policy.signing import generate_key_pair
 
 from .conftest import make_batch
 from .policies import tiny_policy
+from .tiny_mpnet import write_tiny_mpnet
 
 pytest.importorskip("onnxruntime")
 REPO = Path(__file__).resolve().parents[2]
@@ -132,3 +133,18 @@ def test_without_torch_the_torch_backend_says_what_it_needs(signed, tmp_path):
     report, _, _ = _run(tmp_path, ckpt, "torch", cfg=torch_runner.cfg)
     assert report["error"].startswith("InputError: backend: 'torch' needs torch, which this process cannot import")
     assert report["modules"] == []
+
+
+def test_a_bridged_language_expert_runs_without_torch_too(tmp_path):
+    """A (tiny) MPNet language expert bridged to the MoT layers: its text graph is what the runtime runs, with the
+    MPNet folder's tokenizer; actions and points equal the torch runner's."""
+    policy = tiny_policy(points=True, seed=3, language_model=str(write_tiny_mpnet(tmp_path / "mpnet")))
+    ckpt = save_checkpoint(policy, tmp_path / "ckpt")
+    export_policy(policy, ckpt / "onnx", checkpoint_sha256=checkpoint_id(ckpt))
+    torch_runner = PolicyRunner.from_checkpoint(ckpt)
+    report, out, (images, state, instruction, noise) = _run(tmp_path, ckpt, "onnxruntime", cfg=torch_runner.cfg)
+    assert "error" not in report, report["error"]
+    assert report["modules"] == [] and not {"torch", "transformers"} & set(report["packages"])
+    want = torch_runner.infer(images, state, instruction, noise=noise)
+    assert np.abs(out["actions"] - want).max() <= 1e-4
+    assert np.abs(out["points"] - torch_runner.last_points).max() <= 1e-4

@@ -41,13 +41,20 @@ def test_an_impossible_joint_state_holds_and_is_reported(ros, tiny_checkpoint):
     robot.position = HOME.copy()
     robot.position[0] = 1e6  # shoulder_pan reported at 1e6 rad
     ros.wait_for(lambda: node.controller.mode == "hold", 2, "the hold")
-    time.sleep(1.5)
+
+    def reported_rejections() -> int:
+        reports = diagnostics_of(diagnostics)
+        return int(reports[-1][2].get("rejected/out_of_range", 0)) if reports else 0
+
+    # Ten rejected states at the robot's 10 Hz take 1 s idle; a loaded CI machine delays the fake
+    # robot's timer, so wait on the count the node reports rather than on the clock.
+    ros.wait_for(lambda: reported_rejections() >= 10, 15, "ten rejected joint states on /diagnostics")
     after = trajectories[n:]
     first_hold = next(i for i, t in enumerate(after) if len(t.points) == 1)
     assert chunks(after[first_hold:]) == [], "no chunk while the joint state is implausible"
     assert np.allclose(after[first_hold].points[0].positions, HOME), "held at the last believable state"
     level, message, values = diagnostics_of(diagnostics)[-1]
-    assert level == 1 and "holding" in message and int(values["rejected/out_of_range"]) >= 10
+    assert level == 1 and "holding" in message
     assert "outside the limits" in values["last_rejection/out_of_range"]
     robot.position = HOME.copy()
     ros.wait_for(lambda: len(chunks(trajectories[n + first_hold:])) >= 1, 10, "planning to resume")
