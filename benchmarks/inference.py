@@ -3,29 +3,20 @@
     python benchmarks/inference.py --json                       # torch, small preset, batch 1
     mot bench inference --backend onnxruntime --json
     mot bench inference --backend tensorrt --json               # needs tensorrt + CUDA
+    mot bench inference --compare checkpoints/default runs/bridged_mpnet/checkpoint --json   # onnxruntime
 
-Prints one JSON object:
-- parameters per expert (total / trainable), `policy.num_parameters()`;
-- FLOPs of each graph and of a chunk, counted with torch.utils.flop_counter.FlopCounterMode on the
-  torch modules that are exported (matmuls, linears, convolutions, attention; element-wise ops, norms and
-  softmax are not counted, so MFU is a slight underestimate);
-- median / p90 ms of text encode (once per instruction), observation encode and one denoise step
-  (once per observation / per Euler step), and the chunk = observation encode + `num_steps` denoise
-  steps with the text K/V cached (what a control step costs);
-- the naive chunk: `velocity_uncached` (the whole prefix recomputed) at every step, in torch;
-- a GEMM peak measured in the same run (torch matmul of a few sizes, best GFLOP/s on the same
-  threads/device) and MFU = FLOPs / time / peak;
-- the ratios the issues set targets on: cached / naive chunk, backend / torch-eager chunk.
+One JSON object: parameters per expert; FLOPs per graph and chunk (FlopCounterMode on the exported torch modules:
+matmul/linear/conv/attention, not element-wise ops, norms, softmax: MFU is a slight underestimate); median / p90 ms
+of text encode (once per instruction), observation encode (once per observation, with the grounding head: the
+target points come from the observation graph, "points" says where) and a denoise step (per Euler step); the chunk
+= observation + `num_steps` steps on the cached text K/V (a control step); the naive chunk (`velocity_uncached` at
+every step, torch); a GEMM peak measured in the same run and MFU = FLOPs / time / peak; cached / naive and
+backend / torch-eager chunk ratios; PolicyRunner.infer (torch-free for onnxruntime/tensorrt), median / p90.
 
-- PolicyRunner.infer (the torch-free path for onnxruntime/tensorrt: `PolicyRunner.from_checkpoint`), median / p90;
-- the target points: computed inside the observation graph (one model points, then acts: no separate pointer),
-  so the observation figures include the grounding head; "points" says what the policy pointed at.
-
-It times the shipped checkpoint (checkpoints/default) unless --checkpoint names another; an untrained
-preset only with --random-weights (adaLN gates randomised so the body does real work), and the JSON
-says so in "weights". Timings on a shared machine are noisy:
-every figure is timed round-robin with the others (so load hits all alike), and median, p90 and
-min are reported.
+It times the shipped checkpoint (checkpoints/default) unless --checkpoint names another; an untrained preset only
+with --random-weights (adaLN gates randomised so the body does real work; "weights" says so). --compare CKPT ...
+times several checkpoints side by side instead (e.g. MiniLM lined up vs mpnet bridged; see `compare`). Timings on a
+shared machine are noisy: every figure is timed round-robin with the others (load hits all alike); median/p90/min.
 """
 
 from __future__ import annotations
@@ -35,6 +26,7 @@ import os
 import platform
 import sys
 import time
+from itertools import cycle
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +49,7 @@ from policy.runtime import PolicyRunner  # noqa: E402
 from training.cli import run_command  # noqa: E402
 
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
+INSTRUCTION = "pick up the red cube and put it on the green pad"
 
 
 def summarize(times: list[float]) -> dict[str, float]:
@@ -78,11 +71,10 @@ def timed(fn, iters: int, warmup: int = 3) -> dict[str, float]:
 def timed_interleaved(fns: dict[str, callable], iters: int, block: int = 5, warmup: int = 2) -> dict[str, dict]:
     """Times several functions in rounds: each round runs every function `block` times in a row.
 
-    Rounds spread the load from other processes on a shared machine over every figure alike, so ratios
-    between them stay meaningful; blocks keep one backend's thread pool from spinning while the next
-    one runs (onnxruntime and OpenMP workers busy-wait briefly after each call, which would slow the
-    other backend if calls alternated one by one). The first call of each block is not recorded.
-    """
+    Rounds spread the load from other processes on a shared machine over every figure alike, so ratios between
+    them stay meaningful; blocks keep one backend's thread pool from spinning while the next one runs (onnxruntime
+    and OpenMP workers busy-wait briefly after each call, which would slow the other backend if calls alternated
+    one by one). The first call of each block is not recorded."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -103,9 +95,8 @@ def gemm_peak(device: str, dtype: torch.dtype, sizes=(256, 512, 1024, 2048), bur
               burst_s: float = 0.05) -> dict:
     """Best GFLOP/s of square matmuls on `device` (the roofline the MFU figures are relative to).
 
-    Best of several short bursts per size: load from other processes only lowers a burst's rate, so
-    the best burst is the closest to what the cores can do (and MFU is not flattered by a low peak).
-    """
+    Best of several short bursts per size: load from other processes only lowers a burst's rate, so the best
+    burst is the closest to what the cores can do (and MFU is not flattered by a low peak)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     best, per_size = 0.0, {}
     for n in sizes:
@@ -217,8 +208,10 @@ class InferenceBenchConfig:
     """time an untrained --preset policy instead of a checkpoint (its figures are labelled random weights)"""
     preset: Literal["tiny", "small"] = "small"
     """with --random-weights: the preset to build"""
-    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
-    """which runtime runs the graphs"""
+    backend: Literal["torch", "onnxruntime", "tensorrt"] | None = None
+    """which runtime runs the graphs (default: torch; onnxruntime with --compare)"""
+    compare: list[Path] | None = None
+    """checkpoints to compare in one run, round-robin on the same inputs: text / observation / step / infer ms"""
     batch: int = 1
     """observations per call"""
     iters: int = 20
@@ -236,24 +229,60 @@ class InferenceBenchConfig:
         for name in ("batch", "iters"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{name}: expected an int > 0, received {getattr(self, name)}")
+        if self.compare is not None and (not self.compare or self.random_weights or self.onnx_dir is not None):
+            raise InputError("compare: expected one or more checkpoint directories (graphs in each <checkpoint>/onnx; "
+                             f"not with --random-weights or --onnx-dir), received {[str(c) for c in self.compare]}")
+        if missing := [str(c) for c in self.compare or () if not Path(c).is_dir()]:
+            raise InputError(f"compare: expected a checkpoint directory, {missing[0]} does not exist")
+        self.backend = self.backend or ("onnxruntime" if self.compare else "torch")
+
+
+def compare(args: InferenceBenchConfig, threads: int, options: dict) -> dict:
+    """--compare, per checkpoint, round-robin (timed_interleaved) on the same observations: text encode (tokenizer +
+    text graph, a distinct sim train-split instruction each call), observation graph, denoise step (num_steps calls on
+    a cached prefix / num_steps), PolicyRunner.infer (cached instruction); ratios: medians over the first's."""
+    from training.bridge import train_instructions
+
+    b, texts, entries, flat = args.batch, train_instructions(2 * args.iters + 16), [], {}
+    for i, ckpt in enumerate(args.compare):
+        t0, r = time.perf_counter(), PolicyRunner.from_checkpoint(ckpt, backend=args.backend, **options)
+        ops = backend_ops(r, *observation(r.cfg, b), INSTRUCTION, n := r.cfg.num_inference_steps)  # one seed: alike
+        flat[i, "text_ms"] = lambda r=r, it=cycle(texts): r.backend.encode_text(*r.tokenizer.encode([next(it)] * b))
+        flat[i, "observation_ms"] = ops["observation_encode"]
+        flat[i, "step_ms"] = lambda f=ops["denoise_step"], n=n: [f() for _ in range(n)]  # num_steps steps
+        flat[i, "infer_ms"] = ops["runner_infer"]
+        entries.append({"checkpoint": str(ckpt), "checkpoint_id": r.checkpoint_id, "language_model":
+                        r.cfg.language_model or "minilm", "language_bridged": bool(r.cfg.bridged), "num_steps": n,
+                        "backend_setup_s": round(time.perf_counter() - t0, 2),  # graphs exported first if missing
+                        "text_encodes_during_infer": count_text_encodes(r, ops["runner_infer"])})  # 0: cached
+    for (i, key), t in timed_interleaved(flat, args.iters).items():
+        n = entries[i]["num_steps"] if key == "step_ms" else 1  # a timed step_ms call: num_steps steps
+        entries[i][key] = {k: (round(v / n, 3) if k.endswith("_ms") else v * n) for k, v in t.items()}
+    med, keys = (lambda e, k: e[f"{k}_ms"]["median_ms"]), ("observation", "step", "text", "infer")
+    ratios = [{k: round(med(e, k) / med(entries[0], k), 4) for k in keys} for e in entries[1:]]  # lists if > 2
+    return {"benchmark": "inference", "compare": entries,
+            "ratios_vs_first": ratios[0] if len(ratios) == 1 else {k: [r[k] for r in ratios] for k in keys},
+            "backend": args.backend, "threads": threads, "batch": b, "weights": "shipped/trained checkpoints",
+            "text_instructions": len(texts)}  # distinct sim train-split instructions, cycled
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(InferenceBenchConfig, argv, "mot bench inference", __doc__.split("\n\n")[0])
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
+    options = ({"onnx_dir": args.onnx_dir, "intra_op_threads": threads} if args.backend == "onnxruntime" else
+               {"onnx_dir": args.onnx_dir, "max_batch": max(1, args.batch), "opt_batch": args.batch}
+               if args.backend == "tensorrt" else {})
+    if args.compare:
+        print(json.dumps({**compare(args, threads, options), "command": "mot bench inference " + " ".join(
+            argv if argv is not None else sys.argv[1:])}, indent=None if args.json else 2))
+        return 0
     policy, ckpt = build_policy(args)
     cfg, steps, b = policy.cfg, policy.cfg.num_inference_steps, args.batch
     device = "cuda" if args.backend == "tensorrt" else "cpu"
     peak_dtype = torch.float16 if device == "cuda" else torch.float32  # TensorRT engines run fp16 by default
-    instruction = "pick up the red cube and put it on the green pad"
     images, state, noise = observation(cfg, b)
 
-    options = {}
-    if args.backend == "onnxruntime":
-        options = {"onnx_dir": args.onnx_dir, "intra_op_threads": threads}
-    elif args.backend == "tensorrt":
-        options = {"onnx_dir": args.onnx_dir, "max_batch": max(1, b), "opt_batch": b}
     # The torch-free runtime for onnxruntime/tensorrt when there is a checkpoint (what a robot runs: graphs from
     # <checkpoint>/onnx or --onnx-dir, exported first when missing); an in-memory policy otherwise.
     t0 = time.perf_counter()
@@ -266,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # FLOPs of the exported computations, counted on the torch modules (the observation: MoTPolicy.observe, the
     # graph's own computation, grounding head and target points included).
-    ids_t, valid_t = policy.tokenizer([instruction] * b)
+    ids_t, valid_t = policy.tokenizer([INSTRUCTION] * b)
     images_t, noise_t = torch.from_numpy(images), torch.from_numpy(noise)
     robot_t = policy.normalize_robot_state(torch.from_numpy(state))
     with torch.no_grad():
@@ -286,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     peaks = [gemm_peak(device, peak_dtype)]
     runners = {"torch": torch_runner, args.backend: runner}
-    ops = {name: backend_ops(r, images, state, noise, instruction, steps) for name, r in runners.items()}
+    ops = {name: backend_ops(r, images, state, noise, INSTRUCTION, steps) for name, r in runners.items()}
     text_encodes = count_text_encodes(runner, ops[args.backend]["runner_infer"])
     # Every figure of every backend round-robin; a denoise step is short, so it gets 3 calls per round.
     flat = {}
@@ -363,10 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             "chunk_mfu": mfu("chunk", chunk_ms),
         },
     }
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=None if args.json else 2))
     return 0
 
 

@@ -219,7 +219,9 @@ class MoTPolicy(TrainingStages, nn.Module):
                 (len(self.layers), 2, token_ids.shape[0], self.dims.heads, 0, self.dims.head_dim))
             return Prefix(empty, text_valid[:, :0], token_ids, text_valid)
         if self.cfg.bridged:  # the pretrained encoder alone, then its chosen layers projected to each MoT layer's K/V
-            return Prefix(self.text_bridge(self.language(token_ids, text_valid)), text_valid)
+            with torch.no_grad():  # frozen, and run once per instruction: no graph through the language model
+                states = self.language(token_ids, text_valid)
+            return Prefix(self.text_bridge(states), text_valid)
         _, kv = self._forward([("text", self.text_embed(token_ids), None)], None, text_valid)
         return Prefix(kv, text_valid)
 

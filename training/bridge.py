@@ -142,14 +142,19 @@ class BridgeConfig:
     seed: int = 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse(BridgeConfig, argv, prog="mot bridge-language", description=BridgeConfig.__doc__)
+def bridge_language(cfg: BridgeConfig) -> dict:
+    """Writes OUT/checkpoint (the bridged policy) and OUT/bridge.json (the fit's report); returns the report."""
     source = load_checkpoint(cfg.checkpoint)
     policy, report = bridged_policy(source, cfg.language_model, train_instructions(cfg.instructions, cfg.seed))
     out = Path(cfg.out)
     save_checkpoint(policy, out / "checkpoint")
     atomic_write_json(out / "bridge.json", {"source": str(cfg.checkpoint), **report})
-    print(json.dumps(report), file=sys.stderr)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(BridgeConfig, argv, prog="mot bridge-language", description=BridgeConfig.__doc__)
+    print(json.dumps(bridge_language(cfg)), file=sys.stderr)
     return 0
 
 

@@ -72,7 +72,9 @@ class StageLoss(nn.Module):
         """-> token scores (B, N_image, 2), token offsets (B, N_image, 2, 2), (object xy, pad xy) in
         decimetres (B, 4)."""
         obs = validate_batch(batch, self.policy.cfg)
-        with torch.no_grad():  # the language expert is frozen: its K/V need no graph
+        # The language expert is frozen: lined up, its K/V need no graph. Bridged, the text bridge trains in align.
+        bridge = self.policy.text_bridge if self.policy.cfg.bridged else None
+        with torch.set_grad_enabled(bridge is not None and any(p.requires_grad for p in bridge.parameters())):
             text = self.policy.encode_text(*self.policy.tokenizer(obs.instruction))
         _, image_h = self.policy.encode_images(obs.images, text, return_hidden=True)
         return self.policy.grounding(image_h)

@@ -4,8 +4,8 @@
     mot recipe show recipes/tabletop.yaml                         # the stages and their settings
 
 A recipe is a list of stages. Each stage has a `name` (its output is OUT/<name>), a `kind` (collect,
-train, pack, eval) and `args`: the fields of that command's config dataclass (CollectConfig,
-TrainConfig, PackConfig, EvalConfig), the same names as the command line's options, validated the same
+train, bridge, pack, eval) and `args`: the fields of that command's config dataclass (CollectConfig,
+TrainConfig, BridgeConfig, PackConfig, EvalConfig), the same names as the command line's options, validated the same
 way. `${name}` in a value is the output directory of an earlier stage, e.g. `init: ${align}/checkpoint`.
 A train stage may have `phases`: runs of the same directory one after another, each with its own
 overrides (e.g. a longer schedule, then a phase with another data mix), resumed from the previous one.
@@ -37,6 +37,7 @@ from policy.errors import InputError
 from policy.options import parse
 from training.collect import CollectConfig, collect, task_families
 from training.config import TrainConfig
+from training.bridge import BridgeConfig, bridge_language
 from training.evaluate import EvalConfig, run_eval
 from training.train import train
 
@@ -64,6 +65,11 @@ def run_train(args: dict, out: Path) -> dict:
     return {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
 
 
+def run_bridge(args: dict, out: Path) -> dict:
+    report = bridge_language(BridgeConfig(**args, out=str(out)))
+    return {"ridge": report["ridge"], "instructions": report["instructions"]}
+
+
 def run_pack(args: dict, out: Path) -> dict:
     return pack(PackConfig(**args, out=out))
 
@@ -75,9 +81,10 @@ def run_eval_stage(args: dict, out: Path) -> dict:
     return {split: round(r["overall"], 4) for split, r in result["splits"].items()}
 
 
-KINDS: dict[str, Callable[[dict, Path], dict]] = {"collect": run_collect, "train": run_train, "pack": run_pack,
-                                                  "eval": run_eval_stage}
-CONFIGS = {"collect": CollectConfig, "train": TrainConfig, "pack": PackConfig, "eval": EvalConfig}
+KINDS: dict[str, Callable[[dict, Path], dict]] = {"collect": run_collect, "train": run_train, "bridge": run_bridge,
+                                                  "pack": run_pack, "eval": run_eval_stage}
+CONFIGS = {"collect": CollectConfig, "train": TrainConfig, "bridge": BridgeConfig, "pack": PackConfig,
+           "eval": EvalConfig}
 
 
 # -- the recipe file ---------------------------------------------------------------------------------

@@ -125,7 +125,8 @@ def load_data(cfg: TrainConfig, policy: MoTPolicy, rank: int) -> tuple[ChunkData
                          f"{cfg.data} lacks (imported data has none); train --stage policy on it instead")
     cameras = list(policy.cfg.cameras)
     train_eps, hold_eps = split_episodes(episodes, cfg.holdout_fraction, cfg.seed)
-    points = policy.cfg.target_points is not None
+    # The body's state carries the target points; the align stage points itself and reads only the robot's state.
+    points = policy.cfg.target_points is not None and cfg.stage == "policy"
     data = ChunkDataset(train_eps, cameras, policy.cfg.horizon, target_points=points)
     holdout = ChunkDataset(hold_eps or train_eps, cameras, policy.cfg.horizon, target_points=points)
     if cfg.stage == "policy" or not cfg.init:
