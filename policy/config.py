@@ -17,6 +17,7 @@ from policy.errors import InputError
 
 PREFIX_MASKS = ("blockwise", "bidirectional")
 ROUTINGS = ("mot", "dense")
+TEXT_BRIDGES = ("linear", "retrieval")  # bridged: how language token states become MoT text K/V
 STAGES = ("align", "policy")
 VISION_TRAINABLE = ("all", "attention")
 TARGET_POINTS = (None, "model")  # where a policy's target points come from at inference (PolicyConfig.target_points)
@@ -53,6 +54,13 @@ class PolicyConfig:
     # per-step cost. `vision_layers` keeps the first N of its layers.
     vision_model: str | None = None
     vision_layers: int | None = None
+    # Bridged only: how the language model's token states become MoT text K/V. "linear": a key and a value
+    # projection per MoT layer (TextBridge, trainable). "retrieval": a memory of `bridge_memory` trained tokens,
+    # looked up by cosine / `bridge_temperature` on the last kept language layer (RetrievalBridge, filled by
+    # `mot bridge-language`).
+    text_bridge: str = "linear"
+    bridge_memory: int = 0
+    bridge_temperature: float = 0.05
     max_text_tokens: int = 48  # including [CLS] and [SEP]; longer instructions are refused
 
     # Vision: frozen EfficientNet-Lite0 trunk (stride 32, 320 channels) -> projection -> vision expert.
@@ -147,6 +155,13 @@ class PolicyConfig:
             raise InputError(f"vision_model: a bridged language expert needs routing 'mot' and prefix_mask 'blockwise' "
                              f"(text computed alone, once per instruction), received routing={self.routing!r} "
                              f"prefix_mask={self.prefix_mask!r}")
+        if self.text_bridge not in TEXT_BRIDGES:
+            raise InputError(f"text_bridge: expected one of {TEXT_BRIDGES}, received {self.text_bridge!r}")
+        if self.text_bridge == "retrieval" and (self.vision_model is None or self.bridge_memory <= 0
+                                                or self.bridge_temperature <= 0):
+            raise InputError("text_bridge: 'retrieval' needs vision_model set, bridge_memory > 0 and "
+                             f"bridge_temperature > 0, received vision_model={self.vision_model!r} "
+                             f"bridge_memory={self.bridge_memory} bridge_temperature={self.bridge_temperature}")
         if self.body_mlp_ratio <= 0:
             raise InputError(f"body_mlp_ratio: expected > 0, received {self.body_mlp_ratio}")
         if self.vision_trainable not in VISION_TRAINABLE:

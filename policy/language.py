@@ -8,8 +8,10 @@ Two ways the MoT's joint attention gets the instruction's keys and values (polic
 - Bridged (`vision_model` set, e.g. all-mpnet-base-v2 as the language expert with MiniLM-shaped vision/body
   layers): the pretrained encoder runs alone on the text (`LanguageEncoder`, exactly the reference model: text
   attends to text only, the blockwise mask), and `TextBridge` projects chosen layers' token states to the K/V
-  that MoT layer j's joint attention reads. The text runs once per instruction, so a bigger encoder costs
-  nothing per observation or per denoising step: those passes see K/V of the MoT's own head shape.
+  that MoT layer j's joint attention reads, or `RetrievalBridge` (config.text_bridge "retrieval") looks each
+  token up in a memory of trained tokens' K/V by the encoder's own similarity. The text runs once per
+  instruction, so a bigger encoder costs nothing per observation or per denoising step: those passes see K/V
+  of the MoT's own head shape.
 
 Where the folders are, their dimensions and the tokenizer are torch-free (policy/text.py, re-exported here).
 """
@@ -173,5 +175,30 @@ class TextBridge(nn.Module):
         return torch.stack(kv)
 
 
-__all__ = ["BertDims", "BertEmbeddings", "LanguageEncoder", "TextBridge", "TextTokenizer", "bridge_taps",
+class RetrievalBridge(nn.Module):
+    """Language token states -> the text K/V of every MoT layer by retrieval: (layers, 2, B, heads, L, head_dim).
+
+    A memory of M tokens from training instructions: `keys` (M, W_lang), their states after the language model's
+    last layer, unit length; `values` (M, layers * 2 * heads * head_dim), the text K/V that the policy was trained
+    on for those tokens, in those sentences (training/bridge.py fills both). A token's K/V are the memory's values
+    weighted by softmax(cosine(token, key) / temperature): a token the policy was trained on gets (almost) its own
+    K/V back, a new word ("crimson") gets those of the trained tokens the pretrained model puts near it ("red").
+    No linear map stands between the model's geometry and the MoT, so none can carry a new word somewhere the
+    vision expert never looked. Dense over the memory (no top-k): two matmuls, exportable to ONNX and TensorRT.
+    """
+
+    def __init__(self, language_width: int, layers: int, heads: int, head_dim: int, memory: int, temperature: float):
+        super().__init__()
+        self.layers, self.heads, self.head_dim, self.temperature = layers, heads, head_dim, temperature
+        self.register_buffer("keys", torch.zeros(memory, language_width))
+        self.register_buffer("values", torch.zeros(memory, layers * 2 * heads * head_dim))
+
+    def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
+        query = F.normalize(states[-1], dim=-1)  # (B, L, W_lang)
+        weights = torch.softmax(query @ self.keys.T / self.temperature, dim=-1)  # (B, L, M)
+        kv = (weights @ self.values).unflatten(-1, (self.layers, 2, self.heads, self.head_dim))  # (B, L, layers, 2, H, hd)
+        return kv.permute(2, 3, 0, 4, 1, 5)
+
+
+__all__ = ["BertDims", "BertEmbeddings", "LanguageEncoder", "RetrievalBridge", "TextBridge", "TextTokenizer", "bridge_taps",
            "default_language_model", "load_bert_weights", "load_language_weights", "resolve_language_model"]

@@ -7,7 +7,8 @@ Tokens are laid out by modality block, and each block routes to its own expert:
       (frozen MiniLM) (init from MiniLM, "align") (trained in "policy")
 
 A bigger language expert (all-mpnet-base-v2: config.vision_model) runs bridged: alone on the text, its chosen
-layers projected to each MoT layer's text K/V (policy/language.py TextBridge); the vision and body experts keep
+layers projected to each MoT layer's text K/V (policy/language.py TextBridge) or its tokens looked up in a memory
+of trained tokens' K/V (RetrievalBridge); the vision and body experts keep
 MiniLM's shape, so the per-observation and per-step passes cost what they cost lined up.
 
 The policy points, then acts: the grounding head reads the vision expert's final image tokens and says
@@ -46,8 +47,8 @@ from policy.config import PolicyConfig
 from policy.experts import BertExpert, BodyExpert, merge_heads
 from policy.grounding import GroundingHead, point_confidence, pointed_uv
 from policy.inputs import Observation, validate_batch
-from policy.language import (BertDims, BertEmbeddings, LanguageEncoder, TextBridge, TextTokenizer, bridge_taps,
-                             load_bert_weights, load_language_weights, resolve_language_model)
+from policy.language import (BertDims, BertEmbeddings, LanguageEncoder, RetrievalBridge, TextBridge, TextTokenizer,
+                             bridge_taps, load_bert_weights, load_language_weights, resolve_language_model)
 from policy.text import attention_dims
 from policy.normalize import NormStats, to_absolute, to_relative
 from policy.stages import TrainingStages
@@ -73,8 +74,10 @@ class MoTPolicy(TrainingStages, nn.Module):
         if cfg.bridged:  # the language model alone on the text, then its layers' states -> each MoT layer's text K/V
             self.text_embed = None
             self.language = LanguageEncoder(self.language_folder, self.language_dims, cfg.max_text_tokens)
-            self.text_bridge = TextBridge(self.language_dims.width, dims.heads, dims.head_dim,
-                                          bridge_taps(self.language_dims.layers, dims.layers))
+            self.text_bridge = RetrievalBridge(self.language_dims.width, dims.layers, dims.heads, dims.head_dim,
+                                               cfg.bridge_memory, cfg.bridge_temperature) \
+                if cfg.text_bridge == "retrieval" else TextBridge(self.language_dims.width, dims.heads, dims.head_dim,
+                                                                  bridge_taps(self.language_dims.layers, dims.layers))
         else:
             self.text_embed = BertEmbeddings(dims)
         self.trunk = EfficientNetTrunk(cfg.image_size, strides=cfg.image_feature_strides,

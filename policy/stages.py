@@ -49,9 +49,10 @@ class TrainingStages:
         """
         if stage not in STAGES:
             raise InputError(f"stage: expected one of {STAGES}, received {stage!r}")
-        if only_bridge and (stage != "align" or not self.cfg.bridged):
-            raise InputError(f"only_bridge: needs stage 'align' and a bridged policy (vision_model set), received "
-                             f"stage {stage!r} with vision_model={self.cfg.vision_model!r}")
+        if only_bridge and (stage != "align" or not self.cfg.bridged or self.cfg.text_bridge != "linear"):
+            raise InputError(f"only_bridge: needs stage 'align' and a linear text bridge (vision_model set; a retrieval "
+                             f"bridge has nothing to train), received stage {stage!r} with vision_model="
+                             f"{self.cfg.vision_model!r} text_bridge={self.cfg.text_bridge!r}")
         self.stage = stage
         self.requires_grad_(False)
         if only_bridge:

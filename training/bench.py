@@ -5,6 +5,7 @@
     mot bench train ...                                -> benchmarks/train.py
     mot bench ros ...                                  -> benchmarks/ros_latency.py
     mot bench language --json                          -> benchmarks/language.py
+    mot bench grounding --data DIR --json              -> benchmarks/grounding.py
 
 benchmarks/ is a folder of scripts, not a package: each script is loaded by path.
 """
@@ -19,7 +20,7 @@ from training.cli import pick
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = {"inference": "inference.py", "sim": "sim.py", "train": "train.py", "ros": "ros_latency.py",
-           "language": "language.py", "speech": "speech.py"}
+           "language": "language.py", "speech": "speech.py", "grounding": "grounding.py"}
 
 
 def load_script(name: str):

@@ -16,15 +16,28 @@ def _scramble(module: torch.nn.Module, generator: torch.Generator, std: float) -
             p.add_(torch.randn(p.shape, generator=generator) * std)
 
 
-def tiny_policy(points: bool, seed: int = 0, language_model: str | None = None) -> MoTPolicy:
+def fill_retrieval_memory(bridge, generator: torch.Generator) -> None:
+    """Random unit-length keys and K/V-sized values for a RetrievalBridge (training/bridge.py fills real ones)."""
+    with torch.no_grad():
+        bridge.keys.copy_(torch.nn.functional.normalize(torch.randn(bridge.keys.shape, generator=generator), dim=1))
+        bridge.values.copy_(torch.randn(bridge.values.shape, generator=generator))
+
+
+def tiny_policy(points: bool, seed: int = 0, language_model: str | None = None, text_bridge: str = "linear") -> MoTPolicy:
     """The `tiny` preset (64 px, 2x2 image tokens per camera). points=True: set_target_points("model") and
     prefix_pool 2 (the body attends to one pooled cell per camera), a grounding head with spread-out scores.
-    language_model: a (tiny MPNet) folder, bridged to MoT layers of MiniLM's first two layers' shape."""
+    language_model: a (tiny MPNet) folder, bridged to MoT layers of MiniLM's first two layers' shape by a
+    `text_bridge` ("linear" projections, or "retrieval" from a 32-token memory on its second layer)."""
     torch.manual_seed(seed)
-    bridged = dict(language_model=language_model, language_layers=None, vision_model="minilm", vision_layers=2)
+    bridged = dict(language_model=language_model, language_layers=None, vision_model="minilm", vision_layers=2,
+                   text_bridge=text_bridge)
+    if text_bridge == "retrieval":
+        bridged.update(language_layers=2, bridge_memory=32, bridge_temperature=0.1)
     cfg = PolicyConfig.preset("tiny", prefix_pool=2 if points else 1, **(bridged if language_model else {}))
     policy = MoTPolicy(cfg)
-    if language_model:
+    if language_model and text_bridge == "retrieval":
+        fill_retrieval_memory(policy.text_bridge, torch.Generator().manual_seed(seed))
+    elif language_model:
         _scramble(policy.text_bridge, torch.Generator().manual_seed(seed), 0.05)
     if points:
         policy.set_target_points("model")

@@ -140,3 +140,60 @@ def test_configs_the_bridge_cannot_run_are_refused_naming_the_field(mpnet_folder
 def test_vision_layers_needs_a_vision_model():
     with pytest.raises(InputError, match="^vision_layers:"):
         PolicyConfig.preset("tiny", vision_layers=2)
+
+
+def retrieval_policy(folder, memory: int = 8, temperature: float = 0.01) -> MoTPolicy:
+    return MoTPolicy(bridged_cfg(folder, language_layers=2, text_bridge="retrieval", bridge_memory=memory,
+                                 bridge_temperature=temperature)).eval()
+
+
+def test_a_retrieval_bridge_gives_a_remembered_token_its_own_kv_and_a_new_one_its_neighbours(mpnet_folder):
+    policy = retrieval_policy(mpnet_folder)
+    bridge = policy.text_bridge
+    ids, valid = policy.tokenizer(["pick up the red cube"])
+    with torch.no_grad():
+        states = policy.language(ids, valid)  # its last (second) layer is the lookup key
+    assert len(states) == 2
+    g = torch.Generator().manual_seed(0)
+    remembered = states[-1][0, 1:5]  # four of the instruction's tokens
+    others = torch.randn(4, remembered.shape[1], generator=g)
+    with torch.no_grad():
+        bridge.keys.copy_(torch.nn.functional.normalize(torch.cat([remembered, others]), dim=1))
+        bridge.values.copy_(torch.randn(bridge.values.shape, generator=g))
+        kv = policy.encode_text(ids, valid).kv  # (layers, 2, B, heads, L, head_dim)
+    layers, heads, head_dim = policy.dims.layers, policy.dims.heads, policy.dims.head_dim
+    assert kv.shape == (layers, 2, 1, heads, ids.shape[1], head_dim)
+    for i in range(4):  # token 1 + i is memory row i: at temperature 0.01 its own K/V come back
+        want = bridge.values[i].reshape(layers, 2, heads, head_dim)
+        assert (kv[:, :, 0, :, 1 + i] - want).abs().max() <= 1e-3
+    # Halfway between two remembered tokens: the mean of their K/V (the geometry decides, no projection).
+    between = torch.nn.functional.normalize(bridge.keys[0] + bridge.keys[1], dim=0)
+    with torch.no_grad():
+        mixed = bridge([between[None, None]])[:, :, 0, :, 0]
+    half = ((bridge.values[0] + bridge.values[1]) / 2).reshape(layers, 2, heads, head_dim)
+    assert (mixed - half).abs().max() <= 0.05 * half.abs().max()
+
+
+def test_a_retrieval_bridge_has_nothing_to_train_and_travels_in_the_checkpoint(mpnet_folder, tmp_path):
+    policy = retrieval_policy(mpnet_folder)
+    with torch.no_grad():
+        policy.text_bridge.values.normal_()
+        policy.text_bridge.keys.copy_(torch.nn.functional.normalize(torch.randn(policy.text_bridge.keys.shape), dim=1))
+    policy.set_stage("align")
+    assert list(policy.text_bridge.parameters()) == [] and "language_bridge" not in policy.num_parameters()
+    with pytest.raises(InputError, match="^only_bridge: .*text_bridge='retrieval'"):
+        policy.set_stage("align", only_bridge=True)
+    save_checkpoint(policy, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.cfg.text_bridge == "retrieval" and loaded.language_dims.layers == 2
+    assert torch.equal(loaded.text_bridge.values, policy.text_bridge.values)
+    assert torch.equal(loaded.text_bridge.keys, policy.text_bridge.keys)
+
+
+@pytest.mark.parametrize("overrides", [dict(text_bridge="nearest"), dict(text_bridge="retrieval", bridge_memory=0),
+                                       dict(text_bridge="retrieval", bridge_memory=4, bridge_temperature=0.0)])
+def test_a_retrieval_bridge_it_cannot_build_is_refused_naming_the_field(mpnet_folder, overrides):
+    with pytest.raises(InputError, match="^text_bridge:"):
+        bridged_cfg(mpnet_folder, **overrides)
+    with pytest.raises(InputError, match="^text_bridge:"):
+        PolicyConfig.preset("tiny", text_bridge="retrieval", bridge_memory=4)  # lined up: nothing to bridge

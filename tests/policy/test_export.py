@@ -53,12 +53,14 @@ def _mot_export(policy, root, *args) -> tuple:
 @pytest.fixture(scope="module")
 def exported_both(tmp_path_factory, signing_key):
     """{"no_points": a policy without target points, "points": one that points, prefix_pool 2, "bridged": one that points
-    with a (tiny) MPNet language expert bridged to its MoT layers}: (policy, ckpt, out, the `mot export` report)."""
+    with a (tiny) MPNet language expert bridged to its MoT layers by projections, "retrieval": by a token memory}:
+    (policy, ckpt, out, the `mot export` report)."""
     root = tmp_path_factory.mktemp("export")
     mpnet = str(write_tiny_mpnet(root / "tiny_mpnet"))
     return {"no_points": _mot_export(tiny_policy(points=False), root / "a", "--sign", signing_key["private_key"]),
             "points": _mot_export(tiny_policy(points=True), root / "b"),
-            "bridged": _mot_export(tiny_policy(points=True, language_model=mpnet), root / "c")}
+            "bridged": _mot_export(tiny_policy(points=True, language_model=mpnet), root / "c"),
+            "retrieval": _mot_export(tiny_policy(points=True, language_model=mpnet, text_bridge="retrieval"), root / "d")}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("kind", ["no_points", "points", "bridged"])
+@pytest.mark.parametrize("kind", ["no_points", "points", "bridged", "retrieval"])
 def test_three_graphs_pass_the_checker_with_named_dynamic_io(exported_both, kind):
     policy, _, out, _ = exported_both[kind]
     assert ("points" in graph_outputs(policy.cfg, "obs_encoder")) == (kind != "no_points")
@@ -126,7 +128,7 @@ def test_metadata_carries_checkpoint_config_and_preprocessing(exported):
         assert meta["mot.dtype"] == "float32"
 
 
-@pytest.mark.parametrize("kind", ["no_points", "points", "bridged"])
+@pytest.mark.parametrize("kind", ["no_points", "points", "bridged", "retrieval"])
 @pytest.mark.parametrize("batch,text_len", [(1, 3), (3, 9)])
 def test_each_graph_matches_torch(exported_both, kind, batch, text_len):
     policy, _, out, _ = exported_both[kind]
@@ -172,7 +174,7 @@ def _chunk_torch(policy, batch, noise):
     return actions, (None if points is None else points.numpy())
 
 
-@pytest.mark.parametrize("kind", ["no_points", "points", "bridged"])
+@pytest.mark.parametrize("kind", ["no_points", "points", "bridged", "retrieval"])
 def test_full_chunk_matches_torch_on_random_observations(exported_both, kind):
     policy, _, out, _ = exported_both[kind]
     batch = make_batch(policy.cfg, batch_size=3, seed=2, actions=False)  # padded text in the batch

@@ -135,10 +135,12 @@ def test_without_torch_the_torch_backend_says_what_it_needs(signed, tmp_path):
     assert report["modules"] == []
 
 
-def test_a_bridged_language_expert_runs_without_torch_too(tmp_path):
-    """A (tiny) MPNet language expert bridged to the MoT layers: its text graph is what the runtime runs, with the
-    MPNet folder's tokenizer; actions and points equal the torch runner's."""
-    policy = tiny_policy(points=True, seed=3, language_model=str(write_tiny_mpnet(tmp_path / "mpnet")))
+@pytest.mark.parametrize("text_bridge", ["linear", "retrieval"])
+def test_a_bridged_language_expert_runs_without_torch_too(tmp_path, text_bridge):
+    """A (tiny) MPNet language expert bridged to the MoT layers (projections or a token memory): its text graph is
+    what the runtime runs, with the MPNet folder's tokenizer; actions and points equal the torch runner's."""
+    policy = tiny_policy(points=True, seed=3, language_model=str(write_tiny_mpnet(tmp_path / "mpnet")),
+                         text_bridge=text_bridge)
     ckpt = save_checkpoint(policy, tmp_path / "ckpt")
     export_policy(policy, ckpt / "onnx", checkpoint_sha256=checkpoint_id(ckpt))
     torch_runner = PolicyRunner.from_checkpoint(ckpt)

@@ -1,5 +1,6 @@
-"""`mot bridge-language`: a trained (lined-up) policy gets another language expert whose text bridge is fitted to
-reproduce the old text K/V on train instructions; everything else is the source's, tensor for tensor."""
+"""`mot bridge-language`: a trained (lined-up) policy gets another language expert whose text bridge reproduces the
+old text K/V on train instructions (a retrieval memory, or ridge-fitted projections); everything else is the
+source's, tensor for tensor."""
 
 import json
 
@@ -53,7 +54,7 @@ def test_ridge_recovers_a_linear_map():
 
 def test_the_fitted_bridge_reproduces_the_old_text_kv_and_keeps_every_other_tensor(source, mpnet):
     fit, check = train_instructions(600, seed=0), train_instructions(100, seed=99)
-    target, report = bridged_policy(source, mpnet, fit)
+    target, report = bridged_policy(source, mpnet, fit, bridge="linear")
     assert target.cfg.bridged and target.cfg.vision_model == "minilm" and target.cfg.vision_layers == 2
     assert report["ridge"] in RIDGES and report["tokens"] > 600
     unfitted = MoTPolicy(target.cfg, source.norm_stats).eval()
@@ -66,19 +67,50 @@ def test_the_fitted_bridge_reproduces_the_old_text_kv_and_keeps_every_other_tens
 
 
 def test_a_bridged_source_is_refused(source, mpnet):
-    target, _ = bridged_policy(source, mpnet, train_instructions(200))
+    target, _ = bridged_policy(source, mpnet, train_instructions(200), bridge="linear")
     with pytest.raises(InputError, match="^checkpoint: expected a lined-up MoT policy"):
-        bridged_policy(target, mpnet, train_instructions(200))
+        bridged_policy(target, mpnet, train_instructions(200), bridge="linear")
 
 
 def test_mot_bridge_language_writes_a_loadable_checkpoint_and_its_report(source, mpnet, tmp_path):
     save_checkpoint(source, tmp_path / "src")
     out = tmp_path / "out"
     assert main(["--checkpoint", str(tmp_path / "src"), "--out", str(out), "--language-model", mpnet,
-                 "--instructions", "300"]) == 0
+                 "--instructions", "300", "--bridge", "linear"]) == 0
     report = json.loads((out / "bridge.json").read_text())
     assert report["source"] == str(tmp_path / "src") and set(report["unseen_synonym_relative_error"]) == {
         str(r) for r in RIDGES}
     loaded = load_checkpoint(out / "checkpoint")
     assert loaded.cfg.language_model == mpnet and loaded.cfg.bridged
     assert mot(["bridge-language", "--checkpoint", str(tmp_path / "missing"), "--out", str(out / "x")]) == 2
+
+
+def test_the_retrieval_memory_reproduces_the_old_text_kv_and_keeps_every_other_tensor(source, mpnet):
+    fit, check = train_instructions(600, seed=0), train_instructions(100, seed=99)
+    target, report = bridged_policy(source, mpnet, fit, bridge="retrieval", language_layers=2, memory=512,
+                                    temperature=0.02)
+    assert target.cfg.text_bridge == "retrieval" and target.language_dims.layers == 2 and report["memory"] == 512
+    assert torch.allclose(target.text_bridge.keys.norm(dim=1), torch.ones(512), atol=1e-5)
+    assert report["memory_token_relative_error"] < report["unseen_synonym_relative_error"]
+    unfitted = MoTPolicy(target.cfg, source.norm_stats).eval()
+    assert text_kv_error(source, target, check) < 0.5 * text_kv_error(source, unfitted, check)
+    theirs = source.state_dict()
+    for key, value in target.state_dict().items():
+        if not key.startswith(("language.", "text_bridge.")):
+            assert torch.equal(value, theirs[key]), key
+
+
+def test_a_memory_larger_than_the_fitting_tokens_is_refused(source, mpnet):
+    with pytest.raises(InputError, match="^instructions: expected at least bridge_memory=100000 tokens"):
+        bridged_policy(source, mpnet, train_instructions(50), bridge="retrieval", language_layers=2, memory=100_000)
+
+
+def test_mot_bridge_language_builds_a_retrieval_bridge_by_default(source, mpnet, tmp_path):
+    save_checkpoint(source, tmp_path / "src")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(tmp_path / "src"), "--out", str(out), "--language-model", mpnet,
+                 "--instructions", "300", "--language-layers", "2", "--memory", "256"]) == 0
+    report = json.loads((out / "bridge.json").read_text())
+    assert report["bridge"] == "retrieval" and report["memory"] == 256
+    loaded = load_checkpoint(out / "checkpoint")
+    assert loaded.cfg.text_bridge == "retrieval" and loaded.cfg.bridge_memory == 256

@@ -1,0 +1,96 @@
+"""Does a policy point at what its instruction names?  On recorded episodes of either split; prints JSON.
+
+    mot collect --split heldout --episodes 200 --seed 900000 --out runs/heldout_demos     # held-out words, 40 s
+    mot bench grounding --data runs/heldout_demos --checkpoints checkpoints/default runs/retrieval --json
+
+Closed-loop success (`mot eval`) takes minutes per checkpoint and mixes pointing with acting; this isolates the
+pointing. For each episode's first frame (the arm at home: the target must be found from the scene, as at the
+start of every `mot eval` episode) the policy reads the episode's own instruction and its grounding head scores
+every image token; a hit is a top-scored token whose cell shows the instruction's object (the same test as
+`mot train`'s `start_cell_acc`, training/holdout.py). Per checkpoint:
+
+  object_cell_acc            share of first frames where the top token shows the object, overall and per task
+  chance_cell_acc            what picking a random object of the scene would score (1 / objects, averaged)
+  frames, split              how many first frames, and the dataset's instruction split (its manifest)
+
+Nothing here trains: the held-out split is only ever evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from policy.checkpoint import load_checkpoint  # noqa: E402
+from policy.errors import InputError  # noqa: E402
+from policy.options import parse  # noqa: E402
+from training.cli import run_command  # noqa: E402
+from training.data import ChunkDataset  # noqa: E402
+from training.holdout import grounding_hits  # noqa: E402
+from training.losses import StageLoss, cell_targets  # noqa: E402
+from training.manifest import read_episodes  # noqa: E402
+
+
+@dataclass
+class GroundingBenchConfig:
+    data: Path
+    """a `mot collect` dataset with scene tracks (either split)"""
+    checkpoints: list[Path] = field(default_factory=lambda: [Path("checkpoints/default")])
+    """policies that point (target_points 'model'), measured on the same frames"""
+    episodes: int = 200
+    """first frames of this many episodes (all when fewer)"""
+    batch_size: int = 50
+    json: bool = False
+    """print the JSON object on one line"""
+
+
+@torch.no_grad()
+def measure(checkpoint: Path, data: ChunkDataset, frames: np.ndarray, batch_size: int) -> dict:
+    """One checkpoint's first-frame hits on `frames` (indices into `data`), overall and per task family."""
+    policy = load_checkpoint(checkpoint).eval()
+    if policy.cfg.target_points is None:
+        raise InputError(f"checkpoints: expected policies that point (target_points 'model'), {checkpoint} has none")
+    loss = StageLoss(policy, "align")
+    hits, tasks = [], []
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start:start + batch_size]
+        batch = data.batch(chunk)
+        hits += grounding_hits(loss, batch)[1]
+        # grounding_hits keeps the frames whose object shows in some cell: the same filter for the task labels
+        seen = (cell_targets(batch["grounding"]["target_object_pixels"], policy.cfg.feature_grid).sum(1) > 0).tolist()
+        tasks += [data.episodes[e].task for (e, _), s in zip(data.index[chunk], seen) if s]
+    per_task = {t: round(float(np.mean([h for h, k in zip(hits, tasks) if k == t])), 4) for t in sorted(set(tasks))}
+    return {"checkpoint": str(checkpoint), "language_model": policy.cfg.language_model or "minilm",
+            "text_bridge": policy.cfg.text_bridge if policy.cfg.bridged else None,
+            "object_cell_acc": round(float(np.mean(hits)), 4), "per_task": per_task, "frames": len(hits)}
+
+
+def run(cfg: GroundingBenchConfig) -> dict:
+    manifest, episodes = read_episodes(cfg.data)
+    episodes = [ep for ep in episodes if ep.track is not None and ep.track.target_object >= 0][:cfg.episodes]
+    if not episodes:
+        raise InputError(f"data: expected episodes with scene tracks (`mot collect` records them), {cfg.data} has none")
+    first = load_checkpoint(cfg.checkpoints[0])
+    data = ChunkDataset(episodes, list(first.cfg.cameras), first.cfg.horizon)
+    frames = np.flatnonzero(data.index[:, 1] == 0)
+    chance = float(np.mean([1 / len(ep.track.object_names) for ep in episodes]))
+    return {"data": str(cfg.data), "split": manifest.get("split"), "chance_cell_acc": round(chance, 4),
+            "policies": [measure(c, data, frames, cfg.batch_size) for c in cfg.checkpoints]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(GroundingBenchConfig, argv, "mot bench grounding", __doc__.split("\n\n")[0])
+    print(json.dumps(run(cfg), indent=None if cfg.json else 2))
+    return 0
+
+
+if __name__ == "__main__":  # as a script too: a mistake is one line and exit 2, as under `mot bench`
+    sys.exit(run_command("bench grounding", main, sys.argv[1:]))
