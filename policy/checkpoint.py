@@ -46,6 +46,9 @@ from policy.vision import default_trunk_weights
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 INT8_MIN_ELEMENTS = 4096  # matrices at least this large are stored as int8; biases, norms, small tables as float16
+# Never int8: a retrieval bridge's lookup keys (policy/language.py RetrievalBridge). Its softmax divides cosines by
+# a small temperature, which turns int8 rounding into a different nearest token (at 0.01: points 15 px away).
+INT8_EXCLUDED = ("text_bridge.keys",)
 SCALE_SUFFIX = ":scale"  # "<key>:scale" holds an int8 matrix's per-row scales (":" never occurs in a parameter name)
 
 
@@ -61,7 +64,8 @@ def pack_weights(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[
 
     int8 is weight-only and symmetric per output row (as LLM.int8 / torchao's weight-only schemes): a
     matrix W (out, in) with at least INT8_MIN_ELEMENTS entries becomes q = round(W / s) in int8 with
-    s (out,) = max |W_row| / 127 in float32 under "<key>:scale"; every other floating tensor is float16.
+    s (out,) = max |W_row| / 127 in float32 under "<key>:scale"; every other floating tensor (and INT8_EXCLUDED)
+    is float16.
     The error per entry is at most s / 2, half a step of its own row's range.
     """
     if dtype not in STORAGE_DTYPES.values():
@@ -73,7 +77,7 @@ def pack_weights(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[
             stored[key] = value.contiguous()
         elif dtype != torch.int8:
             stored[key] = value.to(dtype).contiguous()
-        elif value.dim() == 2 and value.numel() >= INT8_MIN_ELEMENTS:
+        elif value.dim() == 2 and value.numel() >= INT8_MIN_ELEMENTS and key not in INT8_EXCLUDED:
             w = value.float()
             scale = w.abs().amax(dim=1) / 127.0
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero

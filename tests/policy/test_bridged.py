@@ -197,3 +197,16 @@ def test_a_retrieval_bridge_it_cannot_build_is_refused_naming_the_field(mpnet_fo
         bridged_cfg(mpnet_folder, **overrides)
     with pytest.raises(InputError, match="^text_bridge:"):
         PolicyConfig.preset("tiny", text_bridge="retrieval", bridge_memory=4)  # lined up: nothing to bridge
+
+
+def test_int8_packing_leaves_the_retrieval_keys_in_float16(mpnet_folder, tmp_path):
+    """Cosines over a 0.01 temperature turn int8 rounding of the keys into another nearest token."""
+    policy = retrieval_policy(mpnet_folder, memory=64)
+    with torch.no_grad():
+        policy.text_bridge.keys.copy_(torch.nn.functional.normalize(torch.randn(64, 96), dim=1))
+        policy.text_bridge.values.normal_()
+    save_checkpoint(policy, tmp_path / "ckpt", dtype=torch.int8)
+    manifest = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
+    assert "text_bridge.values" in manifest["int8"] and "text_bridge.keys" not in manifest["int8"]
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("text_bridge.keys").dtype == torch.float16

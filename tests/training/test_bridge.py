@@ -38,6 +38,16 @@ def text_kv_error(source, target, instructions) -> float:
     return float((((got - want) ** 2) * mask).sum() / (((want - want.mean()) ** 2) * mask).sum())
 
 
+def assert_bridged_like_the_source(source, target, check) -> None:
+    """The bridge halves (at least) an unfitted bridge's text K/V error; every other tensor is the source's."""
+    unfitted = MoTPolicy(target.cfg, source.norm_stats).eval()
+    assert text_kv_error(source, target, check) < 0.5 * text_kv_error(source, unfitted, check)
+    theirs = source.state_dict()
+    for key, value in target.state_dict().items():
+        if not key.startswith(("language.", "text_bridge.")):
+            assert torch.equal(value, theirs[key]), key
+
+
 def test_train_instructions_are_distinct_and_of_the_train_split():
     texts = train_instructions(400, seed=1)
     assert len(texts) == len(set(texts)) == 400
@@ -57,12 +67,7 @@ def test_the_fitted_bridge_reproduces_the_old_text_kv_and_keeps_every_other_tens
     target, report = bridged_policy(source, mpnet, fit, bridge="linear")
     assert target.cfg.bridged and target.cfg.vision_model == "minilm" and target.cfg.vision_layers == 2
     assert report["ridge"] in RIDGES and report["tokens"] > 600
-    unfitted = MoTPolicy(target.cfg, source.norm_stats).eval()
-    assert text_kv_error(source, target, check) < 0.5 * text_kv_error(source, unfitted, check)
-    theirs = source.state_dict()
-    for key, value in target.state_dict().items():
-        if not key.startswith(("language.", "text_bridge.")):
-            assert torch.equal(value, theirs[key]), key
+    assert_bridged_like_the_source(source, target, check)
     assert np.allclose(target.norm_stats.state_mean, source.norm_stats.state_mean)
 
 
@@ -92,12 +97,7 @@ def test_the_retrieval_memory_reproduces_the_old_text_kv_and_keeps_every_other_t
     assert target.cfg.text_bridge == "retrieval" and target.language_dims.layers == 2 and report["memory"] == 512
     assert torch.allclose(target.text_bridge.keys.norm(dim=1), torch.ones(512), atol=1e-5)
     assert report["memory_token_relative_error"] < report["unseen_synonym_relative_error"]
-    unfitted = MoTPolicy(target.cfg, source.norm_stats).eval()
-    assert text_kv_error(source, target, check) < 0.5 * text_kv_error(source, unfitted, check)
-    theirs = source.state_dict()
-    for key, value in target.state_dict().items():
-        if not key.startswith(("language.", "text_bridge.")):
-            assert torch.equal(value, theirs[key]), key
+    assert_bridged_like_the_source(source, target, check)
 
 
 def test_a_memory_larger_than_the_fitting_tokens_is_refused(source, mpnet):

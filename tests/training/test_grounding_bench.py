@@ -43,5 +43,5 @@ def test_a_policy_that_does_not_point_is_refused_in_one_line(sim_dataset, tmp_pa
     save_checkpoint(tiny_policy(points=False), tmp_path / "ckpt")
     assert mot(["bench", "grounding", "--data", str(sim_dataset), "--checkpoints", str(tmp_path / "ckpt")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("checkpoints: expected policies that point") and "\n" not in err
+    assert err.startswith("mot bench: checkpoints: expected policies that point") and "\n" not in err
     assert callable(load_script("grounding").run)
