@@ -53,12 +53,9 @@ class GroundingBenchConfig:
 
 
 @torch.no_grad()
-def measure(checkpoint: Path, data: ChunkDataset, frames: np.ndarray, batch_size: int) -> dict:
-    """One checkpoint's first-frame hits on `frames` (indices into `data`), overall and per task family."""
-    policy = load_checkpoint(checkpoint).eval()
-    if policy.cfg.target_points is None:
-        raise InputError(f"checkpoints: expected policies that point (target_points 'model'), {checkpoint} has none")
-    loss = StageLoss(policy, "align")
+def measure(checkpoint: Path, policy, data: ChunkDataset, frames: np.ndarray, batch_size: int) -> dict:
+    """One policy's first-frame hits on `frames` (indices into `data`), overall and per task family."""
+    loss = StageLoss(policy.eval(), "align")
     hits, tasks = [], []
     for start in range(0, len(frames), batch_size):
         chunk = frames[start:start + batch_size]
@@ -78,12 +75,15 @@ def run(cfg: GroundingBenchConfig) -> dict:
     episodes = [ep for ep in episodes if ep.track is not None and ep.track.target_object >= 0][:cfg.episodes]
     if not episodes:
         raise InputError(f"data: expected episodes with scene tracks (`mot collect` records them), {cfg.data} has none")
-    first = load_checkpoint(cfg.checkpoints[0])
-    data = ChunkDataset(episodes, list(first.cfg.cameras), first.cfg.horizon)
+    policies = [load_checkpoint(c) for c in cfg.checkpoints]
+    for checkpoint, policy in zip(cfg.checkpoints, policies):
+        if policy.cfg.target_points is None:
+            raise InputError(f"checkpoints: expected policies that point (target_points 'model'), {checkpoint} has none")
+    data = ChunkDataset(episodes, list(policies[0].cfg.cameras), policies[0].cfg.horizon)
     frames = np.flatnonzero(data.index[:, 1] == 0)
     chance = float(np.mean([1 / len(ep.track.object_names) for ep in episodes]))
     return {"data": str(cfg.data), "split": manifest.get("split"), "chance_cell_acc": round(chance, 4),
-            "policies": [measure(c, data, frames, cfg.batch_size) for c in cfg.checkpoints]}
+            "policies": [measure(c, p, data, frames, cfg.batch_size) for c, p in zip(cfg.checkpoints, policies)]}
 
 
 def main(argv: list[str] | None = None) -> int:

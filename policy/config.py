@@ -60,7 +60,7 @@ class PolicyConfig:
     # `mot bridge-language`).
     text_bridge: str = "linear"
     bridge_memory: int = 0
-    bridge_temperature: float = 0.05
+    bridge_temperature: float = 0.01
     max_text_tokens: int = 48  # including [CLS] and [SEP]; longer instructions are refused
 
     # Vision: frozen EfficientNet-Lite0 trunk (stride 32, 320 channels) -> projection -> vision expert.

@@ -28,8 +28,8 @@ import itertools
 import json
 import sys
 from dataclasses import dataclass
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -61,10 +61,9 @@ def train_instructions(count: int, seed: int = 0) -> list[str]:
 
 @torch.no_grad()
 def paired_states(source: MoTPolicy, target: MoTPolicy, instructions: list[str], taps: list[int]):
-    """-> (per tap: the target encoder's token states after that layer (N, W_lang), the source's text K/V
-    (N, 2, heads * head_dim) of MoT layer j, or of every layer (N, layers, 2, heads * head_dim) for a single
-    tap), over the valid tokens of instructions both tokenise to the same length; their valid mask; the
-    instructions."""
+    """-> (per tap: the target encoder's token states after that layer (N, W_lang); the source's text K/V of
+    every MoT layer (N, layers, 2, heads * head_dim)), over the valid tokens of instructions both tokenise to
+    the same length; their valid mask; those instructions."""
     src_ids, src_valid = source.tokenizer(instructions)
     dst_ids, dst_valid = target.tokenizer(instructions)
     same = (src_valid.sum(1) == dst_valid.sum(1))
@@ -73,13 +72,11 @@ def paired_states(source: MoTPolicy, target: MoTPolicy, instructions: list[str],
                          f"{int(same.sum())} of {len(instructions)} agree")
     kv = source.encode_text(src_ids[same], src_valid[same]).kv  # (layers, 2, B, heads, L, hd)
     layers, two, b, heads, length, hd = kv.shape
-    kv = kv.permute(0, 2, 4, 1, 3, 5).reshape(layers, b, length, two, heads * hd)
+    kv = kv.permute(2, 4, 0, 1, 3, 5).reshape(b, length, layers, two, heads * hd)
     states = target.language(dst_ids[same], dst_valid[same])
     valid = src_valid[same]
     words = [instructions[i] for i in np.flatnonzero(same.numpy())]
-    if len(taps) == 1:  # one language layer for every MoT layer's K/V
-        return [(states[taps[0]][:, :length][valid], kv.permute(1, 2, 0, 3, 4)[valid])], valid, words
-    return [(states[tap][:, :length][valid], kv[j][valid]) for j, tap in enumerate(taps)], valid, words
+    return [states[tap][:, :length][valid] for tap in taps], kv[valid], valid, words
 
 
 def ridge(x: torch.Tensor, y: torch.Tensor, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +153,7 @@ def unseen_word_error(bridge: RetrievalBridge, states: torch.Tensor, values: tor
 def fit_retrieval(source: MoTPolicy, target: MoTPolicy, instructions: list[str], seed: int) -> dict:
     """Fill the RetrievalBridge: keys from the new language model's last kept layer, values the source's text K/V
     (every MoT layer) of the same tokens; -> the fit's report (its error on a left-out train synonym first)."""
-    pairs, valid, words = paired_states(source, target, instructions, taps=[-1])
-    (states, kv), = pairs  # (T, W_lang), (T, layers, 2, H * hd)
+    (states,), kv, valid, words = paired_states(source, target, instructions, taps=[-1])  # (T, W_lang), (T, layers, 2, H * hd)
     values = kv.flatten(1)
     unseen = second_synonym_rows(words, valid)
     fill_memory(target.text_bridge, states[~unseen], values[~unseen], seed)
@@ -194,9 +190,9 @@ def bridged_policy(source: MoTPolicy, language_model: str, instructions: list[st
     if retrieval:
         report = fit_retrieval(source, target, instructions, seed)
     else:
-        pairs, valid, words = paired_states(source, target, instructions, target.text_bridge.taps)
-        report = fit_linear(target, [(x, y) for x, y in pairs], valid, words)
-        report = {"instructions": len(words), "tokens": int(valid.sum()), **report}
+        states, kv, valid, words = paired_states(source, target, instructions, target.text_bridge.taps)
+        report = {"tokens": int(valid.sum()),
+                  **fit_linear(target, [(x, kv[:, j]) for j, x in enumerate(states)], valid, words)}
     return target.eval(), {"bridge": bridge, "instructions": len(instructions), **report}
 
 
