@@ -60,6 +60,18 @@ def make_attn_mask(blocks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return causal[None, None] & valid[:, None, None, :]
 
 
+def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask (True = query may attend to key), broadcastable to (B, heads, L_q, L_k) -> the additive bias
+    of the same shape: 0 where allowed, the dtype's lowest finite value where not (a row with no key allowed
+    would average its values instead of turning NaN).
+
+    Built once per forward and shared by every layer. Given a bool mask, scaled_dot_product_attention
+    converts it in each layer and its ONNX export guards each layer's attention weights against NaN
+    (IsNaN + Where over B x heads x L_q x L_k): 12 of the observation graph's most expensive element-wise ops.
+    """
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
 def posemb_sincos(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
     """Sine-cosine embedding of scalar flow times t (B,) in [0, 1] -> (B, dim), as pi0 embeds time."""
     fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
@@ -74,4 +86,4 @@ def cat_tokens(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
-__all__ = ["ACTION", "IMAGE", "STATE", "TEXT", "Prefix", "cat_tokens", "euler_sample", "make_attn_mask", "posemb_sincos"]
+__all__ = ["ACTION", "IMAGE", "STATE", "TEXT", "Prefix", "attention_bias", "cat_tokens", "euler_sample", "make_attn_mask", "posemb_sincos"]

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policy.attention import ACTION, IMAGE, STATE, TEXT, Prefix, cat_tokens, euler_sample, make_attn_mask, posemb_sincos
+from policy.attention import ACTION, IMAGE, STATE, TEXT, Prefix, attention_bias, cat_tokens, euler_sample, make_attn_mask, posemb_sincos
 from policy.errors import InputError
 from policy.config import PolicyConfig
 from policy.experts import BertExpert, BodyExpert, merge_heads
@@ -53,6 +53,18 @@ from policy.text import attention_dims
 from policy.normalize import NormStats, to_absolute, to_relative
 from policy.stages import TrainingStages
 from policy.vision import EfficientNetTrunk, ImageTokenizer, preprocess_images
+
+def pool_matrix(cams: int, grid: int, p: int) -> torch.Tensor | None:
+    """(cams * (grid/p)^2, cams * grid^2) matrix whose row j averages the p x p image cells of pooled cell j, cells in
+    (camera, row, column) order; None for p = 1. As a matmul the pooling is one small GEMM per K and V, where a
+    mean over a p x p reshape exports to a strided ReduceMean (on the 8x8 grid, 2 % of the observation graph)."""
+    if p == 1:
+        return None
+    g = grid // p
+    cam, row, col = torch.meshgrid(torch.arange(cams), torch.arange(grid), torch.arange(grid), indexing="ij")
+    pooled_cell = (cam * g * g + (row // p) * g + col // p).reshape(-1)  # (cams * grid^2,) its pooled cell
+    return F.one_hot(pooled_cell, cams * g * g).T.float() / (p * p)
+
 
 class MoTPolicy(TrainingStages, nn.Module):
     def __init__(self, cfg: PolicyConfig, norm_stats: NormStats | None = None):
@@ -130,6 +142,8 @@ class MoTPolicy(TrainingStages, nn.Module):
         # 1.0 where an action dimension is predicted relative to the state (config.delta_action_mask).
         self.register_buffer("delta_mask", torch.zeros(0), persistent=False)
         self.set_delta_action_mask(cfg.delta_action_mask)
+        # The body's pooled image grid as an averaging matrix (see pool_image_kv); None without pooling.
+        self.register_buffer("kv_pool", pool_matrix(len(cfg.cameras), cfg.feature_grid, cfg.prefix_pool), persistent=False)
         self.set_norm_stats(stats)
         self.set_stage("policy")
 
@@ -160,7 +174,8 @@ class MoTPolicy(TrainingStages, nn.Module):
 
     # -- the joint-attention core ------------------------------------------------------------------
     def _forward(self, segments: list[tuple[str, torch.Tensor, torch.Tensor | None]],
-                 past: Prefix | None, new_valid: torch.Tensor, attn_mask: torch.Tensor | None = None):
+                 past: Prefix | None, new_valid: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                 kv_pool: torch.Tensor | None = None):
         """Runs contiguous modality segments through every MoT layer with one joint attention.
 
         segments: [(modality, h (B, L_i, D_expert), cond (B, L_i, C) or None)], in token order
@@ -168,22 +183,25 @@ class MoTPolicy(TrainingStages, nn.Module):
         new_valid: (B, sum L_i) bool validity of the new tokens
         attn_mask: (B, 1, L_new, L_past + L_new) bool; default = key padding only, which is the exact
                    block-causal mask whenever the new tokens form one block (the cached passes)
-        returns (hidden per segment, new kv (layers, 2, B, heads, L_new, head_dim))
+        kv_pool:  (L_kept, L_new) or None: each layer keeps kv_pool @ its new K and V (the image pass: the pooled
+                  grid the body attends to), so the full-resolution K/V are attended to but never stacked
+        returns (hidden per segment, new kv (layers, 2, B, heads, L_new or L_kept, head_dim))
         """
         if attn_mask is None:
             keys_valid = new_valid if past is None else torch.cat([past.valid, new_valid], dim=1)
             attn_mask = keys_valid[:, None, None, :]  # (B, 1, 1, L_keys): broadcast over queries
         hs = [h for _, h, _ in segments]
+        bias = attention_bias(attn_mask, hs[0].dtype)  # once for every layer (see attention_bias)
         new_kv = []
         for i, layer in enumerate(self.layers):
             experts = [layer[self.route[modality]] for modality, _, _ in segments]
             qkvc = [expert.qkv(h, cond) for expert, h, (_, _, cond) in zip(experts, hs, segments)]
             q, k, v = (cat_tokens([x[j] for x in qkvc]) for j in range(3))
-            new_kv.append(torch.stack([k, v]))
+            new_kv.append(torch.stack([k, v]) if kv_pool is None else torch.stack([kv_pool @ k, kv_pool @ v]))
             if past is not None:  # cached keys/values of earlier blocks come first in token order
                 k = torch.cat([past.kv[i, 0], k], dim=2)
                 v = torch.cat([past.kv[i, 1], v], dim=2)
-            attn = merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
+            attn = merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
             outs = attn.split([h.shape[1] for h in hs], dim=1) if len(hs) > 1 else [attn]
             hs = [expert.finish(h, out, c[3]) for expert, h, out, c in zip(experts, hs, outs, qkvc)]
         return hs, torch.stack(new_kv)
@@ -248,8 +266,7 @@ class MoTPolicy(TrainingStages, nn.Module):
             prefix = Prefix(torch.cat([kv[..., :n_text, :], self.pool_image_kv(kv[..., n_text:, :])], dim=4),
                             valid[:, : n_text + self.cfg.body_image_tokens])
         else:
-            hs, kv = self._forward([("image", tokens, None)], text, ones)
-            pooled = self.pool_image_kv(kv)
+            hs, pooled = self._forward([("image", tokens, None)], text, ones, kv_pool=self.kv_pool)
             prefix = text.extend(pooled, ones[:, : pooled.shape[4]])
         return (prefix, hs[-1]) if return_hidden else prefix
 
@@ -258,12 +275,7 @@ class MoTPolicy(TrainingStages, nn.Module):
         each p x p block of cells of a camera averaged into one key and one value, in (camera, row, column) order.
         This is what the body attends to (and what the policy stage caches); the image tokens themselves attended
         to every cell. p = 1 returns kv unchanged."""
-        p, g, cams = self.cfg.prefix_pool, self.cfg.feature_grid, len(self.cfg.cameras)
-        if p == 1:
-            return kv
-        layers, two, b, heads, _, hd = kv.shape
-        blocks = kv.reshape(layers, two, b, heads, cams, g // p, p, g // p, p, hd)
-        return blocks.mean(dim=(6, 8)).reshape(layers, two, b, heads, cams * (g // p) ** 2, hd)
+        return kv if self.kv_pool is None else self.kv_pool @ kv
 
     def point(self, image_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Final image tokens (B, cams * grid^2, width) -> target points (B, 4 * cams) (u, v) in [0, 1], and

@@ -6,7 +6,9 @@ import torch
 
 from policy import MoTPolicy, PolicyConfig
 from policy.inputs import validate_batch
-from policy.model import ACTION, IMAGE, STATE, TEXT, euler_sample, make_attn_mask
+from policy.attention import attention_bias
+from policy.experts import gelu_erf
+from policy.model import ACTION, IMAGE, STATE, TEXT, euler_sample, make_attn_mask, pool_matrix
 
 from .conftest import make_batch, randomize_body
 
@@ -34,6 +36,38 @@ def test_attn_mask_is_block_causal_with_padding():
         [1, 0, 1, 1, 1, 1],
     ])
     assert torch.equal(mask, expected)
+
+
+def test_attention_bias_matches_the_bool_mask():
+    """The additive bias every layer shares gives the attention a bool mask gives, padded keys included."""
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 8)
+    valid = torch.tensor([[True] * 6, [True, True, False, True, False, False]])
+    mask = valid[:, None, None, :]
+    bias = attention_bias(mask, q.dtype)
+    assert bias.shape == mask.shape and bool((bias[~mask.expand_as(bias)] < -1e30).all()) and bool((bias[mask.expand_as(bias)] == 0).all())
+    ours = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+
+
+def test_gelu_erf_is_torchs_exact_gelu():
+    x = torch.linspace(-8, 8, 4001)
+    torch.testing.assert_close(gelu_erf(x), torch.nn.functional.gelu(x), rtol=0, atol=1e-6)
+
+
+def test_pool_matrix_averages_each_cameras_p_by_p_cells():
+    """Pooled cell j of camera c is the mean of its p x p cells, in (camera, row, column) order: checked by loops."""
+    cams, grid, p = 2, 4, 2
+    kv = torch.randn(3, 2, 1, 5, cams * grid * grid, 8)  # (layers, 2, B, heads, cams * grid^2, hd)
+    pooled = pool_matrix(cams, grid, p) @ kv
+    g = grid // p
+    assert pooled.shape == (3, 2, 1, 5, cams * g * g, 8)
+    for c in range(cams):
+        for r in range(g):
+            for col in range(g):
+                cells = [c * grid * grid + (r * p + i) * grid + col * p + j for i in range(p) for j in range(p)]
+                torch.testing.assert_close(pooled[..., c * g * g + r * g + col, :], kv[..., cells, :].mean(dim=-2))
+    assert pool_matrix(cams, grid, 1) is None
 
 
 def test_blockwise_text_kv_ignore_images_bidirectional_do_not(tiny_cfg):
