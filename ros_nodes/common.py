@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import rclpy
 from rclpy.node import Node
@@ -53,6 +54,41 @@ def lock_process_memory(log: Callable[[str], None]) -> bool:
         return False
     if not flags & MCL_FUTURE:
         log("lock_memory: RLIMIT_MEMLOCK is limited: locked the current pages only, not later allocations")
+    return True
+
+
+def thread_ids() -> set[int]:
+    """This process's kernel thread ids (Linux /proc/self/task; empty where there is none)."""
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
+def check_nice(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -20 <= value <= 19:
+        raise ValueError(f"inference_nice: expected an int in -20..19 (0: normal priority), received {value!r}")
+    return value
+
+
+def set_thread_nice(tids: Iterable[int], nice: int, log: Callable[[str], None]) -> bool:
+    """Give threads the nice value `nice` (-20 .. 19, lower is scheduled first), as ros2_control raises its
+    control loop's priority; False (and logs why) where the kernel refuses.
+
+    On Linux, nice is per thread and a new thread starts with its creator's. Inference runs on the node's own
+    thread and on the backend's pool (onnxruntime creates it with the session, so it is set here by id); torch's
+    pool starts at the first inference, from the inference thread, and so inherits its value. A negative value
+    needs CAP_SYS_NICE (root, or a `nice` entry in limits.conf).
+    """
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except ProcessLookupError:  # a pool thread that has exited meanwhile
+            continue
+        except PermissionError:
+            log(f"inference_nice: nice {nice} refused (needs CAP_SYS_NICE: root, or a limits.conf 'nice' entry); "
+                "inference runs at normal priority and competes with every other process for the cores")
+            return False
     return True
 
 

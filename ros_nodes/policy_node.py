@@ -50,8 +50,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from policy.runtime import PolicyRunner
 from policy.signing import key_id, resolve_trusted_key
-from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, decode_string, json_string, lock_process_memory, now_s,
-                               run_node)
+from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, check_nice, decode_string, json_string, lock_process_memory,
+                               now_s, run_node, set_thread_nice, thread_ids)
 from ros_nodes.controller import PolicyController
 from ros_nodes.controller_config import ControllerConfig, Inference, Request
 from ros_nodes.convert import (chunk_to_trajectory, fit_image, image_to_numpy, joint_state_to_vector,
@@ -99,6 +99,9 @@ PARAMETERS: dict[str, Any] = {
     "status_hz": 2.0,
     "diagnostics_hz": 1.0,
     "lock_memory": False,  # mlockall once loaded (no page-fault stalls); the launch YAMLs turn it on
+    # Nice value of inference (the worker thread and the backend's pool): lower runs first when the cores are
+    # contended (camera drivers, a simulator). 0: normal; negative needs CAP_SYS_NICE; the launch YAMLs use -10.
+    "inference_nice": 0,
 }
 # Parameters of earlier versions, with why they went: set to anything but "", the node refuses to start (an
 # operator who names one expects something this node no longer does); "" (an old YAML's default) is accepted.
@@ -133,8 +136,11 @@ class PolicyNode(Node):
     def __init__(self, runner: Inference | None = None, **node_kwargs) -> None:
         super().__init__("policy_node", **node_kwargs)
         p = _read_parameters(self)
+        self._nice = check_nice(p["inference_nice"])
+        before = thread_ids()
         if runner is None:
             runner = self._load_runner(p)
+        self._backend_threads = thread_ids() - before  # the backend's pool threads, created with its sessions
         self.runner = runner
         if p["lock_memory"]:  # after loading: the weights and the backend's code are resident now
             lock_process_memory(self.get_logger().warning)
@@ -325,6 +331,8 @@ class PolicyNode(Node):
             self._jobs.put(request)
 
     def _work(self) -> None:
+        if self._nice:  # this thread (and any thread it starts) and the backend's pool; a refusal is logged
+            set_thread_nice({threading.get_native_id(), *self._backend_threads}, self._nice, self.get_logger().warning)
         while (request := self._jobs.get()) is not None:
             try:
                 started = time.perf_counter()
