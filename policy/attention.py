@@ -1,7 +1,8 @@
 """The pieces of joint attention and flow sampling that MoTPolicy (policy/model.py) is built from.
 
 Prefix (the cached K/V of earlier modality blocks), make_attn_mask (the block-causal mask, with a worked
-example), the flow-time embedding, and the Euler sampler shared by every backend (policy/sampling.py, torch-free:
+example) and attention_bias (the additive form every layer shares), pool_matrix (the body's pooled image grid),
+the flow-time embedding, and the Euler sampler shared by every backend (policy/sampling.py, torch-free:
 re-exported here for the model).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from policy.sampling import euler_sample
@@ -72,6 +74,21 @@ def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
+def pool_matrix(cams: int, grid: int, p: int) -> torch.Tensor | None:
+    """(cams * (grid/p)^2, cams * grid^2) matrix whose row j averages the p x p image cells of pooled cell j, cells in
+    (camera, row, column) order; None for p = 1. As a matmul the pooling is one small GEMM per K and V, where a
+    mean over a p x p reshape exports to a strided ReduceMean (on the 8x8 grid, 2 % of the observation graph).
+    Built with numpy from the config's ints, so an exported graph holds it as a constant."""
+    if p == 1:
+        return None
+    g = grid // p
+    cam, row, col = np.meshgrid(np.arange(cams), np.arange(grid), np.arange(grid), indexing="ij")
+    pooled_cell = (cam * g * g + (row // p) * g + col // p).reshape(-1)  # (cams * grid^2,) each cell's pooled cell
+    matrix = np.zeros((cams * g * g, cams * grid * grid), np.float32)
+    matrix[pooled_cell, np.arange(cams * grid * grid)] = 1.0 / (p * p)
+    return torch.from_numpy(matrix)
+
+
 def posemb_sincos(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
     """Sine-cosine embedding of scalar flow times t (B,) in [0, 1] -> (B, dim), as pi0 embeds time."""
     fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
@@ -86,4 +103,5 @@ def cat_tokens(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
-__all__ = ["ACTION", "IMAGE", "STATE", "TEXT", "Prefix", "attention_bias", "cat_tokens", "euler_sample", "make_attn_mask", "posemb_sincos"]
+__all__ = ["ACTION", "IMAGE", "STATE", "TEXT", "Prefix", "attention_bias", "cat_tokens", "euler_sample", "make_attn_mask",
+           "pool_matrix", "posemb_sincos"]

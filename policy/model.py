@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policy.attention import ACTION, IMAGE, STATE, TEXT, Prefix, attention_bias, cat_tokens, euler_sample, make_attn_mask, posemb_sincos
+from policy.attention import (ACTION, IMAGE, STATE, TEXT, Prefix, attention_bias, cat_tokens, euler_sample, make_attn_mask,
+                              pool_matrix, posemb_sincos)
 from policy.errors import InputError
 from policy.config import PolicyConfig
 from policy.experts import BertExpert, BodyExpert, merge_heads
@@ -53,18 +54,6 @@ from policy.text import attention_dims
 from policy.normalize import NormStats, to_absolute, to_relative
 from policy.stages import TrainingStages
 from policy.vision import EfficientNetTrunk, ImageTokenizer, preprocess_images
-
-def pool_matrix(cams: int, grid: int, p: int) -> torch.Tensor | None:
-    """(cams * (grid/p)^2, cams * grid^2) matrix whose row j averages the p x p image cells of pooled cell j, cells in
-    (camera, row, column) order; None for p = 1. As a matmul the pooling is one small GEMM per K and V, where a
-    mean over a p x p reshape exports to a strided ReduceMean (on the 8x8 grid, 2 % of the observation graph)."""
-    if p == 1:
-        return None
-    g = grid // p
-    cam, row, col = torch.meshgrid(torch.arange(cams), torch.arange(grid), torch.arange(grid), indexing="ij")
-    pooled_cell = (cam * g * g + (row // p) * g + col // p).reshape(-1)  # (cams * grid^2,) its pooled cell
-    return F.one_hot(pooled_cell, cams * g * g).T.float() / (p * p)
-
 
 class MoTPolicy(TrainingStages, nn.Module):
     def __init__(self, cfg: PolicyConfig, norm_stats: NormStats | None = None):
@@ -142,8 +131,6 @@ class MoTPolicy(TrainingStages, nn.Module):
         # 1.0 where an action dimension is predicted relative to the state (config.delta_action_mask).
         self.register_buffer("delta_mask", torch.zeros(0), persistent=False)
         self.set_delta_action_mask(cfg.delta_action_mask)
-        # The body's pooled image grid as an averaging matrix (see pool_image_kv); None without pooling.
-        self.register_buffer("kv_pool", pool_matrix(len(cfg.cameras), cfg.feature_grid, cfg.prefix_pool), persistent=False)
         self.set_norm_stats(stats)
         self.set_stage("policy")
 
@@ -262,20 +249,21 @@ class MoTPolicy(TrainingStages, nn.Module):
             valid = torch.cat([text.text_valid, ones], dim=1)
             segments = [("text", self.text_embed(text.token_ids), None), ("image", tokens, None)]
             hs, kv = self._forward(segments, None, valid)
-            n_text = text.text_valid.shape[1]
-            prefix = Prefix(torch.cat([kv[..., :n_text, :], self.pool_image_kv(kv[..., n_text:, :])], dim=4),
-                            valid[:, : n_text + self.cfg.body_image_tokens])
+            n_text, pool = text.text_valid.shape[1], self.kv_pool(kv)
+            image_kv = kv[..., n_text:, :] if pool is None else pool @ kv[..., n_text:, :]
+            prefix = Prefix(torch.cat([kv[..., :n_text, :], image_kv], dim=4), valid[:, : n_text + self.cfg.body_image_tokens])
         else:
-            hs, pooled = self._forward([("image", tokens, None)], text, ones, kv_pool=self.kv_pool)
+            hs, pooled = self._forward([("image", tokens, None)], text, ones, kv_pool=self.kv_pool(tokens))
             prefix = text.extend(pooled, ones[:, : pooled.shape[4]])
         return (prefix, hs[-1]) if return_hidden else prefix
 
-    def pool_image_kv(self, kv: torch.Tensor) -> torch.Tensor:
-        """Image K/V (layers, 2, B, heads, cams * g^2, hd) -> (layers, 2, B, heads, cams * (g/p)^2, hd), p = prefix_pool:
-        each p x p block of cells of a camera averaged into one key and one value, in (camera, row, column) order.
-        This is what the body attends to (and what the policy stage caches); the image tokens themselves attended
-        to every cell. p = 1 returns kv unchanged."""
-        return kv if self.kv_pool is None else self.kv_pool @ kv
+    def kv_pool(self, like: torch.Tensor) -> torch.Tensor | None:
+        """What the body attends to of the image K/V: kv_pool @ (..., cams * g^2, hd) -> (..., cams * (g/p)^2, hd),
+        p = prefix_pool, each p x p block of a camera's cells averaged (attention.pool_matrix), in `like`'s dtype
+        and device; None for p = 1. The image tokens themselves attend to every cell. Built from the config on
+        every call: training sets prefix_pool after loading an align checkpoint."""
+        pool = pool_matrix(len(self.cfg.cameras), self.cfg.feature_grid, self.cfg.prefix_pool)
+        return None if pool is None else pool.to(dtype=like.dtype, device=like.device)
 
     def point(self, image_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Final image tokens (B, cams * grid^2, width) -> target points (B, 4 * cams) (u, v) in [0, 1], and

@@ -1,14 +1,16 @@
 """MoT routing, masks, caching, freezing, and learning."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from policy import MoTPolicy, PolicyConfig
 from policy.inputs import validate_batch
-from policy.attention import attention_bias
+from policy.attention import attention_bias, pool_matrix
 from policy.experts import gelu_erf
-from policy.model import ACTION, IMAGE, STATE, TEXT, euler_sample, make_attn_mask, pool_matrix
+from policy.model import ACTION, IMAGE, STATE, TEXT, euler_sample, make_attn_mask
 
 from .conftest import make_batch, randomize_body
 
@@ -44,7 +46,8 @@ def test_attention_bias_matches_the_bool_mask():
     valid = torch.tensor([[True] * 6, [True, True, False, True, False, False]])
     mask = valid[:, None, None, :]
     bias = attention_bias(mask, q.dtype)
-    assert bias.shape == mask.shape and bool((bias[~mask.expand_as(bias)] < -1e30).all()) and bool((bias[mask.expand_as(bias)] == 0).all())
+    allowed = mask.expand_as(bias)
+    assert bias.shape == mask.shape and bool((bias[~allowed] < -1e30).all()) and bool((bias[allowed] == 0).all())
     ours = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
@@ -68,6 +71,19 @@ def test_pool_matrix_averages_each_cameras_p_by_p_cells():
                 cells = [c * grid * grid + (r * p + i) * grid + col * p + j for i in range(p) for j in range(p)]
                 torch.testing.assert_close(pooled[..., c * g * g + r * g + col, :], kv[..., cells, :].mean(dim=-2))
     assert pool_matrix(cams, grid, 1) is None
+
+
+def test_a_prefix_pool_set_after_loading_pools_the_body_prefix():
+    """Training sets prefix_pool on a policy loaded from an align checkpoint: the image pass must follow the config."""
+    policy = MoTPolicy(PolicyConfig.preset("tiny", image_token_stride=16))  # 4x4 tokens per camera
+    obs = validate_batch(make_batch(policy.cfg, batch_size=2, actions=False), policy.cfg)
+    with torch.no_grad():
+        text = policy.encode_text(*policy.tokenizer(obs.instruction))
+        full = policy.encode_images(obs.images, text).kv[..., text.kv.shape[4]:, :]
+        policy.cfg = dataclasses.replace(policy.cfg, prefix_pool=2)
+        pooled = policy.encode_images(obs.images, text).kv[..., text.kv.shape[4]:, :]
+    assert pooled.shape[4] == policy.cfg.body_image_tokens == 2 * 2 * 2
+    torch.testing.assert_close(pooled, pool_matrix(2, 4, 2) @ full)
 
 
 def test_blockwise_text_kv_ignore_images_bidirectional_do_not(tiny_cfg):
