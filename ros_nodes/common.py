@@ -76,9 +76,9 @@ def set_thread_nice(tids: Iterable[int], nice: int, log: Callable[[str], None]) 
     control loop's priority; False (and logs why) where the kernel refuses.
 
     On Linux, nice is per thread and a new thread starts with its creator's. Inference runs on the node's own
-    thread and on the backend's pool (onnxruntime creates it with the session, so it is set here by id); torch's
-    pool starts at the first inference, from the inference thread, and so inherits its value. A negative value
-    needs CAP_SYS_NICE (root, or a `nice` entry in limits.conf).
+    thread and on the backend's pool: onnxruntime creates its pool with the session, so the node sets it here by
+    id; threads a backend starts later from the inference thread inherit its value. A negative value needs
+    CAP_SYS_NICE (root, or a `nice` entry in limits.conf).
     """
     for tid in tids:
         try:
