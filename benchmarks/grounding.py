@@ -35,7 +35,7 @@ from policy.options import parse  # noqa: E402
 from training.cli import run_command  # noqa: E402
 from training.data import ChunkDataset  # noqa: E402
 from training.holdout import grounding_hits  # noqa: E402
-from training.losses import StageLoss, cell_targets  # noqa: E402
+from training.losses import StageLoss  # noqa: E402
 from training.manifest import read_episodes  # noqa: E402
 
 
@@ -54,20 +54,20 @@ class GroundingBenchConfig:
 
 @torch.no_grad()
 def measure(checkpoint: Path, policy, data: ChunkDataset, frames: np.ndarray, batch_size: int) -> dict:
-    """One policy's first-frame hits on `frames` (indices into `data`), overall and per task family."""
+    """One policy's first-frame hits on `frames` (indices into `data`), overall and per task family (frames whose
+    object shows in no cell are left out, as grounding_hits does)."""
     loss = StageLoss(policy.eval(), "align")
-    hits, tasks = [], []
-    for start in range(0, len(frames), batch_size):
-        chunk = frames[start:start + batch_size]
-        batch = data.batch(chunk)
-        hits += grounding_hits(loss, batch)[1]
-        # grounding_hits keeps the frames whose object shows in some cell: the same filter for the task labels
-        seen = (cell_targets(batch["grounding"]["target_object_pixels"], policy.cfg.feature_grid).sum(1) > 0).tolist()
-        tasks += [data.episodes[e].task for (e, _), s in zip(data.index[chunk], seen) if s]
-    per_task = {t: round(float(np.mean([h for h, k in zip(hits, tasks) if k == t])), 4) for t in sorted(set(tasks))}
+    task_of = np.array([data.episodes[e].task for e in data.index[frames, 0]])
+    per_task = {}
+    for task in sorted(set(task_of)):
+        mine = frames[task_of == task]
+        per_task[task] = [hit for start in range(0, len(mine), batch_size)
+                          for hit in grounding_hits(loss, data.batch(mine[start:start + batch_size]))[1]]
+    hits = [hit for task_hits in per_task.values() for hit in task_hits]
     return {"checkpoint": str(checkpoint), "language_model": policy.cfg.language_model or "minilm",
             "text_bridge": policy.cfg.text_bridge if policy.cfg.bridged else None,
-            "object_cell_acc": round(float(np.mean(hits)), 4), "per_task": per_task, "frames": len(hits)}
+            "object_cell_acc": round(float(np.mean(hits)), 4),
+            "per_task": {task: round(float(np.mean(h)), 4) for task, h in per_task.items() if h}, "frames": len(hits)}
 
 
 def run(cfg: GroundingBenchConfig) -> dict:
