@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 from dataclasses import dataclass  # noqa: E402
 from typing import Literal  # noqa: E402
 
+from benchmarks.peak import gemm_peak  # noqa: E402
 from policy import MoTPolicy, PolicyConfig  # noqa: E402
 from policy.attention import euler_sample  # noqa: E402
 from policy.backends import physical_cores  # noqa: E402
@@ -89,33 +90,6 @@ def timed_interleaved(fns: dict[str, callable], iters: int, block: int = 5, warm
                 fn()
                 times[name].append((time.perf_counter() - t0) * 1e3)
     return {name: summarize(ts) for name, ts in times.items()}
-
-
-def gemm_peak(device: str, dtype: torch.dtype, sizes=(256, 512, 1024, 2048), bursts: int = 5,
-              burst_s: float = 0.05) -> dict:
-    """Best GFLOP/s of square matmuls on `device` (the roofline the MFU figures are relative to).
-
-    Best of several short bursts per size: load from other processes only lowers a burst's rate, so the best
-    burst is the closest to what the cores can do (and MFU is not flattered by a low peak)."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    best, per_size = 0.0, {}
-    for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        a @ b
-        sync()
-        size_best = 0.0
-        for _ in range(bursts):
-            reps, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < burst_s or reps < 2:
-                a @ b
-                reps += 1
-            sync()
-            size_best = max(size_best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
-        per_size[str(n)] = round(size_best, 1)
-        best = max(best, size_best)
-    return {"gflops": round(best, 1), "per_size_gflops": per_size, "dtype": str(dtype).removeprefix("torch."),
-            "device": device, "method": f"torch.matmul, best of {bursts} bursts of {burst_s * 1e3:.0f} ms per size"}
 
 
 def count_flops(policy: MoTPolicy, fn) -> int:
@@ -281,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, steps, b = policy.cfg, policy.cfg.num_inference_steps, args.batch
     device = "cuda" if args.backend == "tensorrt" else "cpu"
     peak_dtype = torch.float16 if device == "cuda" else torch.float32  # TensorRT engines run fp16 by default
+    # The CPU roofline is the faster of torch's and onnxruntime's matmul, whichever backend is timed (benchmarks/peak.py).
+    ort_threads = threads if device == "cpu" else None
     images, state, noise = observation(cfg, b)
 
     # The torch-free runtime for onnxruntime/tensorrt when there is a checkpoint (what a robot runs: graphs from
@@ -313,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     flops["chunk"] = flops["observation_encode"] + steps * flops["denoise_step"]
     flops["naive_chunk"] = steps * flops["naive_step"]
 
-    peaks = [gemm_peak(device, peak_dtype)]
+    peaks = [gemm_peak(device, peak_dtype, ort_threads)]
     runners = {"torch": torch_runner, args.backend: runner}
     ops = {name: backend_ops(r, images, state, noise, INSTRUCTION, steps) for name, r in runners.items()}
     text_encodes = count_text_encodes(runner, ops[args.backend]["runner_infer"])
@@ -338,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     naive = timed(naive_chunk, args.naive_iters or max(3, args.iters // 4), warmup=1)
 
-    peaks.append(gemm_peak(device, peak_dtype))
+    peaks.append(gemm_peak(device, peak_dtype, ort_threads))
     peak = max(peaks, key=lambda p: p["gflops"])  # measured before and after the latencies: the best
     peak["runs_gflops"] = [p["gflops"] for p in peaks]
 
