@@ -97,10 +97,6 @@ class PolicyConfig:
     # the simulator's ground truth (scene tracks). None: no points. Set with `MoTPolicy.set_target_points`
     # (which widens state_dim by 4 per camera); callers always pass the robot's state alone.
     target_points: str | None = None
-    # Width of the grounding head's pixel path (policy/grounding.py PixelMatch): each image token's cell of raw pixels
-    # is compared with the words, beside the vision expert's final token. 0: the head reads the tokens alone. Set
-    # with `MoTPolicy.set_grounding_pixels` (align stage); what the body attends to does not change.
-    grounding_pixels: int = 0
 
     # Ablation switches.
     prefix_mask: str = "blockwise"  # or "bidirectional": text and images attend to each other
@@ -176,12 +172,6 @@ class PolicyConfig:
             raise InputError(f"routing: expected one of {ROUTINGS}, received {self.routing!r}")
         if self.target_points not in TARGET_POINTS:
             raise InputError(f"target_points: expected one of {TARGET_POINTS}, received {self.target_points!r}")
-        if not isinstance(self.grounding_pixels, int) or isinstance(self.grounding_pixels, bool) or self.grounding_pixels < 0:
-            raise InputError(f"grounding_pixels: expected an int >= 0, received {self.grounding_pixels!r}")
-        if self.grounding_pixels and (self.prefix_mask != "blockwise" or self.image_size % self.image_token_stride):
-            raise InputError("grounding_pixels: the pixel path needs prefix_mask 'blockwise' (text K/V before the images) "
-                             f"and image_size a multiple of image_token_stride, received prefix_mask={self.prefix_mask!r} "
-                             f"image_size={self.image_size} image_token_stride={self.image_token_stride}")
         if self.time_beta_alpha <= 0 or self.time_beta_beta <= 0:
             raise InputError("time_beta_alpha/time_beta_beta: expected > 0, received "
                              f"{self.time_beta_alpha}/{self.time_beta_beta}")

@@ -133,8 +133,6 @@ class MoTPolicy(TrainingStages, nn.Module):
         self.set_delta_action_mask(cfg.delta_action_mask)
         self.set_norm_stats(stats)
         self.set_stage("policy")
-        if cfg.grounding_pixels:  # the grounding head's pixel path (policy/grounding.py PixelMatch)
-            self.set_grounding_pixels(cfg.grounding_pixels)
 
     # -- training stages and normalisation ---------------------------------------------------------
     def set_norm_stats(self, stats: NormStats) -> None:
@@ -267,18 +265,10 @@ class MoTPolicy(TrainingStages, nn.Module):
         pool = pool_matrix(len(self.cfg.cameras), self.cfg.feature_grid, self.cfg.prefix_pool)
         return None if pool is None else pool.to(dtype=like.dtype, device=like.device)
 
-    def ground(self, image_hidden: torch.Tensor, images: torch.Tensor, text: Prefix):
-        """The grounding head on the final image tokens (B, cams * grid^2, width); with a pixel path, also on the
-        frames uint8 (B, cams, H, W, 3) and the text's last-layer values (B, L, heads * head_dim)."""
-        if self.grounding.pixels is None:
-            return self.grounding(image_hidden)
-        values = text.kv[-1, 1].transpose(1, 2).flatten(2)
-        return self.grounding(image_hidden, preprocess_images(images, self.cfg.image_size), values, text.valid)
-
-    def point(self, image_hidden: torch.Tensor, images: torch.Tensor, text: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
-        """`ground` -> target points (B, 4 * cams) (u, v) in [0, 1], and their confidence (B, 2 * cams): the
-        grounding head's top token per camera and target, with its offset."""
-        scores, offsets, _ = self.ground(image_hidden, images, text)
+    def point(self, image_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final image tokens (B, cams * grid^2, width) -> target points (B, 4 * cams) (u, v) in [0, 1], and
+        their confidence (B, 2 * cams): the grounding head's top token per camera and target, with its offset."""
+        scores, offsets, _ = self.grounding(image_hidden)
         cams = len(self.cfg.cameras)
         return pointed_uv(scores, offsets, cams, self.cfg.feature_grid), point_confidence(scores, cams)
 
@@ -293,7 +283,7 @@ class MoTPolicy(TrainingStages, nn.Module):
         if self.cfg.target_points is None:
             return self.encode_state(robot_state_norm, self.encode_images(images, text)), None, None
         prefix, hidden = self.encode_images(images, text, return_hidden=True)
-        predicted, confidence = self.point(hidden, images, text)
+        predicted, confidence = self.point(hidden)
         points = predicted if points is None else points
         r = self.cfg.robot_state_dim
         points_norm = (points - self.state_mean[r:]) / self.state_std[r:]

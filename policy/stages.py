@@ -16,7 +16,6 @@ from torch import nn
 
 from policy.config import STAGES
 from policy.errors import InputError
-from policy.grounding import PixelMatch
 from policy.normalize import NormStats
 
 
@@ -39,26 +38,12 @@ class TrainingStages:
         self.set_stage(self.stage)
 
 
-    def set_grounding_pixels(self, width: int) -> None:
-        """Gives the grounding head a pixel path of `width` (policy/grounding.py PixelMatch), started so that it
-        scores as before; the vision expert and what the body attends to are unchanged (align stage)."""
-        cfg = dataclasses.replace(self.cfg, grounding_pixels=width)  # validates
-        if width <= 0 or self.grounding.pixels is not None:
-            raise InputError(f"grounding_pixels: expected a width > 0 for a head without a pixel path, received {width} "
-                             f"(this policy's: {self.cfg.grounding_pixels})")
-        self.cfg = cfg
-        self.grounding.pixels = PixelMatch(width, self.dims.heads * self.dims.head_dim, len(cfg.cameras),
-                                           cfg.image_token_stride)
-        self.set_stage(self.stage)
-
-    def set_stage(self, stage: str, *, train_vision: bool = False, only_bridge: bool = False,
-                  only_grounding: bool = False) -> None:
+    def set_stage(self, stage: str, *, train_vision: bool = False, only_bridge: bool = False) -> None:
         """Chooses what trains. Language and the image trunk never do (in MoT routing).
 
         align:  image projection + vision expert (grounding), and the text bridge when bridged; everything else
                 frozen. only_bridge: the bridge alone (a `mot bridge-language` policy learns to point with its new
-                language expert while the image K/V its body was trained on stay what they were). only_grounding:
-                the grounding head alone (a trained policy points better; its body's K/V stay what they were).
+                language expert while the image K/V its body was trained on stay what they were).
         policy: body expert + state/action/time modules; vision frozen unless `train_vision` (ablation).
         Dense routing has one shared expert, which then trains with the body in "policy".
         """
@@ -68,13 +53,10 @@ class TrainingStages:
             raise InputError(f"only_bridge: needs stage 'align' and a linear text bridge (vision_model set; a retrieval "
                              f"bridge has nothing to train), received stage {stage!r} with vision_model="
                              f"{self.cfg.vision_model!r} text_bridge={self.cfg.text_bridge!r}")
-        if only_grounding and (stage != "align" or only_bridge):
-            raise InputError(f"only_grounding: needs stage 'align' and not only_bridge, received stage {stage!r} "
-                             f"only_bridge={only_bridge}")
         self.stage = stage
         self.requires_grad_(False)
-        if only_bridge or only_grounding:
-            (self.text_bridge if only_bridge else self.grounding).requires_grad_(True)
+        if only_bridge:
+            self.text_bridge.requires_grad_(True)
             return
         vision = [self.image_embed, self.grounding] + [layer[self.route["image"]] for layer in self.layers]
         if self.cfg.bridged:  # the bridge is how the vision expert reads the words: it aligns with it

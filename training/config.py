@@ -45,12 +45,6 @@ class TrainConfig:
     only_bridge: bool = False
     """align, bridged --init policy (`mot bridge-language`): train its text bridge alone, so the image K/V its
     body was trained on change only through the words they attend to"""
-    only_grounding: bool = False
-    """align, --init policy: train its grounding head alone (the vision expert, and so the image K/V its body was
-    trained on, stay what they were)"""
-    grounding_pixels: int | None = None
-    """align: give the grounding head a pixel path of this width (each cell's raw pixels compared with the words;
-    policy/grounding.py PixelMatch), started so that it points as before; default: the --init checkpoint's"""
     pad_referents: float = 0.0
     """align: share of those referring expressions that name a pad of the scene too"""
     target_points: Literal["model"] | None = None
@@ -138,15 +132,6 @@ class TrainConfig:
                              f"received stage {self.stage!r}")
         if self.image_token_stride not in (None, 16, 32):
             raise InputError(f"image_token_stride: expected 16, 32 or None, received {self.image_token_stride!r}")
-        if self.grounding_pixels is not None and (isinstance(self.grounding_pixels, bool)
-                                                  or not isinstance(self.grounding_pixels, int) or self.grounding_pixels < 1):
-            raise InputError(f"grounding_pixels: expected a positive int or None, received {self.grounding_pixels!r}")
-        if (self.only_grounding or self.grounding_pixels is not None) and self.stage != "align":
-            raise InputError("only_grounding/grounding_pixels: expected stage 'align' (they train the grounding head), "
-                             f"received stage {self.stage!r}")
-        if self.only_grounding and (self.init is None or self.only_bridge):
-            raise InputError("only_grounding: expected an --init policy whose grounding head retrains alone (and not "
-                             f"--only-bridge), received init={self.init!r} only_bridge={self.only_bridge}")
 
 
 # Fields of runs from before the experiment-only options were removed (git tag experiments-2026-11), with

@@ -77,7 +77,7 @@ class StageLoss(nn.Module):
         with torch.set_grad_enabled(bridge is not None and any(p.requires_grad for p in bridge.parameters())):
             text = self.policy.encode_text(*self.policy.tokenizer(obs.instruction))
         _, image_h = self.policy.encode_images(obs.images, text, return_hidden=True)
-        return self.policy.ground(image_h, obs.images, text)
+        return self.policy.grounding(image_h)
 
     def flow_loss(self, batch: dict, noise: torch.Tensor | None = None,
                   time: torch.Tensor | None = None) -> torch.Tensor:

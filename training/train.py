@@ -111,8 +111,6 @@ def build_policy(cfg: TrainConfig, features: DatasetFeatures) -> MoTPolicy:
             cfg.preset, routing=cfg.routing, prefix_mask=cfg.prefix_mask, cameras=features.cameras,
             state_dim=features.state_dim, action_dim=features.action_dim,
             delta_action_mask=action_mask(cfg, features), **overrides))
-    if cfg.grounding_pixels is not None and cfg.grounding_pixels != policy.cfg.grounding_pixels:
-        policy.set_grounding_pixels(cfg.grounding_pixels)  # (refuses to replace an --init checkpoint's own path)
     if cfg.target_points is not None and policy.cfg.target_points != cfg.target_points:
         policy.set_target_points(cfg.target_points)  # (an --init checkpoint trained with them keeps its own)
     return policy
@@ -232,8 +230,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     policy = build_policy(cfg, dataset_features(cfg.data))
     data, holdout = load_data(cfg, policy, rank)
-    policy.set_stage(cfg.stage, train_vision=cfg.train_vision, only_bridge=cfg.only_bridge,
-                     only_grounding=cfg.only_grounding)
+    policy.set_stage(cfg.stage, train_vision=cfg.train_vision, only_bridge=cfg.only_bridge)
     cache = prefix_cache(cfg, policy, data, rank, distributed, progress)
     loss_module = StageLoss(policy, cfg.stage)  # same RNG stream on every rank: same head init
     params = [p for p in loss_module.parameters() if p.requires_grad]

@@ -23,13 +23,11 @@ def fill_retrieval_memory(bridge, generator: torch.Generator) -> None:
         bridge.values.copy_(torch.randn(bridge.values.shape, generator=generator))
 
 
-def tiny_policy(points: bool, seed: int = 0, language_model: str | None = None, text_bridge: str = "linear",
-                pixels: int = 0) -> MoTPolicy:
+def tiny_policy(points: bool, seed: int = 0, language_model: str | None = None, text_bridge: str = "linear") -> MoTPolicy:
     """The `tiny` preset (64 px, 2x2 image tokens per camera). points=True: set_target_points("model") and
     prefix_pool 2 (the body attends to one pooled cell per camera), a grounding head with spread-out scores.
     language_model: a (tiny MPNet) folder, bridged to MoT layers of MiniLM's first two layers' shape by a
-    `text_bridge` ("linear" projections, or "retrieval" from a 32-token memory on its second layer). pixels: the
-    grounding head's pixel path of that width (policy/grounding.py PixelMatch)."""
+    `text_bridge` ("linear" projections, or "retrieval" from a 32-token memory on its second layer)."""
     torch.manual_seed(seed)
     bridged = dict(language_model=language_model, language_layers=None, vision_model="minilm", vision_layers=2,
                    text_bridge=text_bridge)
@@ -43,8 +41,6 @@ def tiny_policy(points: bool, seed: int = 0, language_model: str | None = None, 
         _scramble(policy.text_bridge, torch.Generator().manual_seed(seed), 0.05)
     if points:
         policy.set_target_points("model")
-        if pixels:
-            policy.set_grounding_pixels(pixels)
         _scramble(policy.grounding, torch.Generator().manual_seed(seed), 0.5)  # clear winners: no near-tied argmax
     policy.set_delta_action_mask((True,) * 6 + (False,))
     randomize_body(policy)

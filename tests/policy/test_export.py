@@ -53,16 +53,14 @@ def _mot_export(policy, root, *args) -> tuple:
 @pytest.fixture(scope="module")
 def exported_both(tmp_path_factory, signing_key):
     """{"no_points": a policy without target points, "points": one that points, prefix_pool 2, "bridged": one that points
-    with a (tiny) MPNet language expert bridged to its MoT layers by projections, "retrieval": by a token memory,
-    "pixels": one whose grounding head also reads each cell's pixels}:
+    with a (tiny) MPNet language expert bridged to its MoT layers by projections, "retrieval": by a token memory}:
     (policy, ckpt, out, the `mot export` report)."""
     root = tmp_path_factory.mktemp("export")
     mpnet = str(write_tiny_mpnet(root / "tiny_mpnet"))
     return {"no_points": _mot_export(tiny_policy(points=False), root / "a", "--sign", signing_key["private_key"]),
             "points": _mot_export(tiny_policy(points=True), root / "b"),
             "bridged": _mot_export(tiny_policy(points=True, language_model=mpnet), root / "c"),
-            "retrieval": _mot_export(tiny_policy(points=True, language_model=mpnet, text_bridge="retrieval"), root / "d"),
-            "pixels": _mot_export(tiny_policy(points=True, pixels=8), root / "e")}
+            "retrieval": _mot_export(tiny_policy(points=True, language_model=mpnet, text_bridge="retrieval"), root / "d")}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +77,7 @@ def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("kind", ["no_points", "points", "bridged", "retrieval", "pixels"])
+@pytest.mark.parametrize("kind", ["no_points", "points", "bridged", "retrieval"])
 def test_three_graphs_pass_the_checker_with_named_dynamic_io(exported_both, kind):
     policy, _, out, _ = exported_both[kind]
     assert ("points" in graph_outputs(policy.cfg, "obs_encoder")) == (kind != "no_points")
@@ -99,17 +97,15 @@ def test_three_graphs_pass_the_checker_with_named_dynamic_io(exported_both, kind
 
 # Every op the graphs may use: all in TensorRT 10's ONNX parser (onnx-tensorrt docs/operators.md, 10.1) for the
 # types the graphs use them with. Not there: Resize with antialias=1 (the parser refuses it), so no Resize at all.
-TENSORRT_OPS = {"Abs", "Add", "And", "ArgMax", "AveragePool", "Cast", "Clip", "Concat", "Constant", "Conv", "Cos", "Div",
-                "Equal", "Erf", "Expand", "Gather", "GatherElements", "Gemm", "IsNaN", "LayerNormalization", "Less",
-                "MatMul", "MaxPool", "Mod", "Mul", "Neg", "Not", "Pow", "Range", "ReduceMax", "ReduceMean", "ReduceSum",
-                "Relu", "Reshape", "Shape",
+TENSORRT_OPS = {"Abs", "Add", "And", "ArgMax", "Cast", "Clip", "Concat", "Constant", "Conv", "Cos", "Div", "Equal", "Erf",
+                "Expand", "Gather", "GatherElements", "Gemm", "IsNaN", "LayerNormalization", "Less", "MatMul", "Mod",
+                "Mul", "Neg", "Not", "Pow", "Range", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape",
                 "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
                 "Where"}
 
 
-@pytest.mark.parametrize("kind", ["points", "pixels"])
-def test_graphs_use_only_tensorrt_parsable_ops_and_the_points_are_argmax_and_gather(exported_both, kind):
-    _, _, out, _ = exported_both[kind]
+def test_graphs_use_only_tensorrt_parsable_ops_and_the_points_are_argmax_and_gather(exported_points):
+    _, _, out = exported_points
     ops = {g: {n.op_type for n in onnx.load(str(p)).graph.node} for g, p in graph_paths(out).items()}
     assert {g: sorted(o - TENSORRT_OPS) for g, o in ops.items()} == {g: [] for g in GRAPHS}
     assert {"ArgMax", "GatherElements"} <= ops["obs_encoder"]  # the grounding head's top token and its offset
@@ -132,7 +128,7 @@ def test_metadata_carries_checkpoint_config_and_preprocessing(exported):
         assert meta["mot.dtype"] == "float32"
 
 
-@pytest.mark.parametrize("kind", ["no_points", "points", "bridged", "retrieval", "pixels"])
+@pytest.mark.parametrize("kind", ["no_points", "points", "bridged", "retrieval"])
 @pytest.mark.parametrize("batch,text_len", [(1, 3), (3, 9)])
 def test_each_graph_matches_torch(exported_both, kind, batch, text_len):
     policy, _, out, _ = exported_both[kind]
@@ -178,7 +174,7 @@ def _chunk_torch(policy, batch, noise):
     return actions, (None if points is None else points.numpy())
 
 
-@pytest.mark.parametrize("kind", ["no_points", "points", "bridged", "retrieval", "pixels"])
+@pytest.mark.parametrize("kind", ["no_points", "points", "bridged", "retrieval"])
 def test_full_chunk_matches_torch_on_random_observations(exported_both, kind):
     policy, _, out, _ = exported_both[kind]
     batch = make_batch(policy.cfg, batch_size=3, seed=2, actions=False)  # padded text in the batch

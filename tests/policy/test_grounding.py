@@ -11,7 +11,6 @@ from policy import MoTPolicy, PolicyConfig
 from policy.checkpoint import load_checkpoint, save_checkpoint
 from policy.errors import CheckpointError, InputError
 from policy.grounding import point_confidence, pointed_uv
-from policy.vision import preprocess_images
 from tests.policy.conftest import randomize_body
 
 
@@ -140,87 +139,3 @@ def test_checkpoint_keeps_the_grounding_head_and_refuses_the_two_model_format(tm
 def test_prefix_pool_must_divide_the_grid():
     with pytest.raises(InputError, match=r"prefix_pool: expected a divisor of the 4x4 image-token grid .* received 3"):
         PolicyConfig.preset("tiny", image_token_stride=16, prefix_pool=3)
-
-
-def _pixel_policy(width: int = 8) -> MoTPolicy:
-    """A pointing policy whose grounding head gained a pixel path (scrambled, so it scores for real)."""
-    policy = _pointing_policy()
-    policy.set_grounding_pixels(width)
-    with torch.no_grad():
-        for p in policy.grounding.pixels.parameters():
-            p.normal_(0.0, 0.5)
-    return policy.eval()
-
-
-def test_a_new_pixel_path_points_as_the_head_did_and_then_scores_cells_from_their_pixels():
-    policy = _pointing_policy()
-    images, state = _observation(policy.cfg)
-    text = policy.encode_text(*policy.tokenizer(["pick up the red cube", "put the blue block on the green pad"]))
-    with torch.no_grad():
-        before = policy.observe(images, state, text)[1]
-        policy.set_grounding_pixels(8)
-        assert torch.equal(policy.observe(images, state, text)[1], before)  # the query MLP starts at zero
-        _, hidden = policy.encode_images(images, text, return_hidden=True)
-        pixels = policy.grounding.pixels
-        head_alone = policy.grounding.score(hidden)
-        for p in pixels.parameters():
-            p.normal_(0.0, 0.5)
-        scores = policy.ground(hidden, images, text)[0]
-        # Independently: each cell's descriptor from its own 16x16 pixels (mean and max of GELU(1x1 conv)).
-        x = torch.nn.functional.gelu(pixels.pixel(preprocess_images(images, policy.cfg.image_size)))  # (B * cams, P, S, S)
-        cell, grid, cams = policy.cfg.image_token_stride, policy.cfg.feature_grid, len(policy.cfg.cameras)
-        values = text.kv[-1, 1].transpose(1, 2).flatten(2)
-        for b in range(2):
-            logits = values[b] @ pixels.query.T / values.shape[-1] ** 0.5  # (L, 2)
-            logits[~text.valid[b]] = float("-inf")
-            query = pixels.text(torch.softmax(logits, 0).T @ values[b])  # (2, P)
-            for c in range(cams):
-                for r in range(grid):
-                    for col in range(grid):
-                        patch = x[b * cams + c, :, r * cell:(r + 1) * cell, col * cell:(col + 1) * cell].flatten(1)
-                        d = pixels.describe_cells(torch.cat([patch.mean(1), patch.amax(1)]))
-                        n = c * grid * grid + r * grid + col
-                        want = head_alone[b, n] + query @ d / d.shape[0] ** 0.5
-                        assert torch.allclose(scores[b, n], want, atol=1e-5), (b, n)
-
-
-def test_the_pixel_path_reads_the_words_and_never_the_text_padding():
-    policy = _pixel_policy()
-    images, _ = _observation(policy.cfg)
-    ids, valid = policy.tokenizer(["pick up the red cube", "put the blue block on the green pad"])
-    text = policy.encode_text(ids, valid)
-    assert not valid[0].all()  # the shorter instruction is padded
-    with torch.no_grad():
-        _, hidden = policy.encode_images(images, text, return_hidden=True)
-        scores = policy.ground(hidden, images, text)[0]
-        garbled = text.kv.clone()
-        garbled[:, :, 0][..., ~valid[0], :] = 1e3  # (layers, 2, heads, L, hd): the padded positions of sample 0
-        same = policy.ground(hidden, images, type(text)(garbled, text.valid))[0]
-        assert torch.allclose(same, scores)
-        garbled[:, :, 0][..., 1, :] += 1.0  # a word of sample 0
-        moved = policy.ground(hidden, images, type(text)(garbled, text.valid))[0]
-        assert not torch.allclose(moved[0], scores[0]) and torch.allclose(moved[1], scores[1])
-
-
-def test_only_grounding_trains_the_head_alone_and_the_pixel_path_survives_a_checkpoint(tmp_path):
-    policy = _pixel_policy()
-    policy.set_stage("align", only_grounding=True)
-    trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
-    assert trainable and all(name.startswith("grounding.") for name in trainable)
-    assert any(name.startswith("grounding.pixels.") for name in trainable)
-    with pytest.raises(InputError, match=r"only_grounding: needs stage 'align'"):
-        policy.set_stage("policy", only_grounding=True)
-    with pytest.raises(InputError, match=r"grounding_pixels: expected a width > 0 for a head without a pixel path, "
-                                         r"received 4 \(this policy's: 8\)"):
-        policy.set_grounding_pixels(4)
-    loaded = load_checkpoint(save_checkpoint(policy, tmp_path / "ckpt"))
-    assert loaded.cfg.grounding_pixels == 8
-    for name, tensor in policy.grounding.state_dict().items():
-        assert torch.equal(loaded.grounding.state_dict()[name], tensor), name
-
-
-def test_grounding_pixels_config_is_validated():
-    with pytest.raises(InputError, match=r"grounding_pixels: expected an int >= 0, received -1"):
-        PolicyConfig.preset("tiny", grounding_pixels=-1)
-    with pytest.raises(InputError, match=r"grounding_pixels: the pixel path needs prefix_mask 'blockwise'"):
-        PolicyConfig.preset("tiny", grounding_pixels=8, prefix_mask="bidirectional")

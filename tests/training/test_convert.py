@@ -44,8 +44,8 @@ def test_an_old_pointer_converts_to_an_align_checkpoint_that_points_the_same(tmp
     images, _ = _observation(source.cfg)
     with torch.no_grad():
         text = source.encode_text(*source.tokenizer(["pick up the red cube"] * 2))
-        expected = source.point(source.encode_images(images, text, return_hidden=True)[1], images, text)[0]
-        got = converted.point(converted.encode_images(images, text, return_hidden=True)[1], images, text)[0]
+        expected = source.point(source.encode_images(images, text, return_hidden=True)[1])[0]
+        got = converted.point(converted.encode_images(images, text, return_hidden=True)[1])[0]
     assert (got - expected).abs().max() < 0.02  # int8 storage: points within a small fraction of a cell
     # A body then trains from it with the points and the pool it chooses.
     converted.cfg = dataclasses.replace(converted.cfg, prefix_pool=2)

@@ -85,19 +85,6 @@ def test_align_stage_trains_vision_only_and_reports_grounding(sim_dataset, tmp_p
     assert changed == {"image_embed", "vision", "grounding"}  # the policy's own grounding head trains with vision
 
 
-def test_only_grounding_retrains_the_head_with_a_pixel_path_and_leaves_what_the_body_reads(sim_dataset, tmp_path):
-    first = train(_cfg(sim_dataset, tmp_path / "align", stage="align", steps=2, eval_every=2, ckpt_every=2),
-                  progress=False)
-    result = train(_cfg(sim_dataset, tmp_path / "head", stage="align", init=first["checkpoint"], only_grounding=True,
-                        grounding_pixels=8, steps=4, eval_every=4, ckpt_every=4), progress=False)
-    before, after = load_checkpoint(first["checkpoint"]), load_checkpoint(result["checkpoint"])
-    assert after.cfg.grounding_pixels == 8 and before.cfg.grounding_pixels == 0
-    old = before.state_dict()
-    changed = {name for name, x in after.state_dict().items() if name not in old or not torch.equal(x, old[name])}
-    assert changed and all(name.startswith("grounding.") for name in changed)
-    assert any(name.startswith("grounding.pixels.") for name in changed)
-
-
 def test_cached_prefix_gives_the_same_loss_as_recomputing_it(sim_dataset):
     _, episodes = read_episodes(sim_dataset)
     torch.manual_seed(0)
@@ -208,12 +195,6 @@ def test_bad_train_config_is_refused(sim_dataset, tmp_path):
     for name in ("steps", "batch_size", "eval_every"):
         with pytest.raises(ValueError, match=f"{name}: expected an int > 0, received 0"):
             _cfg(sim_dataset, tmp_path, **{name: 0})
-    with pytest.raises(ValueError, match=r"only_grounding: expected an --init policy"):
-        _cfg(sim_dataset, tmp_path, stage="align", only_grounding=True)
-    with pytest.raises(ValueError, match=r"only_grounding/grounding_pixels: expected stage 'align'"):
-        _cfg(sim_dataset, tmp_path, grounding_pixels=8)
-    with pytest.raises(ValueError, match=r"grounding_pixels: expected a positive int or None, received 0"):
-        _cfg(sim_dataset, tmp_path, stage="align", grounding_pixels=0)
     # The experiment-only options are gone from the config (git tag experiments-2026-11).
     for retired in ("body_grounding", "goal_token", "point_cameras", "point_noise", "train_points_from",
                     "early_fraction"):
