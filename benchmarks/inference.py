@@ -10,7 +10,8 @@ matmul/linear/conv/attention, not element-wise ops, norms, softmax: MFU is a sli
 of text encode (once per instruction), observation encode (once per observation, with the grounding head: the
 target points come from the observation graph, "points" says where) and a denoise step (per Euler step); the chunk
 = observation + `num_steps` steps on the cached text K/V (a control step); the naive chunk (`velocity_uncached` at
-every step, torch); a GEMM peak measured in the same run and MFU = FLOPs / time / peak; cached / naive and
+every step, torch); a GEMM peak measured in the same run (on the CPU the best of torch's and onnxruntime's
+matmul: benchmarks/peak.py) and MFU = FLOPs / time / peak; cached / naive and
 backend / torch-eager chunk ratios; PolicyRunner.infer (torch-free for onnxruntime/tensorrt), median / p90.
 
 It times the shipped checkpoint (checkpoints/default) unless --checkpoint names another; an untrained preset only
