@@ -16,9 +16,9 @@ def test_best_peak_names_the_fastest_engine_and_keeps_the_others():
 
 
 def test_each_engine_measures_a_rate_per_size():
-    kwargs = {"sizes": (64, 128), "bursts": 1, "burst_s": 0.005}
+    kwargs = {"sizes": (128, 256), "bursts": 1, "burst_s": 0.005}
     for peak in (torch_gemm_peak("cpu", torch.float32, **kwargs), ort_gemm_peak(1, **kwargs)):
-        assert set(peak["per_size_gflops"]) == {"64", "128"}
+        assert set(peak["per_size_gflops"]) == {"128", "256"}
         assert all(rate > 0 for rate in peak["per_size_gflops"].values())
         assert peak["gflops"] == max(peak["per_size_gflops"].values())
     assert "onnxruntime MatMul (1 threads)" in ort_gemm_peak(1, **kwargs)["method"]
@@ -26,6 +26,6 @@ def test_each_engine_measures_a_rate_per_size():
 
 @pytest.mark.parametrize("ort_threads, engines", [(None, {"torch"}), (1, {"torch", "onnxruntime"})])
 def test_the_cpu_peak_includes_onnxruntime_only_when_asked(ort_threads, engines):
-    peak = gemm_peak("cpu", torch.float32, ort_threads, sizes=(64,), bursts=1, burst_s=0.005)
+    peak = gemm_peak("cpu", torch.float32, ort_threads, sizes=(128,), bursts=1, burst_s=0.005)
     assert set(peak["engines_gflops"]) == engines
     assert peak["gflops"] == max(peak["engines_gflops"].values())
