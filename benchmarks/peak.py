@@ -13,10 +13,15 @@ is the closest to what the cores can do (and MFU is not flattered by a low peak)
 from __future__ import annotations
 
 import time
-from importlib.util import find_spec
 
 import numpy as np
 import torch
+
+try:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+except ImportError:  # without the [export] extra there is no onnxruntime to measure: torch's peak alone
+    ort = None
 
 SIZES = (256, 512, 1024, 2048)
 
@@ -55,9 +60,6 @@ def torch_gemm_peak(device: str, dtype: torch.dtype, sizes=SIZES, bursts: int = 
 
 def ort_gemm_peak(threads: int, sizes=SIZES, bursts: int = 5, burst_s: float = 0.05) -> dict:
     """Best GFLOP/s of square float32 MatMul graphs in onnxruntime on the CPU, `threads` intra-op threads."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
     per_size = {}
     for n in sizes:
         io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in ("a", "b", "c")]
@@ -73,12 +75,12 @@ def ort_gemm_peak(threads: int, sizes=SIZES, bursts: int = 5, burst_s: float = 0
 
 
 def gemm_peak(device: str, dtype: torch.dtype, ort_threads: int | None = None, **kwargs) -> dict:
-    """The best of every engine's peak (module docstring), with each engine's figure under "engines".
+    """The best of every engine's peak (module docstring), each engine's GFLOP/s under "engines_gflops".
 
     ort_threads: also measure onnxruntime's MatMul on the CPU with that many threads, where onnxruntime is installed
     (None: torch only, e.g. on a GPU, where the MFU figures are the GPU's)."""
     peaks = {"torch": torch_gemm_peak(device, dtype, **kwargs)}
-    if ort_threads is not None and device == "cpu" and dtype == torch.float32 and find_spec("onnxruntime"):
+    if ort_threads is not None and device == "cpu" and dtype == torch.float32 and ort is not None:
         peaks["onnxruntime"] = ort_gemm_peak(ort_threads, **kwargs)
     return best_peak(peaks)
 
