@@ -256,8 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg, steps, b = policy.cfg, policy.cfg.num_inference_steps, args.batch
     device = "cuda" if args.backend == "tensorrt" else "cpu"
     peak_dtype = torch.float16 if device == "cuda" else torch.float32  # TensorRT engines run fp16 by default
-    # The CPU roofline is the faster of torch's and onnxruntime's matmul, whichever backend is timed (benchmarks/peak.py).
-    ort_threads = threads if device == "cpu" else None
     images, state, noise = observation(cfg, b)
 
     # The torch-free runtime for onnxruntime/tensorrt when there is a checkpoint (what a robot runs: graphs from
@@ -290,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     flops["chunk"] = flops["observation_encode"] + steps * flops["denoise_step"]
     flops["naive_chunk"] = steps * flops["naive_step"]
 
-    peaks = [gemm_peak(device, peak_dtype, ort_threads)]
+    # On the CPU the roofline is the faster of torch's and onnxruntime's matmul, whichever backend is timed.
+    peaks = [gemm_peak(device, peak_dtype, ort_threads=threads)]
     runners = {"torch": torch_runner, args.backend: runner}
     ops = {name: backend_ops(r, images, state, noise, INSTRUCTION, steps) for name, r in runners.items()}
     text_encodes = count_text_encodes(runner, ops[args.backend]["runner_infer"])
@@ -315,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     naive = timed(naive_chunk, args.naive_iters or max(3, args.iters // 4), warmup=1)
 
-    peaks.append(gemm_peak(device, peak_dtype, ort_threads))
+    peaks.append(gemm_peak(device, peak_dtype, ort_threads=threads))
     peak = max(peaks, key=lambda p: p["gflops"])  # measured before and after the latencies: the best
     peak["runs_gflops"] = [p["gflops"] for p in peaks]
 
