@@ -210,6 +210,23 @@ def init_distributed() -> tuple[bool, int, int]:
     return distributed, (dist.get_rank() if distributed else 0), (dist.get_world_size() if distributed else 1)
 
 
+def native_bfloat16() -> bool:
+    """True when this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where oneDNN runs a bfloat16
+    GEMM at 2-4x the float32 rate; elsewhere bfloat16 is emulated and slower than float32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def autocast(cfg: TrainConfig) -> torch.autocast:
+    """The forward pass's autocast (cfg.precision): bfloat16 matmuls and convolutions, float32 weights, optimizer
+    state and the ops autocast keeps in float32 (softmax, norms, losses). No loss scaling: bfloat16 has
+    float32's exponent range."""
+    if cfg.precision == "bfloat16" and not native_bfloat16():
+        raise InputError("precision: 'bfloat16' needs a CPU with AVX512-BF16 or AMX (this one emulates bfloat16, "
+                         f"which is slower than float32: {torch.backends.cpu.get_cpu_capability()}); use 'float32'")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16")
+
+
 def train_batch(cfg: TrainConfig, data: ChunkDataset, cache: PrefixCache | None, step: int, rank: int) -> dict:
     """This step's batch: from the prefix cache (policy stage), with referring expressions (align)."""
     indices = batch_indices(step, rank, cfg, len(data))
@@ -224,6 +241,7 @@ def train_batch(cfg: TrainConfig, data: ChunkDataset, cache: PrefixCache | None,
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    amp = autocast(cfg)  # refused before any work when the CPU lacks bfloat16
     distributed, rank, world = init_distributed()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     out = Path(cfg.out)
@@ -256,7 +274,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         # Flow noise and times come from the global torch RNG: seed it per (step, rank) so a resumed
         # run draws exactly what the uninterrupted run would have drawn.
         torch.manual_seed(int(np.random.default_rng([cfg.seed, step, rank, 1]).integers(2**62)))
-        loss = model(batch)
+        with amp:
+            loss = model(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))

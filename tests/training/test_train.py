@@ -17,6 +17,7 @@ from training.data import ChunkDataset, read_episodes
 from training.prefix_cache import PrefixCache, cache_key
 from training.config import TrainConfig
 from training.losses import StageLoss, cell_targets, pixel_cells
+from training import train as train_module
 from training.train import batch_indices, train
 
 
@@ -83,6 +84,40 @@ def test_align_stage_trains_vision_only_and_reports_grounding(sim_dataset, tmp_p
                for (name, x), (_, y) in zip(fresh.state_dict().items(), aligned.state_dict().items())
                if not torch.equal(x, y)}
     assert changed == {"image_embed", "vision", "grounding"}  # the policy's own grounding head trains with vision
+
+
+def test_bfloat16_precision_runs_the_forward_under_autocast_and_keeps_float32_weights(sim_dataset, tmp_path,
+                                                                                     monkeypatch):
+    if not train_module.native_bfloat16():
+        with pytest.raises(ValueError, match="precision: 'bfloat16' needs a CPU with AVX512-BF16 or AMX"):
+            train(_cfg(sim_dataset, tmp_path / "bf16", stage="align", precision="bfloat16"), progress=False)
+        pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 / AMX): the refusal above is what it gets")
+    seen = []  # dtypes of a vision-expert projection's output, per training forward
+    original = StageLoss.forward
+
+    def forward(self, batch):
+        hook = self.policy.layers[0]["vision"].query.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        try:
+            return original(self, batch)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(StageLoss, "forward", forward)
+    result = train(_cfg(sim_dataset, tmp_path / "bf16", stage="align", steps=4, eval_every=4, ckpt_every=4,
+                        precision="bfloat16"), progress=False)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert np.isfinite(result["val_loss"])
+    aligned = load_checkpoint(result["checkpoint"])
+    assert {p.dtype for p in aligned.parameters()} == {torch.float32}  # autocast casts per op, never the weights
+
+
+def test_bfloat16_is_refused_where_the_cpu_would_emulate_it(sim_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "native_bfloat16", lambda: False)
+    with pytest.raises(ValueError, match="precision: 'bfloat16' needs a CPU with AVX512-BF16 or AMX"):
+        train(_cfg(sim_dataset, tmp_path / "bf16", precision="bfloat16"), progress=False)
+    assert not (tmp_path / "bf16").exists()  # refused before any work
+    with pytest.raises(ValueError, match="precision: expected 'float32' or 'bfloat16', received 'fp8'"):
+        _cfg(sim_dataset, tmp_path, precision="fp8")
 
 
 def test_cached_prefix_gives_the_same_loss_as_recomputing_it(sim_dataset):
