@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from policy.sampling import euler_sample
 
@@ -74,6 +75,20 @@ def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim) + bias) v: q (B, heads, L_q, d), k and v (B, heads, L_k, d), bias broadcastable
+    to (B, heads, L_q, L_k) -> (B, heads, L_q, d).
+
+    torch runs F.scaled_dot_product_attention (its fused CPU/GPU kernels). While exporting, the same product is
+    written out: the exporter's SDPA transposes K through Shape/Slice/Concat/Reshape/Transpose (9 nodes per layer),
+    where q @ k^T is one MatMul that onnxruntime fuses with the transpose and the scale (FusedMatMul) and TensorRT
+    reads as one matrix multiply."""
+    if torch.onnx.is_in_onnx_export():
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5) + bias
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
 def pool_matrix(cams: int, grid: int, p: int) -> torch.Tensor | None:
     """(cams * (grid/p)^2, cams * grid^2) matrix whose row j averages the p x p image cells of pooled cell j, cells in
     (camera, row, column) order; None for p = 1. As a matmul the pooling is one small GEMM per K and V, where a
@@ -103,5 +118,5 @@ def cat_tokens(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
-__all__ = ["ACTION", "IMAGE", "STATE", "TEXT", "Prefix", "attention_bias", "cat_tokens", "euler_sample", "make_attn_mask",
+__all__ = ["ACTION", "IMAGE", "STATE", "TEXT", "Prefix", "attend", "attention_bias", "cat_tokens", "euler_sample", "make_attn_mask",
            "pool_matrix", "posemb_sincos"]

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policy.attention import (ACTION, IMAGE, STATE, TEXT, Prefix, attention_bias, cat_tokens, euler_sample, make_attn_mask,
-                              pool_matrix, posemb_sincos)
+from policy.attention import (ACTION, IMAGE, STATE, TEXT, Prefix, attend, attention_bias, cat_tokens, euler_sample,
+                              make_attn_mask, pool_matrix, posemb_sincos)
 from policy.errors import InputError
 from policy.config import PolicyConfig
 from policy.experts import BertExpert, BodyExpert, merge_heads
@@ -188,7 +188,7 @@ class MoTPolicy(TrainingStages, nn.Module):
             if past is not None:  # cached keys/values of earlier blocks come first in token order
                 k = torch.cat([past.kv[i, 0], k], dim=2)
                 v = torch.cat([past.kv[i, 1], v], dim=2)
-            attn = merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+            attn = merge_heads(attend(q, k, v, bias))
             outs = attn.split([h.shape[1] for h in hs], dim=1) if len(hs) > 1 else [attn]
             hs = [expert.finish(h, out, c[3]) for expert, h, out, c in zip(experts, hs, outs, qkvc)]
         return hs, torch.stack(new_kv)

@@ -21,6 +21,8 @@ from policy.export import (GRAPHS, INPUTS, MODULES, ExportError, example_inputs,
                            read_metadata, resize_frames)
 
 from policy.artifacts import sha256_file
+from policy.attention import attend, attention_bias
+from policy.experts import TanhGelu
 from policy.backends import OnnxRuntimeBackend
 from policy.errors import ArtifactMismatchError, InputError
 from policy.signing import generate_key_pair, load_public_key, verify_signature
@@ -111,6 +113,37 @@ def test_graphs_use_only_tensorrt_parsable_ops_and_the_points_are_argmax_and_gat
     assert {"ArgMax", "GatherElements"} <= ops["obs_encoder"]  # the grounding head's top token and its offset
     argmax = [n for n in onnx.load(str(graph_paths(out)["obs_encoder"])).graph.node if n.op_type == "ArgMax"]
     assert len(argmax) == 2  # object, pad
+
+
+def test_export_forms_of_gelu_and_attention_compute_what_torch_runs(monkeypatch):
+    """The body's GELU and the joint attention are written out while exporting (policy.experts.TanhGelu,
+    policy.attention.attend): the same functions as torch's F.gelu(tanh) and scaled_dot_product_attention."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, 64) * 3
+    q, k, v = torch.randn(3, 2, 4, 7, 8).unbind(0)
+    keys_valid = torch.rand(2, 1, 1, 7) > 0.3
+    keys_valid[..., 0] = True
+    bias = attention_bias(keys_valid, torch.float32)
+    torch_runs = TanhGelu()(x), attend(q, k, v, bias)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    exported = TanhGelu()(x), attend(q, k, v, bias)
+    assert torch.allclose(exported[0], torch.nn.functional.gelu(x, approximate="tanh"), atol=2e-6)
+    assert torch.allclose(exported[0], torch_runs[0], atol=2e-6)
+    assert torch.allclose(exported[1], torch_runs[1], atol=1e-6)
+
+
+def test_onnxruntime_fuses_the_body_gelu_and_the_attention_transpose(exported_points, tmp_path):
+    """What each Euler step costs on a CPU is mostly per-node overhead: the denoiser's GELU must reach onnxruntime
+    as FastGelu (one kernel, not nine element-wise passes) and q @ k^T as one FusedMatMul per layer."""
+    policy, _, out = exported_points
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "denoiser_optimized.onnx")
+    ort.InferenceSession(str(graph_paths(out)["denoiser"]), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    layers = len(policy.layers)
+    assert ops.count("FastGelu") == layers and "Tanh" not in ops and "Pow" not in ops
+    assert ops.count("FusedMatMul") >= layers and ops.count("Softmax") == layers
 
 
 def test_metadata_carries_checkpoint_config_and_preprocessing(exported):
