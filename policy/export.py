@@ -91,9 +91,12 @@ def resize_frames(images: torch.Tensor, size: int) -> torch.Tensor:
     parser refuses Resize with antialias=1. H, W are dynamic in the graph, so the resize is always in it (at
     (size, size) the weights are the identity); the model's own preprocessing then only normalises."""
     b, cams, h, w, _ = images.shape
-    x = images.reshape(b * cams, h, w, 3).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
-    x = torch.matmul(resize_weights(h, size), torch.matmul(x, resize_weights(w, size).t()))  # (N, 3, size, size)
-    return x.permute(0, 2, 3, 1).reshape(b, cams, size, size, 3)
+    # Channels stay last, so the graph holds no transpose here (a (N, 3, 128, 128) one took 0.3 ms on the CPU):
+    # rows as one matmul over (H, W * 3), then columns as a batched matmul over each output row's (W, 3).
+    x = images.reshape(b * cams, h, w * 3).float()
+    x = torch.matmul(resize_weights(h, size), x)  # (N, size, W * 3)
+    x = torch.matmul(resize_weights(w, size), x.reshape(b * cams * size, w, 3))  # (N * size, size, 3)
+    return x.reshape(b, cams, size, size, 3)
 
 
 class ObsEncoder(nn.Module):
