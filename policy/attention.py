@@ -118,5 +118,5 @@ def cat_tokens(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
-__all__ = ["ACTION", "IMAGE", "STATE", "TEXT", "Prefix", "attend", "attention_bias", "cat_tokens", "euler_sample", "make_attn_mask",
-           "pool_matrix", "posemb_sincos"]
+__all__ = ["ACTION", "IMAGE", "STATE", "TEXT", "Prefix", "attend", "attention_bias", "cat_tokens", "euler_sample",
+           "make_attn_mask", "pool_matrix", "posemb_sincos"]

@@ -276,7 +276,7 @@ class OnnxRuntimeBackend:
         # path (its side files were hashed too) since ORT resolves them relative to the file.
         # onnxruntime's CPU SkipLayerNormalization (the fused residual Add + LayerNorm) ran 10x slower than the two
         # nodes it replaces on this project's 2-core machine (120 us per 128 x 384 vision-layer output): unfused, the
-        # observation graph took 14.4 ms instead of 15.3 (docs/benchmarks.md). Other providers keep the fusion.
+        # observation graph took 14.4 ms instead of 15.3 (docs/experiments.md). Other providers keep the fusion.
         disabled = ["SkipLayerNormFusion"] if self.device == "cpu" else []
         self.sessions = {g: ort.InferenceSession(str(self.paths[g]) if g in graphs.external else graphs.data[g], options,
                                                  providers=providers, disabled_optimizers=disabled) for g in gr.GRAPHS}
