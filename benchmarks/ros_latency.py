@@ -52,6 +52,7 @@ from policy import MoTPolicy, PolicyConfig  # noqa: E402
 from policy.checkpoint import save_checkpoint  # noqa: E402
 from policy.errors import InputError  # noqa: E402
 from policy.options import parse  # noqa: E402
+from ros_nodes.common import freeze_loaded_objects  # noqa: E402
 from ros_nodes.stack import build_nodes, params_file  # noqa: E402
 from training.cli import run_command  # noqa: E402
 
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = next(n for n in nodes if n.get_name() == "policy_node")
         if hasattr(policy.runner, "warmup"):
             policy.runner.warmup()  # first calls pay lazy initialisation; a robot warms up before moving too
+        freeze_loaded_objects()  # as `mot stack` and every node's console script do once loaded
         executor = MultiThreadedExecutor(num_threads=4, context=context)
         for node in nodes:
             executor.add_node(node)

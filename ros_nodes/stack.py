@@ -29,7 +29,7 @@ from rclpy.signals import SignalHandlerOptions
 from policy.errors import InputError
 from policy.options import parse
 from ros_nodes.ament import share_directory
-from ros_nodes.common import close_node, install_stop_signals, spin_until
+from ros_nodes.common import close_node, freeze_loaded_objects, install_stop_signals, spin_until
 
 # Which nodes each graph starts: (node name in the YAML, factory "module:Class"). Mirrors launch/*.launch.py
 # (tests/ros_nodes/test_launch.py checks that the two agree).
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     nodes, executor = [], None
     try:
         nodes = build_nodes(args.graph, overrides, extra, params=args.params)
+        freeze_loaded_objects()  # loaded: full GC passes now walk only what the loop allocates
         executor = MultiThreadedExecutor(num_threads=max(2, os.cpu_count() or 2))
         for node in nodes:
             executor.add_node(node)
