@@ -77,10 +77,11 @@ class TrainConfig:
     """steps between checkpoints (what a resumed run loses at most)"""
     holdout_fraction: float = 0.1
     """share of episodes held out for evaluation"""
-    precision: Literal["float32", "bfloat16"] = "float32"
+    precision: Literal["float32", "bfloat16", "auto"] = "float32"
     """bfloat16: the forward runs under bfloat16 autocast (matmuls and convolutions in bfloat16, weights, optimizer
     and held-out evaluation in float32): 1.6x faster align steps on a CPU with AVX512-BF16 or AMX, refused on
-    one without (emulated bfloat16 is slower than float32); the policy stage's small body matmuls gain nothing"""
+    one without (emulated bfloat16 is slower than float32); the policy stage's small body matmuls gain nothing.
+    auto: bfloat16 where the CPU has it natively, else float32 (result.json says which ran)"""
     save_dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float32"
     """storage dtype of OUT/checkpoint (the training state stays float32)"""
     cache_prefix: bool = True
@@ -124,8 +125,8 @@ class TrainConfig:
             raise InputError(f"ema: expected a decay in [0, 1), received {self.ema}")
         if self.save_dtype not in STORAGE_DTYPES:
             raise InputError(f"save_dtype: expected one of {sorted(STORAGE_DTYPES)}, received {self.save_dtype!r}")
-        if self.precision not in ("float32", "bfloat16"):
-            raise InputError(f"precision: expected 'float32' or 'bfloat16', received {self.precision!r}")
+        if self.precision not in ("float32", "bfloat16", "auto"):
+            raise InputError(f"precision: expected 'float32', 'bfloat16' or 'auto', received {self.precision!r}")
         if self.delta_actions not in (None, "on", "off"):
             raise InputError(f"delta_actions: expected 'on', 'off' or None, received {self.delta_actions!r}")
         if self.target_points not in (None, "model"):

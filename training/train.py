@@ -217,14 +217,23 @@ def native_bfloat16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def autocast(cfg: TrainConfig) -> torch.autocast:
-    """The forward pass's autocast (cfg.precision): bfloat16 matmuls and convolutions, float32 weights, optimizer
-    state and the ops autocast keeps in float32 (softmax, norms, losses). No loss scaling: bfloat16 has
-    float32's exponent range."""
-    if cfg.precision == "bfloat16" and not native_bfloat16():
+def resolve_precision(precision: str) -> str:
+    """'auto' -> 'bfloat16' where the CPU has it natively, else 'float32'; 'bfloat16' is refused (one line, before
+    any work) on a CPU that would emulate it; 'float32' stays."""
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    if precision == "bfloat16" and not native_bfloat16():
         raise InputError("precision: 'bfloat16' needs a CPU with AVX512-BF16 or AMX (this one emulates bfloat16, "
-                         f"which is slower than float32: {torch.backends.cpu.get_cpu_capability()}); use 'float32'")
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16")
+                         f"which is slower than float32: {torch.backends.cpu.get_cpu_capability()}); use 'float32' "
+                         "or 'auto'")
+    return precision
+
+
+def autocast(precision: str) -> torch.autocast:
+    """The forward pass's autocast for a resolved precision: bfloat16 matmuls and convolutions, float32 weights,
+    optimizer state and the ops autocast keeps in float32 (softmax, norms, losses). No loss scaling: bfloat16 has
+    float32's exponent range."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
 def train_batch(cfg: TrainConfig, data: ChunkDataset, cache: PrefixCache | None, step: int, rank: int) -> dict:
@@ -241,7 +250,12 @@ def train_batch(cfg: TrainConfig, data: ChunkDataset, cache: PrefixCache | None,
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    amp = autocast(cfg)  # refused before any work when the CPU lacks bfloat16
+    # Resolved before any work (bfloat16 on a CPU without it is refused here); the run's saved config and
+    # result.json then say which precision it trained in, whatever it asked for.
+    if cfg.precision == "auto":
+        print(f"precision: auto -> {resolve_precision('auto')} (native bfloat16: {native_bfloat16()})")
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
+    amp = autocast(cfg.precision)
     distributed, rank, world = init_distributed()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     out = Path(cfg.out)
@@ -315,7 +329,8 @@ def finish(cfg: TrainConfig, loss_module: StageLoss, params: list, holdout: Chun
         last = evaluate_stage(loss_module, holdout, cfg.batch_size)
         print("evaluated the finished run: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
     result = {"stage": cfg.stage, "steps": cfg.steps, "checkpoint": str(Path(cfg.out) / "checkpoint"),
-              "world_size": world, "train_samples": train_samples, "holdout_samples": len(holdout), **last}
+              "precision": cfg.precision, "world_size": world, "train_samples": train_samples,
+              "holdout_samples": len(holdout), **last}
     if distributed:
         # DDP keeps replicas identical by averaging gradients: check it, parameter by parameter.
         flat = torch.cat([p.detach().flatten() for p in params])

@@ -116,8 +116,26 @@ def test_bfloat16_is_refused_where_the_cpu_would_emulate_it(sim_dataset, tmp_pat
     with pytest.raises(ValueError, match="precision: 'bfloat16' needs a CPU with AVX512-BF16 or AMX"):
         train(_cfg(sim_dataset, tmp_path / "bf16", precision="bfloat16"), progress=False)
     assert not (tmp_path / "bf16").exists()  # refused before any work
-    with pytest.raises(ValueError, match="precision: expected 'float32' or 'bfloat16', received 'fp8'"):
+    with pytest.raises(ValueError, match="precision: expected 'float32', 'bfloat16' or 'auto', received 'fp8'"):
         _cfg(sim_dataset, tmp_path, precision="fp8")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_takes_bfloat16_only_where_the_cpu_has_it_and_says_which_ran(sim_dataset, tmp_path,
+                                                                                   monkeypatch, native):
+    monkeypatch.setattr(train_module, "native_bfloat16", lambda: native)
+    assert train_module.resolve_precision("auto") == ("bfloat16" if native else "float32")
+    assert train_module.resolve_precision("float32") == "float32"
+    entered = []  # the precision train() gave autocast, per run
+    original = train_module.autocast
+    monkeypatch.setattr(train_module, "autocast", lambda precision: entered.append(precision) or original("float32"))
+    out = tmp_path / "auto"
+    result = train(_cfg(sim_dataset, out, stage="align", steps=2, eval_every=2, ckpt_every=2, precision="auto"),
+                   progress=False)
+    expected = "bfloat16" if native else "float32"
+    assert entered == [expected]
+    assert result["precision"] == expected
+    assert json.loads((out / "result.json").read_text())["precision"] == expected
 
 
 def test_cached_prefix_gives_the_same_loss_as_recomputing_it(sim_dataset):
