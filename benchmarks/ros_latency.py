@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset if args.random_weights else None,
         "checkpoint": None if args.random_weights else str(args.checkpoint),
         "target_points": policy.runner.config.target_points,
+        "inference_threads": getattr(policy.runner.backend, "threads", None),  # onnxruntime's intra-op threads
         "duration_s": args.duration,
         "control_hz": policy.config.control_hz,
         "replan_steps": policy.config.replan_steps,
