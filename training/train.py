@@ -252,9 +252,10 @@ def train_batch(cfg: TrainConfig, data: ChunkDataset, cache: PrefixCache | None,
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     # Resolved before any work (bfloat16 on a CPU without it is refused here); the run's saved config and
     # result.json then say which precision it trained in, whatever it asked for.
+    precision = resolve_precision(cfg.precision)
     if cfg.precision == "auto":
-        print(f"precision: auto -> {resolve_precision('auto')} (native bfloat16: {native_bfloat16()})")
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
+        print(f"precision: auto -> {precision}")
+    cfg = dataclasses.replace(cfg, precision=precision)
     amp = autocast(cfg.precision)
     distributed, rank, world = init_distributed()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
