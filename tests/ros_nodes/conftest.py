@@ -45,6 +45,7 @@ class Ros:
         self.node = rclpy.create_node("test_harness", context=self.context)
         self.executor.add_node(self.node)
         self.nodes = [self.node]
+        self.retired: list = []  # out of the spin, destroyed in close()
         self.errors: list[BaseException] = []
         self._closing = False
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -66,6 +67,22 @@ class Ros:
         self.executor.add_node(node)
         return node
 
+    def retire(self, node) -> None:
+        """Take a node out of the spin and close it, as if its process exited; the others keep running.
+
+        Its handles are destroyed in close(), once the spin has stopped. Destroying them now would race
+        rclpy: removing a node from a spinning executor does not wait for the node's callbacks already
+        handed to an executor thread, and one of them touching a destroyed handle raises InvalidHandle
+        out of spin() (CI saw it once). Until then its subscriptions stay matched, so wait_subscribers
+        does not count them.
+        """
+        self.executor.remove_node(node)
+        self.nodes.remove(node)
+        self.retired.append(node)
+        close = getattr(node, "close", None)
+        if close:
+            close()
+
     def collect(self, msg_type, topic: str, qos=10) -> list:
         received: list = []
         self.node.create_subscription(msg_type, topic, received.append, qos)
@@ -80,7 +97,10 @@ class Ros:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
     def wait_subscribers(self, publisher, count: int = 1, timeout: float = 10.0) -> None:
-        self.wait_for(lambda: publisher.get_subscription_count() >= count, timeout, f"subscribers on {publisher.topic_name}")
+        """Wait for ``count`` live subscriptions on the publisher's topic (retired nodes' do not count)."""
+        topic = publisher.topic_name
+        retired = sum(s.topic_name == topic for node in self.retired for s in node.subscriptions)
+        self.wait_for(lambda: publisher.get_subscription_count() >= count + retired, timeout, f"subscribers on {topic}")
 
     def close(self) -> None:
         self._closing = True
@@ -90,6 +110,8 @@ class Ros:
             close = getattr(node, "close", None)
             if close:
                 close()
+            node.destroy_node()
+        for node in self.retired:
             node.destroy_node()
         self.context.try_shutdown()
         assert not self.errors, f"a node crashed: {self.errors!r}"

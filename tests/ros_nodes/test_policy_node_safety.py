@@ -231,10 +231,7 @@ def test_a_restart_while_latched_stays_latched(ros, tiny_checkpoint):
     estop.publish(Bool(data=True))
     ros.wait_for(lambda: node.controller.mode == "estop", 5, "the latch")
     files = {"estop_latch_file": str(node.state_dir / "estop.json"), "estop_token_file": str(node.state_dir / "token")}
-    ros.nodes.remove(node)
-    ros.executor.remove_node(node)
-    node.close()
-    node.destroy_node()  # the process would exit here; the latch is on disk
+    ros.retire(node)  # the process would exit here; the latch is on disk
     restarted, _, instruction = start(ros, tiny_checkpoint, **files)
     trajectories = ros.collect(JointTrajectory, "joint_trajectory")
     assert restarted.controller.mode == "estop" and restarted.controller.estop.reason == "estop topic"

@@ -137,10 +137,7 @@ def test_a_failing_or_dead_worker_is_a_fault_with_a_hold_and_an_error_diagnostic
         instruction.publish(String(data="push the blue block"))  # a new instruction does not clear a fault
         time.sleep(0.5)
         assert chunks(trajectories[n:]) == [] and node.controller.mode == "fault"
-        ros.nodes.remove(node)
-        ros.executor.remove_node(node)
-        node.close()
-        node.destroy_node()
+        ros.retire(node)
 
 
 def _stack_params(tmp_path) -> Path:
