@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": None if args.random_weights else str(args.checkpoint),
         "target_points": policy.runner.config.target_points,
         "inference_threads": getattr(policy.runner.backend, "threads", None),  # onnxruntime's intra-op threads
+        "cpu_dma_latency_us": policy.cpu_dma_latency_us,  # the PM QoS request held (None: the system's idle states)
         "duration_s": args.duration,
         "control_hz": policy.config.control_hz,
         "replan_steps": policy.config.replan_steps,

@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import signal
+import struct
 import sys
 import threading
 from typing import Any, Callable, Iterable
@@ -56,6 +57,36 @@ def lock_process_memory(log: Callable[[str], None]) -> bool:
     if not flags & MCL_FUTURE:
         log("lock_memory: RLIMIT_MEMLOCK is limited: locked the current pages only, not later allocations")
     return True
+
+
+CPU_DMA_LATENCY = "/dev/cpu_dma_latency"  # Linux PM QoS: the most any CPU may take to leave its idle state
+
+
+def check_cpu_dma_latency(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ValueError(f"cpu_dma_latency_us: expected an int >= 0 (microseconds) or -1 (leave the system's), "
+                         f"received {value!r}")
+    return value
+
+
+def hold_cpu_dma_latency(max_us: int, log: Callable[[str], None], path: str = CPU_DMA_LATENCY):
+    """Keep every CPU's idle-exit latency at most ``max_us`` microseconds while the returned file stays open.
+
+    The Linux PM QoS request that cyclictest and tuned's latency-performance profile make: with 0 an idle CPU
+    polls instead of halting. A control loop that sleeps between cycles wakes through a halted CPU; in a virtual
+    machine that is a VM exit and a host reschedule, and on this project's 2-vCPU VM such wake-ups stalled the
+    single-process ROS loop for 100-800 ms (docs/experiments.md). The kernel drops the request when the file is
+    closed, so a crashed process never leaves the machine polling. Returns None (and logs why) where the file
+    is missing or not writable (it is root's by default: a udev rule can grant a group).
+    """
+    try:
+        handle = open(path, "wb", buffering=0)
+        handle.write(struct.pack("i", max_us))  # the kernel reads a native 32-bit int
+    except OSError as exc:
+        log(f"cpu_dma_latency_us: could not hold {max_us} us on {path} ({exc.strerror or exc}); idle CPUs may "
+            "halt and wake the control loop late (grant write access to it, e.g. a udev rule, or set -1)")
+        return None
+    return handle
 
 
 def thread_ids() -> set[int]:

@@ -50,8 +50,9 @@ from trajectory_msgs.msg import JointTrajectory
 
 from policy.runtime import PolicyRunner
 from policy.signing import key_id, resolve_trusted_key
-from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, check_nice, decode_string, json_string, lock_process_memory,
-                               now_s, run_node, set_thread_nice, thread_ids)
+from ros_nodes.common import (IMAGE_QOS, RELIABLE_QOS, check_cpu_dma_latency, check_nice, decode_string,
+                               hold_cpu_dma_latency, json_string, lock_process_memory, now_s, run_node,
+                               set_thread_nice, thread_ids)
 from ros_nodes.controller import PolicyController
 from ros_nodes.controller_config import ControllerConfig, Inference, Request
 from ros_nodes.convert import (chunk_to_trajectory, fit_image, image_to_numpy, joint_state_to_vector,
@@ -105,6 +106,9 @@ PARAMETERS: dict[str, Any] = {
     # onnxruntime's intra-op threads per graph (0: one per physical core). Where a simulator or camera drivers share
     # few cores, 1 keeps inference off a core that is busy: sim.yaml sets it (docs/experiments.md).
     "inference_threads": 0,
+    # Linux PM QoS: the most (microseconds) an idle CPU may take to wake, held while the node runs; -1: the system's.
+    # 0 keeps idle CPUs polling: in a VM a halted vCPU woke the loop up to 800 ms late (sim.yaml sets 0).
+    "cpu_dma_latency_us": -1,
 }
 # Parameters of earlier versions, with why they went: set to anything but "", the node refuses to start (an
 # operator who names one expects something this node no longer does); "" (an old YAML's default) is accepted.
@@ -140,6 +144,7 @@ class PolicyNode(Node):
         super().__init__("policy_node", **node_kwargs)
         p = _read_parameters(self)
         self._nice = check_nice(p["inference_nice"])
+        wake_latency = check_cpu_dma_latency(p["cpu_dma_latency_us"])
         threads = p["inference_threads"]
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ValueError(f"inference_threads: expected an int >= 0 (0: one per physical core), received {threads!r}")
@@ -150,6 +155,10 @@ class PolicyNode(Node):
         self.runner = runner
         if p["lock_memory"]:  # after loading: the weights and the backend's code are resident now
             lock_process_memory(self.get_logger().warning)
+        # Released by close(), or by the kernel when the process ends however it ends.
+        self._wake_latency = (hold_cpu_dma_latency(wake_latency, self.get_logger().warning)
+                              if wake_latency >= 0 else None)
+        self.cpu_dma_latency_us = wake_latency if self._wake_latency else None  # the request held, if any
         model = getattr(runner, "config", None)
         cameras = tuple(p["cameras"] or (model.cameras if model else ()))
         joint_names = tuple(p["joint_names"] or ())
@@ -378,6 +387,8 @@ class PolicyNode(Node):
             self._wait_for_commands_acked(Duration(seconds=1.0))  # the final hold reaches reliable readers
         except Exception:
             pass
+        if self._wake_latency is not None:
+            self._wake_latency.close()  # idle CPUs may halt again
 
 
 def main(argv: list[str] | None = None) -> int:

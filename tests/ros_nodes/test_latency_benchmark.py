@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from policy.errors import InputError
+from ros_nodes.common import CPU_DMA_LATENCY
 from tests.ros_nodes.conftest import next_domain_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,8 @@ def test_latency_benchmark_runs_the_sim_in_its_own_process():
     assert result["layout"] == "launch" and result["final_mode"] in ("running", "hold"), result
     assert result["weights"].startswith("random") and result["preset"] == "tiny" and result["checkpoint"] is None
     assert result["chunks"] >= 1 and result["latency_ms"]["median_ms"] > 0, result
+    # sim.yaml asks for polling idle CPUs; the JSON says whether the request was held
+    assert result["cpu_dma_latency_us"] == (0 if os.access(CPU_DMA_LATENCY, os.W_OK) else None), result
     # The benchmark stops the sim process it started: nothing is left publishing on the domain.
     assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if _is_sim_node(p)], "sim_node left running"
 
