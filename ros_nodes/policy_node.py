@@ -103,9 +103,6 @@ PARAMETERS: dict[str, Any] = {
     # Nice value of inference (the worker thread and the backend's pool): lower runs first when the cores are
     # contended (camera drivers, a simulator). 0: normal; negative needs CAP_SYS_NICE; the launch YAMLs use -10.
     "inference_nice": 0,
-    # onnxruntime's intra-op threads per graph (0: one per physical core). Where a simulator or camera drivers share
-    # few cores, 1 keeps inference off a core that is busy: sim.yaml sets it (docs/experiments.md).
-    "inference_threads": 0,
     # Linux PM QoS: the most (microseconds) an idle CPU may take to wake, held while the node runs; -1: the system's.
     # 0 keeps idle CPUs polling: in a VM a halted vCPU woke the loop up to 800 ms late (sim.yaml sets 0).
     "cpu_dma_latency_us": -1,
@@ -145,9 +142,6 @@ class PolicyNode(Node):
         p = _read_parameters(self)
         self._nice = check_nice(p["inference_nice"])
         wake_latency = check_cpu_dma_latency(p["cpu_dma_latency_us"])
-        threads = p["inference_threads"]
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-            raise ValueError(f"inference_threads: expected an int >= 0 (0: one per physical core), received {threads!r}")
         before = thread_ids()
         if runner is None:
             runner = self._load_runner(p)
@@ -263,12 +257,8 @@ class PolicyNode(Node):
             log.warning("trusted_key is empty (and $MOT_TRUSTED_KEY unset): the checkpoint's signature is not "
                         "checked; a robot must set trusted_key")
         checked = f", checking its signature with key {key_id(trusted)}" if trusted is not None else ""
-        threads = p["inference_threads"]
-        # onnxruntime only: torch's thread count is process-wide, and TensorRT runs on the GPU.
-        options = {"intra_op_threads": threads} if threads and p["backend"] == "onnxruntime" else {}
-        with_threads = f", {threads} intra-op thread(s)" if options else ""
-        log.info(f"loading {p['checkpoint']} (backend {p['backend']}{with_threads}{checked})")
-        return PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"], trusted_key=trusted, **options)
+        log.info(f"loading {p['checkpoint']} (backend {p['backend']}{checked})")
+        return PolicyRunner.from_checkpoint(p["checkpoint"], backend=p["backend"], trusted_key=trusted)
 
     # -- callbacks: convert, validate, hand to the controller; a bad message is logged and dropped ----
     def _reject(self, what: str, exc: Exception) -> None:

@@ -1,7 +1,6 @@
-"""inference_nice and inference_threads (policy_node): the inference thread and the backend's pool threads get the
-configured nice value, and onnxruntime gets the configured thread count.
+"""inference_nice (policy_node): the inference thread and the backend's pool threads get the configured nice value.
 
-Positive nice values need no privilege, so the tests use them; the launch YAMLs' -10 needs CAP_SYS_NICE, and a refusal
+Positive values need no privilege, so the tests use them; the launch YAMLs' -10 needs CAP_SYS_NICE, and a refusal
 is logged, never fatal.
 """
 
@@ -10,7 +9,7 @@ import threading
 
 import pytest
 
-from ros_nodes import common, policy_node
+from ros_nodes import common
 from ros_nodes.common import check_nice, set_thread_nice, thread_ids
 from ros_nodes.policy_node import PolicyNode
 
@@ -97,36 +96,4 @@ def test_the_node_refuses_a_nice_outside_the_kernels_range(ros, tmp_path):
     args = ["--ros-args", "--params-file", str(SIM_YAML), "-p", "cameras:=[front,wrist]", "-p", "inference_nice:=-30",
             "-p", f"estop_latch_file:={tmp_path / 'estop.json'}", "-p", f"estop_token_file:={tmp_path / 'token'}"]
     with pytest.raises(ValueError, match=r"inference_nice: expected an int in -20\.\.19 \(0: normal priority\), received -30"):
-        PolicyNode(runner=_Runner(), cli_args=args, context=ros.context)
-
-
-class _Loader:
-    """Stands in for PolicyRunner: records what the node asked from_checkpoint for."""
-
-    calls: list = []
-
-    @classmethod
-    def from_checkpoint(cls, path, **kwargs):
-        cls.calls.append(kwargs)
-        return _Runner()
-
-
-@pytest.mark.parametrize("backend,threads,expected", [("onnxruntime", 1, {"intra_op_threads": 1}),
-                                                      ("onnxruntime", 0, {}), ("torch", 1, {})])
-def test_inference_threads_reach_onnxruntime_only(ros, tmp_path, monkeypatch, backend, threads, expected):
-    monkeypatch.setattr(policy_node, "PolicyRunner", _Loader)
-    _Loader.calls = []
-    args = ["--ros-args", "--params-file", str(SIM_YAML), "-p", "cameras:=[front,wrist]", "-p", "lock_memory:=false",
-            "-p", "checkpoint:=unused", "-p", f"backend:={backend}", "-p", f"inference_threads:={threads}",
-            "-p", f"estop_latch_file:={tmp_path / 'estop.json'}", "-p", f"estop_token_file:={tmp_path / 'token'}"]
-    ros.add(PolicyNode(cli_args=args, context=ros.context))
-    assert len(_Loader.calls) == 1
-    assert {k: v for k, v in _Loader.calls[0].items() if k != "trusted_key"} == {"backend": backend, **expected}
-
-
-def test_negative_inference_threads_are_refused_naming_the_parameter(ros, tmp_path):
-    args = ["--ros-args", "--params-file", str(SIM_YAML), "-p", "cameras:=[front,wrist]", "-p", "inference_threads:=-1",
-            "-p", f"estop_latch_file:={tmp_path / 'estop.json'}", "-p", f"estop_token_file:={tmp_path / 'token'}"]
-    with pytest.raises(ValueError, match=r"inference_threads: expected an int >= 0 \(0: one per physical core\), "
-                                         r"received -1"):
         PolicyNode(runner=_Runner(), cli_args=args, context=ros.context)
