@@ -24,6 +24,7 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 
 from policy import MoTPolicy, PolicyConfig  # noqa: E402
 from policy.checkpoint import save_checkpoint  # noqa: E402
+from ros_nodes.common import close_node  # noqa: E402
 
 # Domain ids 1..200, offset by the process id so two test runs on one machine do not collide either.
 _domain_counter = [(os.getpid() * 37) % 200]
@@ -79,9 +80,7 @@ class Ros:
         self.executor.remove_node(node)
         self.nodes.remove(node)
         self.retired.append(node)
-        close = getattr(node, "close", None)
-        if close:
-            close()
+        getattr(node, "close", lambda: None)()  # policy_node: its final hold; destroyed in close()
 
     def collect(self, msg_type, topic: str, qos=10) -> list:
         received: list = []
@@ -107,10 +106,7 @@ class Ros:
         self.executor.shutdown(timeout_sec=2.0)
         self._thread.join(timeout=5.0)  # the spin loop is out before any node handle is destroyed
         for node in reversed(self.nodes):
-            close = getattr(node, "close", None)
-            if close:
-                close()
-            node.destroy_node()
+            close_node(node)
         for node in self.retired:
             node.destroy_node()
         self.context.try_shutdown()
