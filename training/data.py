@@ -58,18 +58,6 @@ def target_point_vector(object_pixels: np.ndarray, pad_pixels: np.ndarray, rng: 
     return np.concatenate([np.clip(object_pixels, 0.0, 1.0).ravel(), pad.ravel()]).astype(np.float32)
 
 
-def points_in_view(object_pixels: np.ndarray, pad_pixels: np.ndarray) -> np.ndarray:
-    """(C, 2) object and pad pixels as `target_point_vector` takes them -> bool (2C,), one per (u, v) pair of
-    its output: the target is inside that camera's image. False where the truth is off-image and the point
-    only its clipped edge, which no pointing head sees (the wrist camera loses the pad for most of a push);
-    True for the random pad point of a task without a pad (it is the point the body must learn to ignore)."""
-    def inside(pixels: np.ndarray) -> np.ndarray:
-        return ((pixels >= 0.0) & (pixels <= 1.0)).all(-1)
-
-    pad = np.ones(len(pad_pixels), bool) if np.isnan(pad_pixels).any() else inside(pad_pixels)
-    return np.concatenate([inside(object_pixels), pad])
-
-
 def pixels_from_info(info: dict, cameras: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The env's `info` -> (object pixels, pad pixels), (C, 2) each in `cameras` order; NaN pad without one."""
     def find(items: list[dict], name: str | None, key: str) -> np.ndarray:
@@ -133,8 +121,6 @@ class ChunkDataset:
         pad_referent_prob: per referring expression in a scene with pads, the chance that it names a random
         pad too ("the red cube on the blue pad"), which becomes the pad target: two colour words in one
         phrase, and the object head must take the object's, not the pad's.
-        With target_points, `points_in_view` (B, 2 * point cameras) says which (u, v) pairs of the state's
-        points show the target (`points_in_view`); training puts the grounding head's own point in the others.
         """
         rows = self.index[indices]
         eps = [self.episodes[e] for e, _ in rows]
@@ -164,12 +150,9 @@ class ChunkDataset:
             points = [target_point_vector(g["target_object_pixels"][self.point_rows], g["target_pad_pixels"][self.point_rows],
                                           np.random.default_rng([ep.seed, int(t)])) for g, ep, (_, t) in zip(own, eps, rows)]
             state = np.concatenate([state, np.stack(points)], axis=1)
-            in_view = np.stack([points_in_view(g["target_object_pixels"][self.point_rows],
-                                               g["target_pad_pixels"][self.point_rows]) for g in own])
         return {
             "images": frames,
             "state": state,
-            **({"points_in_view": in_view} if self.target_points else {}),
             "instruction": instructions,
             "actions": np.stack([self.chunk(ep, t) for ep, (_, t) in zip(eps, rows)]).astype(np.float32),
             "grounding": {k: np.stack([g[k] for g in targets]) for k in targets[0]},

@@ -5,8 +5,7 @@ align:  the policy's `GroundingHead` (policy/grounding.py) on the vision expert'
         show them (cross-entropy against the cells the scene tracks say show them), and where in its cell
         (smooth L1 of the in-cell offset).
 policy: the flow-matching loss of MoTPolicy (language and vision frozen; the prefix may come from the
-        prefix cache). A target-points body trains on the simulator's points where the target is in a
-        camera's view and on the grounding head's own point where it is not (`with_own_points`).
+        prefix cache).
 """
 
 from __future__ import annotations
@@ -53,19 +52,6 @@ def cell_targets(pixels: np.ndarray, grid: int) -> torch.Tensor:
     return torch.from_numpy(np.divide(target, total, out=np.zeros_like(target), where=total > 0))
 
 
-def with_own_points(state: torch.Tensor, in_view: np.ndarray, own: torch.Tensor, robot_dim: int) -> torch.Tensor:
-    """The body's training state (B, robot_dim + 4C): the simulator's target points, except where the target
-    is out of a camera's view (in_view (B, 2C) False): there the grounding head's own point (own (B, 4C)).
-
-    Out of view, the truth is only the nearest image edge, which no pointing head can name: the head picks
-    its best token in that camera instead (policy/grounding.py `pointed_uv`). Trained on the edge, the body
-    read a point at inference that it never saw in training (the wrist camera loses the pad in 69 % of push
-    frames). Trained on the head's own point, it learns what that slot is worth there."""
-    keep = torch.from_numpy(np.repeat(in_view, 2, axis=1))  # (B, 4C): one flag per u and v
-    points = torch.where(keep, state[:, robot_dim:], own.to(state.dtype))
-    return torch.cat([state[:, :robot_dim], points], dim=1)
-
-
 def xy_loss(xy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Smooth L1 between (B, 4) predictions and targets in decimetres, where the target is known."""
     known = torch.isfinite(target)
@@ -95,25 +81,11 @@ class StageLoss(nn.Module):
 
     def flow_loss(self, batch: dict, noise: torch.Tensor | None = None,
                   time: torch.Tensor | None = None) -> torch.Tensor:
-        """The policy stage's flow-matching loss; the prefix (and the head's own points) from the PrefixCache
-        when the batch has one."""
-        prefix, own = (batch["prefix"], batch["own_points"]) if "prefix" in batch else self.frozen_prefix(batch)
-        state = torch.from_numpy(batch["state"])
-        if "points_in_view" in batch:  # a target-points body
-            state = with_own_points(state, batch["points_in_view"], own, self.policy.cfg.robot_state_dim)
-        return self.policy.flow_matching_loss(prefix, state, torch.from_numpy(batch["actions"]), noise, time)
-
-    def frozen_prefix(self, batch: dict) -> tuple:
-        """A batch with images -> (text + image prefix, the grounding head's own points (B, 4C)), as the prefix
-        cache stores them. No autograd unless the prefix trains (the dense or train-vision ablations)."""
-        policy = self.policy
-        obs = validate_batch(batch, policy.cfg, require_actions=True)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and policy.prefix_trainable()):
-            text = policy.encode_text(*policy.tokenizer(obs.instruction))
-            prefix, hidden = policy.encode_images(obs.images, text, return_hidden=True)
-        with torch.no_grad():  # the head is frozen in the policy stage; its points are inputs, not outputs
-            own = policy.point(hidden.detach())[0]
-        return prefix, own
+        """The policy stage's flow-matching loss; the prefix from the PrefixCache when the batch has one."""
+        if "prefix" in batch:
+            return self.policy.flow_matching_loss(batch["prefix"], torch.from_numpy(batch["state"]),
+                                                  torch.from_numpy(batch["actions"]), noise, time)
+        return self.policy.compute_loss(batch, noise, time)
 
     def forward(self, batch: dict) -> torch.Tensor:
         if self.stage == "policy":

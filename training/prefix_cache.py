@@ -7,9 +7,6 @@ into the body expert alone. Stored as float16 (the body still trains in float32)
     text:   per episode  (layers, 2, heads, L_text, head_dim)
     images: per frame    (layers, 2, heads, N_image, head_dim), N_image = cfg.body_image_tokens: the pooled
                          grid the body attends to (prefix_pool), not every token the vision expert ran
-    points: per frame    (4 * cams,) float32, the grounding head's own points from the same image pass (as
-                         `observe` points at inference): what a target-points body is given where the target
-                         is out of a camera's view (training/losses.py `with_own_points`)
 
 Image K/V do not depend on the text padding: padded text keys are masked out of every attention.
 
@@ -49,16 +46,10 @@ BODY_FIELDS = ("state_dim", "action_dim", "horizon", "delta_action_mask", "body_
                "time_embed_dim", "target_points", "num_inference_steps", "time_beta_alpha", "time_beta_beta")
 
 
-# Bumped when what a cache directory holds changes, so an older cache is rebuilt rather than half read
-# (2: the grounding head's own points per frame).
-CACHE_FORMAT = 2
-
-
 def cache_key(policy: MoTPolicy, data: ChunkDataset) -> str:
-    """sha256 over what the cached K/V and points depend on: format, config (less BODY_FIELDS), frozen (prefix)
-    weights (the grounding head's included), instructions, frames."""
+    """sha256 over what the cached K/V depend on: config (less BODY_FIELDS), frozen (prefix) weights,
+    instructions, frames."""
     prefix_cfg = {k: v for k, v in policy.cfg.to_dict().items() if k not in BODY_FIELDS}
-    prefix_cfg["cache_format"] = CACHE_FORMAT
     h = hashlib.sha256(json.dumps(prefix_cfg, sort_keys=True).encode())
     for name, p in policy.named_parameters():
         if not p.requires_grad:  # the frozen experts; the body trains and never enters the prefix
@@ -111,7 +102,6 @@ class PrefixCache:
         RAM, e.g. 37 GiB of 8x8 image tokens, would fail to map.)"""
         cache = cls.__new__(cls)
         cache.text = torch.load(path / "text.pt", weights_only=True)
-        cache.points = np.load(path / "points.npy")
         cache.images = np.load(path / "images.npy", mmap_mode="r")
         # Batches read their frames with pread, and the kernel is told not to read ahead: a frame is one
         # contiguous ~0.3-1.2 MB row at a random place, and read through the map, readahead pulls in
@@ -144,19 +134,15 @@ class PrefixCache:
             shape = (n, len(policy.layers), 2, d.heads, policy.cfg.body_image_tokens, d.head_dim)
             mapped = None if images_file is None else np.lib.format.open_memmap(images_file, "w+", np.float16, shape)
             self.images = np.empty(shape, dtype=np.float16) if mapped is None else mapped  # (N, layers, 2, heads, L_img, hd)
-            self.points = np.empty((n, 4 * len(policy.cfg.cameras)), np.float32)  # (N, 4 * cams)
             for start in tqdm(range(0, n, batch_size), desc="cache prefix", unit="batch", disable=not progress):
                 idx = np.arange(start, min(n, start + batch_size))
                 obs = validate_batch(data.batch(idx), policy.cfg, state_dim=policy.cfg.state_dim)  # sim points in
                 text = policy.encode_text(*policy.tokenizer(obs.instruction))
-                prefix, hidden = policy.encode_images(obs.images, text, return_hidden=True)
-                self.images[idx] = prefix.kv[..., text.kv.shape[4]:, :].permute(2, 0, 1, 3, 4, 5).half().numpy()
-                # The head on the same final image tokens, as `observe` points at inference.
-                self.points[idx] = policy.point(hidden)[0].numpy()
+                kv = policy.encode_images(obs.images, text).kv[..., text.kv.shape[4]:, :]
+                self.images[idx] = kv.permute(2, 0, 1, 3, 4, 5).half().numpy()
         if mapped is not None:
             mapped.flush()  # on disk before the folder is renamed into place
             torch.save(self.text, images_file.parent / "text.pt")
-            np.save(images_file.parent / "points.npy", self.points)
         self.episode_of = torch.from_numpy(data.index[:, 0])
 
     def image_rows(self, indices: np.ndarray) -> np.ndarray:
@@ -171,10 +157,6 @@ class PrefixCache:
             if got != row:
                 raise OSError(f"prefix cache: frame {int(j)}: expected {row} bytes, read {got} (truncated file?)")
         return out
-
-    def own_points(self, indices: np.ndarray) -> torch.Tensor:
-        """Dataset sample indices (B,) -> the grounding head's own points (B, 4 * cams)."""
-        return torch.from_numpy(self.points[np.asarray(indices)])
 
     def prefix(self, indices: np.ndarray) -> Prefix:
         """Dataset sample indices (B,) -> Prefix over [text (padded to the longest) | images], float32."""

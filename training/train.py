@@ -242,7 +242,6 @@ def train_batch(cfg: TrainConfig, data: ChunkDataset, cache: PrefixCache | None,
     if cache is not None:
         batch = data.batch(indices, images=False)
         batch["prefix"] = cache.prefix(indices)
-        batch["own_points"] = cache.own_points(indices)  # the grounding head's, for the body's out-of-view points
         return batch
     if cfg.stage == "align":
         return data.batch(indices, referent_prob=cfg.referents, rng=np.random.default_rng([cfg.seed, step, rank, 2]),
