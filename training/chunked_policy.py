@@ -3,8 +3,9 @@
 `ChunkedPolicy` is the fn(obs, info) -> action that `mot eval` and `mot run` roll out: it samples a chunk,
 executes its first `execute_steps` actions, then re-plans. A target_points policy points itself on every
 plan (what a robot gets); `mot eval --sim-points` hands it the simulator's ground truth instead
-(`SimTargetPoints`, what it trained on: an upper bound). Where it pointed, against the truth in the env's
-info, goes into the episode's trace (training/episode_trace.py).
+(`SimTargetPoints`, what it trained on: an upper bound), optionally keeping some of its own points
+(`point_slots`: which of its points costs success). Where it pointed, against the truth in the env's info,
+goes into the episode's trace (training/episode_trace.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,25 @@ class SimTargetPoints:
         return target_point_vector(*pixels_from_info(info, self.cameras), self.rng)
 
 
+POINT_TARGETS = ("object", "pad")  # the target point vector: object (u, v) per camera, then pad (u, v) per camera
+
+
+def point_slots(spec: str, cameras: list[str]) -> list[int]:
+    """"pad:wrist,object" -> the indices of those points' u and v in the target point vector (`cameras` in the
+    policy's order); a target without a camera names it in every camera."""
+    slots: set[int] = set()
+    for item in (part.strip() for part in spec.split(",")):
+        target, _, camera = item.partition(":")
+        if target not in POINT_TARGETS or (camera and camera not in cameras):
+            raise InputError(f"own_points: expected comma-separated TARGET[:CAMERA], TARGET in {list(POINT_TARGETS)}, "
+                             f"CAMERA in {cameras}, received {item!r}")
+        for c, name in enumerate(cameras):
+            if camera in ("", name):
+                at = 2 * (POINT_TARGETS.index(target) * len(cameras) + c)
+                slots.update((at, at + 1))
+    return sorted(slots)
+
+
 def has_pixels(info: dict) -> bool:
     """The env's info says where the instruction's object is in each camera (the tabletop sim's does)."""
     return {"target_object", "objects"} <= set(info)
@@ -43,18 +63,21 @@ class ChunkedPolicy:
     target points the body acts on marked, training/video.py `mark_points`).
 
     A target_points policy points itself (what a robot gets); `sim_points` hands it the simulator's truth
-    instead. `trace` follows the episode through the infos it is handed, and where the policy pointed (see
-    `EpisodeTrace`)."""
+    instead, except at `own_slots` (`point_slots`), where it keeps its own points. `trace` follows the episode
+    through the infos it is handed, and where the policy pointed (see `EpisodeTrace`)."""
 
     def __init__(self, runner: PolicyRunner, execute_steps: int, record: bool = False, rng_seed: int = 0,
-                 sim_points: bool = False):
+                 sim_points: bool = False, own_slots: list[int] | None = None):
         if not 1 <= execute_steps <= runner.config.horizon:
             raise InputError(f"execute_steps: expected 1..{runner.config.horizon}, received {execute_steps}")
         if sim_points and runner.config.target_points is None:
             raise InputError("sim_points: expected a checkpoint with target points (mot train --target-points "
                              "model), this one has none")
+        if own_slots and not sim_points:
+            raise InputError("own_points: expected sim_points too (the points it keeps replace the simulator's)")
         self.runner, self.execute_steps = runner, execute_steps
         self.sim_points = SimTargetPoints(list(runner.config.cameras), rng_seed) if sim_points else None
+        self.own_slots = list(own_slots or [])
         self.queue: list[np.ndarray] = []
         self.frames: list[np.ndarray] = [] if record else None
         self.rng = np.random.default_rng(rng_seed)  # sampling noise: reproducible episodes
@@ -64,10 +87,13 @@ class ChunkedPolicy:
         self.trace.observe(info)
         if not self.queue:
             cfg = self.runner.config
-            noise = self.rng.standard_normal((cfg.horizon, cfg.action_dim))
+            noise = self.rng.standard_normal((cfg.horizon, cfg.action_dim)).astype(np.float32)
+            state = np.asarray(obs["state"], np.float32)
             points = self.sim_points(obs, info) if self.sim_points is not None else None
-            chunk = self.runner.infer(obs["images"], np.asarray(obs["state"], np.float32), obs["instruction"],
-                                      noise=noise.astype(np.float32), points=points)
+            if self.own_slots:  # one pass for the policy's own points (its chunk is dropped), then the mix
+                self.runner.infer(obs["images"], state, obs["instruction"], noise=noise)
+                points[self.own_slots] = self.runner.last_points[self.own_slots]
+            chunk = self.runner.infer(obs["images"], state, obs["instruction"], noise=noise, points=points)
             # The policy's own points only: with --sim-points, last_points is the truth it was handed.
             if self.sim_points is None and self.runner.last_points is not None and has_pixels(info):
                 self.trace_points(self.runner.last_points, info)

@@ -4,6 +4,7 @@ action error on recorded demonstrations).
     mot eval --checkpoint runs/policy/checkpoint --episodes 50 --split both --video eval.mp4 --json
     mot eval --checkpoint runs/policy/checkpoint --open-loop runs/demos --json
     mot eval --checkpoint runs/policy/checkpoint --sim-points --json     # target points: the simulator's truth
+    mot eval --checkpoint runs/policy/checkpoint --sim-points --own-points pad:wrist --json   # all but one
 
 Per task family and overall, on the train and/or held-out instruction splits. Episodes use seeds
 EVAL_SEED_BASE + i, far from collection seeds, so evaluation scenes are never training scenes.
@@ -11,7 +12,8 @@ The policy runs chunked, as on a robot: a chunk is sampled, its first `--execute
 executed, then it re-plans (LeRobot's action queue; training/chunked_policy.py). A checkpoint trained
 with target points points itself, as on a robot, and the diagnostics say how well (pixels from the truth,
 on-target rate, the grounding head's confidence); `--sim-points` hands it the simulator's ground truth
-instead: an upper bound, what perfect pointing would give. The JSON says which in "target_points".
+instead: an upper bound, what perfect pointing would give; `--own-points` keeps some of the policy's own points
+among the truth (which of them costs success). The JSON says which in "target_points".
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from policy.errors import InputError
 from policy.options import parse
 from policy.runtime import PolicyRunner
 from training.collect import DEFAULT_ENV, load_callable, task_families
-from training.chunked_policy import ChunkedPolicy
+from training.chunked_policy import ChunkedPolicy, point_slots
 from training.data import ChunkDataset, read_episodes, split_episodes
 from training.episode_trace import diagnostics
 from training.paths import DEFAULT_CHECKPOINT
@@ -95,24 +97,29 @@ def append_log(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def points_source(runner: PolicyRunner, sim_points: bool) -> str | None:
+def points_source(runner: PolicyRunner, sim_points: bool, own_points: str | None = None) -> str | None:
     """Where the body's target points come from in this evaluation: "model" (its own grounding head, what a
-    robot gets), "simulator" (--sim-points: the ground truth) or None (a policy without target points)."""
+    robot gets), "simulator" (--sim-points: the ground truth), "simulator, own pad:wrist" (--own-points: the
+    truth but for those of its own) or None (a policy without target points)."""
     if runner.config.target_points is None:
         return None
-    return "simulator" if sim_points else "model"
+    if not sim_points:
+        return "model"
+    return f"simulator, own {own_points}" if own_points else "simulator"
 
 
 def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: list[str], execute_steps: int,
              video: Path | None = None, progress: bool = True, log: Path | None = None,
-             env_spec: str | None = None, sim_points: bool = False) -> dict:
+             env_spec: str | None = None, sim_points: bool = False, own_points: str | None = None) -> dict:
     """Closed-loop success per split and family. log: JSON lines, one per finished episode; episodes it
     already holds for this same evaluation are taken from it instead of being run again. sim_points: a
-    target_points policy acts on the simulator's truth instead of its own points (an upper bound)."""
+    target_points policy acts on the simulator's truth instead of its own points (an upper bound); own_points
+    ("pad:wrist,...", see `point_slots`): but for these, which stay its own."""
     identity = {"checkpoint_id": runner.checkpoint_id, "backend": runner.backend.name,
                 "env": env_spec,
                 "execute_steps": execute_steps,
-                "target_points": points_source(runner, sim_points)}
+                "target_points": points_source(runner, sim_points, own_points)}
+    own_slots = point_slots(own_points, list(runner.config.cameras)) if own_points else None
     done = read_log(log, identity)
     results: dict = {"episodes_per_family": episodes, "execute_steps": execute_steps, "splits": {}}
     if identity["target_points"] is not None:
@@ -129,7 +136,7 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
                 record = done.get((split, family, i))
                 if record is None or (video is not None and i == 0):  # the video episode always runs
                     record = run_episode(env, runner, execute_steps, i, record_frames=video is not None and i == 0,
-                                         sim_points=sim_points)
+                                         sim_points=sim_points, own_slots=own_slots)
                     if "frames" in record:  # one video episode per family and split; hold its last frame a
                         shown = record.pop("frames")  # second, with the outcome on it
                         frames += mark_outcome(shown + [shown[-1]] * 10, record["success"])
@@ -153,9 +160,10 @@ def evaluate(runner: PolicyRunner, episodes: int, splits: list[str], families: l
 
 
 def run_episode(env, runner: PolicyRunner, execute_steps: int, i: int, record_frames: bool,
-                sim_points: bool = False) -> dict:
+                sim_points: bool = False, own_slots: list[int] | None = None) -> dict:
     """Episode i (seed EVAL_SEED_BASE + i) -> {"success", "steps", "trace"[, "frames"]}."""
-    fn = ChunkedPolicy(runner, execute_steps, record=record_frames, rng_seed=i, sim_points=sim_points)
+    fn = ChunkedPolicy(runner, execute_steps, record=record_frames, rng_seed=i, sim_points=sim_points,
+                       own_slots=own_slots)
     result = sim.rollout(env, fn, seed=EVAL_SEED_BASE + i)
     fn.trace.observe(result.info)  # the last step's info never reaches the policy
     out = {"success": bool(result.success), "steps": int(result.steps), "trace": fn.trace.summary()}
@@ -262,6 +270,9 @@ class EvalConfig:
     sim_points: bool = False
     """a target-points checkpoint acts on the simulator's ground-truth points instead of its own (an upper
     bound: what perfect pointing would give; default: the policy points itself, as on a robot; torch only)"""
+    own_points: str | None = None
+    """with --sim-points: these of the policy's own points replace the simulator's, comma-separated TARGET[:CAMERA]
+    (object, pad; a camera of the checkpoint, default all), e.g. pad:wrist: which of its points costs success"""
 
     def __post_init__(self) -> None:
         for name in ("episodes", "samples"):
@@ -273,6 +284,9 @@ class EvalConfig:
         unknown = sorted(set(self.families()) - set(known))
         if unknown:
             raise InputError(f"tasks: expected 'all' or families among {known}, received {unknown}")
+        if self.own_points is not None and not self.sim_points:
+            raise InputError(f"own_points: expected --sim-points too (its points replace the simulator's), received "
+                             f"--own-points {self.own_points} alone")
         if self.sim_points and self.backend != "torch":
             raise InputError(f"sim_points: expected --backend torch (the exported graphs compute their own points), "
                              f"received {self.backend!r}")
@@ -311,7 +325,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
           f"{cfg.episodes * len(families) * len(splits)} episodes", file=sys.stderr)
     results = {"checkpoint": str(cfg.checkpoint), "checkpoint_id": checkpoint_id(cfg.checkpoint), "backend": cfg.backend,
                **evaluate(runner, cfg.episodes, splits, families, execute, cfg.video, progress, cfg.log_path(),
-                         cfg.env, cfg.sim_points)}
+                         cfg.env, cfg.sim_points, cfg.own_points)}
     summary = cfg.summary or ((cfg.video or cfg.out or Path("eval.json")).with_suffix(".png"))
     results["summary_png"] = str(summary_png(results, summary))
     if cfg.out:

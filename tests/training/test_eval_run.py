@@ -15,7 +15,7 @@ import torch
 from policy import MoTPolicy, PolicyConfig
 from policy.checkpoint import load_checkpoint, save_checkpoint
 from policy.runtime import PolicyRunner
-from training.chunked_policy import ChunkedPolicy
+from training.chunked_policy import ChunkedPolicy, point_slots
 from training.data import pixels_from_info, target_point_vector
 from training.episode_trace import EpisodeTrace, diagnostics
 from training.evaluate import main as evaluate, make_env, open_loop
@@ -233,6 +233,45 @@ def test_sim_points_hand_the_policy_the_simulators_truth_and_its_own_points_othe
         ChunkedPolicy(SimpleNamespace(config=PolicyConfig.preset("tiny")), execute_steps=1, sim_points=True)
 
 
+def test_point_slots_name_targets_and_cameras_in_the_target_point_layout():
+    cams = ["front", "wrist"]  # object (u, v) per camera, then pad (u, v) per camera
+    assert point_slots("pad:wrist", cams) == [6, 7]
+    assert point_slots("object", cams) == [0, 1, 2, 3]
+    assert point_slots(" object:front , pad", cams) == [0, 1, 4, 5, 6, 7]
+    for bad in ("pad:side", "goal", "pad:wrist,"):
+        with pytest.raises(ValueError, match=r"own_points: expected comma-separated TARGET\[:CAMERA\]"):
+            point_slots(bad, cams)
+
+
+def test_own_points_keep_those_of_the_policys_points_among_the_truth(pointing_checkpoint):
+    """With sim_points and own_slots the body gets the simulator's truth except at those slots, which hold the
+    points the policy itself gave on the same observation."""
+    runner = PolicyRunner.from_checkpoint(pointing_checkpoint)
+    calls = []
+    infer = runner.infer
+
+    def spy(images, state, instruction, **kw):
+        out = infer(images, state, instruction, **kw)
+        calls.append((kw.get("points"), runner.last_points.copy()))
+        return out
+
+    runner.infer = spy
+    env = make_env("place", "train", runner)
+    obs, info = env.reset(seed=5)
+    slots = point_slots("pad:wrist", ["front", "wrist"])
+    ChunkedPolicy(runner, execute_steps=4, sim_points=True, own_slots=slots)(obs, info)
+    (first, own), (handed, _) = calls
+    assert first is None  # the policy's own pass
+    truth = target_point_vector(*pixels_from_info(info, ["front", "wrist"]), np.random.default_rng(0))
+    assert not np.allclose(own[slots], truth[slots])  # so the mix is visible
+    np.testing.assert_array_equal(handed[slots], own[slots])
+    others = [i for i in range(8) if i not in slots]
+    np.testing.assert_array_equal(handed[others], truth[others])
+    env.close()
+    with pytest.raises(ValueError, match="own_points: expected sim_points too"):
+        ChunkedPolicy(runner, execute_steps=4, own_slots=slots)
+
+
 def test_eval_of_a_policy_that_points_with_and_without_sim_points(pointing_checkpoint, tmp_path, capsys):
     """`mot eval` runs a target-points checkpoint on its own points (what a robot gets) and reports how well it
     pointed; `--sim-points` on the simulator's truth, labelled so; the episode log keeps the two apart."""
@@ -252,10 +291,12 @@ def test_eval_of_a_policy_that_points_with_and_without_sim_points(pointing_check
     diag = truth["splits"]["train"]["per_family"]["place"]["diagnostics"]
     assert "median_point_err_px" not in diag and "mean_point_confidence" not in diag  # it pointed at nothing
     assert 0.0 < diag["median_closest_target_m"] < 1.0
+    mixed = _eval_json(capsys, *args, "--sim-points", "--own-points", "pad:wrist")
+    assert mixed["target_points"] == "simulator, own pad:wrist"
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["target_points"] for r in records] == ["model", "simulator"]  # the second run did not reuse the first
+    assert [r["target_points"] for r in records] == ["model", "simulator", "simulator, own pad:wrist"]  # none reused
     again = _eval_json(capsys, *args)  # resumed from the log: nothing new ran
-    assert len(log.read_text().splitlines()) == 2
+    assert len(log.read_text().splitlines()) == 3
     assert again["splits"]["train"]["per_family"]["place"] == own["splits"]["train"]["per_family"]["place"]
 
 
@@ -265,6 +306,10 @@ def test_sim_points_are_refused_where_there_is_nothing_to_replace(tiny_checkpoin
     assert "sim_points: expected a checkpoint with target points" in done.stderr
     done = _mot("eval", "--checkpoint", pointing_checkpoint, "--backend", "onnxruntime", "--sim-points")
     assert done.returncode == 2 and "sim_points: expected --backend torch" in done.stderr
+    done = _mot("eval", "--checkpoint", pointing_checkpoint, "--own-points", "pad:wrist")
+    assert done.returncode == 2 and "own_points: expected --sim-points too" in done.stderr and "Traceback" not in done.stderr
+    done = _mot("eval", "--checkpoint", pointing_checkpoint, "--sim-points", "--own-points", "pad:side", "--episodes", "1")
+    assert done.returncode == 2 and "own_points: expected comma-separated" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_run_and_the_runner_take_a_pointing_checkpoint_alone(pointing_checkpoint, tmp_path):
