@@ -152,7 +152,7 @@ class PolicyNode(Node):
         # Released by close(), or by the kernel when the process ends however it ends.
         self._wake_latency = (hold_cpu_dma_latency(wake_latency, self.get_logger().warning)
                               if wake_latency >= 0 else None)
-        self.cpu_dma_latency_us = wake_latency if self._wake_latency else None  # the request held, if any
+        self.cpu_dma_latency_us = wake_latency if self._wake_latency is not None else None  # held, if any
         model = getattr(runner, "config", None)
         cameras = tuple(p["cameras"] or (model.cameras if model else ()))
         joint_names = tuple(p["joint_names"] or ())

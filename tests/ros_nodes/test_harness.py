@@ -26,7 +26,7 @@ def test_retiring_busy_nodes_while_spinning_never_crashes_the_spin(ros):
     assert ros.errors == [] and ros._thread.is_alive()
     survivor = _busy_node(ros, "survivor")
     ros.wait_for(lambda: any(m.data == "survivor" for m in heard), 5, "the harness node hearing a node added after")
-    listener = ros.node.create_publisher(String, "chatter", 10)
+    publisher = ros.node.create_publisher(String, "chatter", 10)
     assert ros.retired and all(n not in ros.nodes for n in ros.retired)
-    ros.wait_subscribers(listener, count=2)  # the harness's own and the survivor's; the 10 retired ones do not count
+    ros.wait_subscribers(publisher, count=2)  # the harness's own and the survivor's; the 10 retired ones do not count
     assert survivor in ros.nodes
